@@ -1,0 +1,86 @@
+"""The ``callgate`` command: ``serve`` runs the daemon, ``check`` answers one decision."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from callgate import __version__
+
+
+def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="run the FastAGI, HTTP and Manager services",
+        description=(
+            "Run callgate. Every option can also be set as CALLGATE_<NAME> in the environment or"
+            " in a TOML file (--config / CALLGATE_CONFIG); flags win over the environment, the"
+            " environment over the file. The admin token comes from CALLGATE_ADMIN_TOKEN only."
+        ),
+    )
+    p.add_argument("--config", type=Path, help="TOML config file")
+    p.add_argument("--agi", metavar="HOST:PORT", help="FastAGI listener (default 127.0.0.1:4573)")
+    p.add_argument("--http", metavar="HOST:PORT", help="HTTP API listener (default 127.0.0.1:8080)")
+    p.add_argument("--db", metavar="URL_OR_PATH", help="SQLite path (default in the data dir)")
+    p.add_argument("--data-dir", type=Path, help="data directory (default ~/.local/share/callgate)")
+    p.add_argument("--ami", metavar="HOST:PORT", help="Asterisk Manager address")
+    p.add_argument("--ami-user", help="Asterisk Manager user")
+    p.add_argument(
+        "--ami-secret",
+        help="Asterisk Manager secret (prefer CALLGATE_AMI_SECRET: flags show in `ps`)",
+    )
+    p.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (default INFO)")
+
+
+def _run_serve(args: argparse.Namespace) -> int:
+    from callgate.config import load_settings
+    from callgate.daemon import configure_logging, run
+
+    overrides = {
+        "agi": args.agi,
+        "http": args.http,
+        "db": args.db,
+        "data_dir": args.data_dir,
+        "ami": args.ami,
+        "ami_user": args.ami_user,
+        "ami_secret": args.ami_secret,
+        "log_level": args.log_level,
+    }
+    try:
+        settings = load_settings(overrides, args.config)
+    except (ValueError, ValidationError) as exc:
+        print(f"callgate: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    configure_logging(settings.log_level)
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(run(settings))
+    else:
+        uvloop.run(run(settings))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="callgate", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"callgate {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    _serve_parser(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    match args.command:
+        case "serve":
+            return _run_serve(args)
+    return 2  # unreachable: argparse rejects unknown commands
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,117 @@
+"""One settings object for the whole daemon.
+
+Sources, strongest first: command-line flags (passed in as ``overrides``), the environment
+(``CALLGATE_<NAME>``), an optional TOML file (``--config`` or ``CALLGATE_CONFIG``), then the
+defaults below. The admin token is read from the environment only: a flag would show it in the
+process list, and a config file is too easy to leave world-readable.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+
+def default_data_dir() -> Path:
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "callgate"
+
+
+def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
+    """``"127.0.0.1:4573"``, ``"[::1]:4573"`` or ``"host"`` -> (host, port)."""
+    value = value.strip()
+    if value.startswith("["):
+        host, _, rest = value[1:].partition("]")
+        port = rest.removeprefix(":")
+    elif value.count(":") == 1:
+        host, _, port = value.partition(":")
+    else:
+        host, port = value, ""
+    if not host:
+        raise ValueError(f"{value!r}: expected HOST:PORT")
+    if not port:
+        return host, default_port
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{value!r}: the port must be a number from 1 to 65535")
+    return host, int(port)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CALLGATE_", extra="forbid")
+
+    agi: str = "127.0.0.1:4573"
+    http: str = "127.0.0.1:8080"
+    data_dir: Path = Field(default_factory=default_data_dir)
+    db: str | None = None
+    """A SQLite path, or a postgresql:// URL. Default: ``<data_dir>/callgate.sqlite3``."""
+    ami: str | None = None
+    ami_user: str | None = None
+    ami_secret: SecretStr | None = None
+    admin_token: SecretStr | None = None
+    log_level: str = "INFO"
+
+    # FastAGI bounds
+    agi_max_sessions: int = Field(default=2000, ge=1)
+    agi_env_timeout: float = Field(default=5.0, gt=0)
+    agi_reply_timeout: float = Field(default=10.0, gt=0)
+    agi_max_line: int = Field(default=8192, ge=256)
+    agi_max_env: int = Field(default=65536, ge=1024)
+    shutdown_grace: float = Field(default=10.0, ge=0)
+
+    @field_validator("agi", "http")
+    @classmethod
+    def _check_listen(cls, value: str) -> str:
+        split_host_port(value, default_port=1)
+        return value
+
+    @property
+    def agi_address(self) -> tuple[str, int]:
+        return split_host_port(self.agi, default_port=4573)
+
+    @property
+    def http_address(self) -> tuple[str, int]:
+        return split_host_port(self.http, default_port=8080)
+
+    @property
+    def db_target(self) -> str:
+        return self.db or str(self.data_dir / "callgate.sqlite3")
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        # flags > environment > TOML file > defaults
+        return (init_settings, env_settings, TomlConfigSettingsSource(settings_cls))
+
+
+def load_settings(overrides: dict[str, Any], config_file: Path | None = None) -> Settings:
+    """Build the settings from flags (``overrides``, ``None`` values ignored), env and file."""
+    if "admin_token" in overrides:
+        raise ValueError("the admin token is read from CALLGATE_ADMIN_TOKEN only")
+    path = config_file or (Path(p) if (p := os.environ.get("CALLGATE_CONFIG")) else None)
+    flags = {k: v for k, v in overrides.items() if v is not None}
+    if path is None:
+        return Settings(**flags)
+    if not path.is_file():
+        raise ValueError(f"config file {path} does not exist")
+
+    class FileSettings(Settings):
+        model_config = SettingsConfigDict(
+            env_prefix="CALLGATE_", extra="forbid", toml_file=path
+        )
+
+    return FileSettings(**flags)
