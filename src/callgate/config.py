@@ -110,8 +110,6 @@ def load_settings(overrides: dict[str, Any], config_file: Path | None = None) ->
         raise ValueError(f"config file {path} does not exist")
 
     class FileSettings(Settings):
-        model_config = SettingsConfigDict(
-            env_prefix="CALLGATE_", extra="forbid", toml_file=path
-        )
+        model_config = SettingsConfigDict(env_prefix="CALLGATE_", extra="forbid", toml_file=path)
 
     return FileSettings(**flags)

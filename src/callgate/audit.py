@@ -1,0 +1,35 @@
+"""What was decided and what happened, as values handed to the audit log.
+
+The FastAGI handlers and the replace flow produce ``AuditEvent``s; the Manager side adds the start
+and end of each listen/whisper session. ``AuditSink.record`` never blocks and never raises into a
+caller: an audit write must not delay a phone, so events are queued and persisted in the
+background.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class AuditEvent:
+    time: datetime
+    client_id: str
+    action: str
+    ext: str
+    target: str | None
+    decision: str
+    """``"allow"`` or ``"deny"``."""
+    reason: str
+    policy_version: int
+    uniqueid: str | None = None
+    """Asterisk's uniqueid of the channel that asked (the listener's channel for a spy session)."""
+    channel: str | None = None
+    extra: tuple[tuple[str, str], ...] = field(default=())
+    """More facts worth keeping (for example ``("phone", "100")`` for a replace)."""
+
+
+class AuditSink(Protocol):
+    def record(self, event: AuditEvent) -> None: ...
