@@ -1,0 +1,140 @@
+"""The policy document (``policy.md``, "The document" and "Validation") as a pydantic model.
+
+Shape and syntax are declared on the fields, so pydantic checks them in one pass and reports every
+error it finds. The one rule that spans fields, "every referenced group exists", runs after that
+pass (``_check_references``); ``parse_document`` also runs it on a document that failed the first
+pass, so that a user sees all of their mistakes at once.
+
+The ``eavesdrop_{ext}`` and ``whisper_{ext}`` keys are pydantic "extra" data whose keys and values
+are both typed: a key that does not fit ``DYNAMIC_KEY_PATTERN`` (``eavesdrp_100``) is an error
+naming that key, in Python and in JSON input alike (pydantic >= 2.14.2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Container, Iterable, Iterator, Mapping
+from itertools import chain
+from typing import Annotated, Self
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StringConstraints,
+    ValidationError,
+    model_validator,
+)
+from pydantic_core import InitErrorDetails, PydanticCustomError
+
+from callgate.policy.syntax import (
+    DYNAMIC_KEY_PATTERN,
+    EAVESDROP_PREFIX,
+    EXTENSION_PATTERN,
+    GROUP_NAME_PATTERN,
+    MAX_GROUP_SIZE,
+    MAX_GROUPS,
+    WHISPER_PREFIX,
+)
+
+Extension = Annotated[str, StringConstraints(strict=True, pattern=EXTENSION_PATTERN)]
+GroupName = Annotated[str, StringConstraints(strict=True, pattern=GROUP_NAME_PATTERN)]
+DynamicKey = Annotated[str, StringConstraints(strict=True, pattern=DYNAMIC_KEY_PATTERN)]
+GroupList = tuple[GroupName, ...]
+Members = Annotated[tuple[Extension, ...], Field(max_length=MAX_GROUP_SIZE)]
+
+MISSING_GROUP = "missing_group"
+"""The pydantic error type of a reference to a group that ``groups`` does not define."""
+
+Location = tuple[str | int, ...]
+
+
+class PolicyDocument(BaseModel):
+    """One client's policy. ``PolicyDocument()`` is the default document (no policy stored)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    __pydantic_extra__: dict[DynamicKey, GroupList] = Field(init=False)
+
+    allow_all: StrictBool = False
+    pickup_all: StrictBool = True
+    groups: Annotated[Mapping[GroupName, Members], Field(max_length=MAX_GROUPS)] = Field(
+        default_factory=dict
+    )
+    pickup_share_groups: GroupList = ()
+    phone_replace_groups: GroupList = ()
+
+    @property
+    def eavesdrop(self) -> Mapping[str, GroupList]:
+        """``eavesdrop_{ext}`` grants: extension -> the groups it may listen to."""
+        return self._grants(EAVESDROP_PREFIX)
+
+    @property
+    def whisper(self) -> Mapping[str, GroupList]:
+        """``whisper_{ext}`` grants: extension -> the groups it may whisper to."""
+        return self._grants(WHISPER_PREFIX)
+
+    def _grants(self, prefix: str) -> dict[str, GroupList]:
+        extra = self.__pydantic_extra__ or {}
+        return {
+            key[len(prefix) :]: groups for key, groups in extra.items() if key.startswith(prefix)
+        }
+
+    def references(self) -> Iterator[tuple[Location, str]]:
+        """Every group name the document refers to, with where it does so."""
+        fixed = ((field, getattr(self, field)) for field in REFERENCING_FIELDS)
+        return find_references(chain(fixed, (self.__pydantic_extra__ or {}).items()))
+
+    def to_json(self) -> dict[str, object]:
+        """Every field explicit, then the ``eavesdrop_*``/``whisper_*`` keys in document order."""
+        body: dict[str, object] = {
+            "allow_all": self.allow_all,
+            "pickup_all": self.pickup_all,
+            "groups": {name: list(members) for name, members in self.groups.items()},
+            "pickup_share_groups": list(self.pickup_share_groups),
+            "phone_replace_groups": list(self.phone_replace_groups),
+        }
+        for key, groups in (self.__pydantic_extra__ or {}).items():
+            body[key] = list(groups)
+        return body
+
+    @model_validator(mode="after")
+    def _check_references(self) -> Self:
+        missing = missing_groups(self.groups, self.references())
+        if missing:
+            raise ValidationError.from_exception_data(type(self).__name__, missing)
+        return self
+
+
+REFERENCING_FIELDS = ("pickup_share_groups", "phone_replace_groups")
+
+
+def find_references(items: Iterable[tuple[object, object]]) -> Iterator[tuple[Location, str]]:
+    """Group names referenced by the (key, value) pairs of a document body, valid or not."""
+    for key, value in items:
+        if not isinstance(key, str) or not isinstance(value, list | tuple):
+            continue
+        if key not in REFERENCING_FIELDS and not key.startswith((EAVESDROP_PREFIX, WHISPER_PREFIX)):
+            continue
+        for index, name in enumerate(value):
+            if isinstance(name, str):
+                yield (key, index), name
+
+
+def missing_groups(
+    defined: Container[object], references: Iterable[tuple[Location, str]]
+) -> list[InitErrorDetails]:
+    """One ``missing_group`` error for each reference to a group not in ``defined``."""
+    return [
+        InitErrorDetails(
+            type=PydanticCustomError(
+                MISSING_GROUP,
+                "Group '{group}', named in {field}, does not exist in groups.",
+                {"group": name, "field": str(loc[0])},
+            ),
+            loc=loc,
+            input=name,
+        )
+        for loc, name in references
+        if name not in defined
+    ]

@@ -1,0 +1,150 @@
+"""``parse_document``: JSON text or a Python value in; a valid ``PolicyDocument`` or all errors out.
+
+pydantic's error records are turned into ``PolicyIssue``s with sentences written for the people who
+edit policies (``"'1 00' is not a valid extension ..."``), not pydantic's generic wording.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+from pydantic import ValidationError
+
+from callgate.policy.document import PolicyDocument, find_references, missing_groups
+from callgate.policy.errors import Location, PolicyIssue, PolicyValidationError
+from callgate.policy.syntax import (
+    DYNAMIC_KEY_PATTERN,
+    EAVESDROP_PREFIX,
+    EXTENSION_PATTERN,
+    EXTENSION_RULE,
+    GROUP_NAME_PATTERN,
+    GROUP_NAME_RULE,
+    MAX_GROUP_SIZE,
+    MAX_GROUPS,
+    WHISPER_PREFIX,
+    is_valid_extension,
+)
+
+_FIELDS = frozenset(PolicyDocument.model_fields)
+
+
+def parse_document(data: object) -> PolicyDocument:
+    """Validate ``data``: JSON text (``str``/``bytes``) or an already decoded value (a ``dict``).
+
+    Raises ``PolicyValidationError`` listing every problem; ``malformed_json`` is set when text
+    input is not JSON.
+    """
+    if isinstance(data, str | bytes | bytearray):
+        try:
+            return PolicyDocument.model_validate_json(data)
+        except ValidationError as exc:
+            errors = exc.errors(include_url=False)
+            if errors and errors[0]["type"] == "json_invalid":
+                detail = errors[0].get("ctx", {}).get("error", "")
+                issue = PolicyIssue((), f"The document is not valid JSON: {detail}.")
+                raise PolicyValidationError((issue,), malformed_json=True) from None
+            raise _rejected(errors, _loads(data)) from None
+    try:
+        return PolicyDocument.model_validate(data)
+    except ValidationError as exc:
+        raise _rejected(exc.errors(include_url=False), data) from None
+
+
+def _loads(text: str | bytes | bytearray) -> object:
+    try:
+        return json.loads(text)
+    except ValueError:  # pydantic's parser accepted it; the stdlib's need not (it only adds hints)
+        return None
+
+
+def _rejected(errors: list[Any], raw: object) -> PolicyValidationError:
+    issues = [_issue(error) for error in errors]
+    if isinstance(raw, Mapping) and not any(e["type"] == "missing_group" for e in errors):
+        # Field errors stop pydantic before the cross-field check; run it on what was given.
+        groups = raw.get("groups")
+        defined = groups if isinstance(groups, Mapping) else {}
+        for error in missing_groups(defined, find_references(raw.items())):
+            issues.append(PolicyIssue(error["loc"], _missing_message(error["loc"], error["input"])))
+    return PolicyValidationError(tuple(issues))
+
+
+def _missing_message(loc: Location, group: object) -> str:
+    return f"Group '{group}', named in {loc[0]}, does not exist in groups."
+
+
+def _issue(error: Any) -> PolicyIssue:
+    loc: Location = tuple(part for part in error["loc"] if part != "[key]")
+    return PolicyIssue(loc, _message(error, loc))
+
+
+def _message(error: Any, loc: Location) -> str:
+    kind = error["type"]
+    value = error.get("input")
+    field = str(loc[0]) if loc else ""
+    match kind:
+        case "model_type" | "model_attributes_type" | "dict_type" if not loc:
+            return f"The policy document must be a JSON object, not {_json_kind(value)}."
+        case "missing_group":
+            return _missing_message(loc, value)
+        case "bool_type":
+            return f"{field} must be true or false (a JSON boolean), not {_json_kind(value)}."
+        case "dict_type":
+            return f"groups must be an object of arrays of extensions, not {_json_kind(value)}."
+        case "list_type" | "tuple_type":
+            what = "extensions" if field == "groups" else "group names"
+            return f"{_name(loc)} must be an array of {what}, not {_json_kind(value)}."
+        case "string_type":
+            return f"{_name(loc)} must be a string, not {_json_kind(value)}."
+        case "too_long" if len(loc) == 1:
+            count = len(value) if isinstance(value, Mapping) else "more"
+            return f"groups has {count} groups; at most {MAX_GROUPS} are allowed."
+        case "too_long":
+            count = len(value) if isinstance(value, list | tuple) else "more"
+            return f"Group '{loc[1]}' has {count} extensions; at most {MAX_GROUP_SIZE} are allowed."
+        case "string_pattern_mismatch":
+            return _pattern_message(error["ctx"]["pattern"], loc, value)
+    return f"{_name(loc)}: {error['msg']}."
+
+
+def _pattern_message(pattern: str, loc: Location, value: object) -> str:
+    if pattern == EXTENSION_PATTERN:
+        return f"{value!r} is not a valid extension ({EXTENSION_RULE})."
+    if pattern == GROUP_NAME_PATTERN:
+        return f"{value!r} is not a valid group name ({GROUP_NAME_RULE})."
+    if pattern == DYNAMIC_KEY_PATTERN and isinstance(value, str):
+        return _key_message(value)
+    return f"{value!r} does not match {pattern}."
+
+
+def _key_message(key: str) -> str:
+    for prefix in (EAVESDROP_PREFIX, WHISPER_PREFIX):
+        if key.startswith(prefix) and not is_valid_extension(key[len(prefix) :]):
+            return f"Key '{key}' must name a valid extension after '{prefix}' ({EXTENSION_RULE})."
+    known = ", ".join(sorted(_FIELDS))
+    return (
+        f"Unknown key '{key}': a policy document has only {known},"
+        f" eavesdrop_<extension> and whisper_<extension>."
+    )
+
+
+def _name(loc: Location) -> str:
+    return str(PolicyIssue(loc, "")).removesuffix(": ")
+
+
+def _json_kind(value: object) -> str:
+    match value:
+        case bool():
+            return f"the boolean {str(value).lower()}"
+        case str():
+            return f"the string {value!r}"
+        case int() | float():
+            return f"the number {value}"
+        case None:
+            return "null"
+        case Mapping():
+            return "an object"
+        case list() | tuple():
+            return "an array"
+    return f"a {type(value).__name__}"
