@@ -67,6 +67,11 @@ class Settings(BaseSettings):
     agi_max_env: int = Field(default=65536, ge=1024)
     shutdown_grace: float = Field(default=10.0, ge=0)
 
+    # Phone replace: wrong PINs before a lockout, within what window, and for how long
+    replace_max_failures: int = Field(default=5, ge=1)
+    replace_window_seconds: float = Field(default=900.0, gt=0)
+    replace_lock_seconds: float = Field(default=900.0, gt=0)
+
     @field_validator("agi", "http")
     @classmethod
     def _check_listen(cls, value: str) -> str:
