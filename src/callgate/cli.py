@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -11,6 +12,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from callgate import __version__
+from callgate.policy import (
+    PolicyDocument,
+    PolicyValidationError,
+    compile_policy,
+    decide,
+    parse_document,
+)
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -66,11 +74,67 @@ def _run_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check",
+        help="answer one decision, as the FastAGI service would",
+        description=(
+            "Print the decision for ACTION by EXT on TARGET (omit TARGET for the group forms) as"
+            ' one JSON line {"decision", "reason", "targets"}; exit 0, a denial included. An'
+            " invalid document prints its located errors and exits 2."
+        ),
+    )
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
+    p.add_argument("action", metavar="ACTION", help="pickup, eavesdrop, whisper, replace, restore")
+    p.add_argument("ext", metavar="EXT", help="the extension the phone acts as")
+    p.add_argument("target", metavar="TARGET", nargs="?", help="the target extension")
+
+
+_MAX_POLICY_FILE = 16 * 1024 * 1024
+
+
+def _run_check(args: argparse.Namespace) -> int:
+    path: Path = args.policy
+    try:
+        with path.open("rb") as file:
+            text = file.read(_MAX_POLICY_FILE + 1)
+    except OSError as exc:
+        print(f"callgate check: cannot read {path}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
+    if len(text) > _MAX_POLICY_FILE:
+        print(f"callgate check: {path} is larger than 16 MiB", file=sys.stderr)
+        return 2
+    try:
+        document = parse_document(text)
+    except PolicyValidationError as exc:
+        if exc.malformed_json:
+            print(f"callgate check: {path}: {exc.errors[0].message}", file=sys.stderr)
+        else:
+            _print_invalid(str(path), exc)
+        return 2
+    return _print_decision(document, args)
+
+
+def _print_invalid(source: str, error: PolicyValidationError) -> None:
+    """Human lines on stderr; the same errors as one JSON line on stdout, for scripts."""
+    for issue in error.errors:
+        print(f"{source}: {issue}", file=sys.stderr)
+    print(json.dumps({"errors": [issue.to_json() for issue in error.errors]}))
+
+
+def _print_decision(document: PolicyDocument, args: argparse.Namespace) -> int:
+    decision = decide(compile_policy(document), args.action, args.ext, args.target)
+    print(json.dumps(decision.to_json()))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="callgate", description=__doc__)
     parser.add_argument("--version", action="version", version=f"callgate {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
+    _check_parser(sub)
     return parser
 
 
@@ -79,6 +143,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     match args.command:
         case "serve":
             return _run_serve(args)
+        case "check":
+            return _run_check(args)
     return 2  # unreachable: argparse rejects unknown commands
 
 

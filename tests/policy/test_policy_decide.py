@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+from policy_examples import REFERENCE
 
 from callgate.policy import (
     CompiledPolicy,
@@ -10,20 +11,6 @@ from callgate.policy import (
     decide,
     parse_document,
 )
-
-REFERENCE = {
-    "allow_all": False,
-    "pickup_all": True,
-    "groups": {
-        "support": ["100", "101"],
-        "sales": ["102", "101"],
-        "hr": ["100", "101", "103"],
-    },
-    "pickup_share_groups": ["support", "sales"],
-    "phone_replace_groups": ["support"],
-    "eavesdrop_100": ["support"],
-    "whisper_101": ["sales", "hr"],
-}
 
 
 def compiled(**changes: object) -> CompiledPolicy:
