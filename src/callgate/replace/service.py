@@ -1,0 +1,412 @@
+"""The phone-replace flow (policy rule 8): authorize, check the PIN, record, route, audit.
+
+The flow is split where the phone is asked for its PIN, so that the FastAGI handler
+(``agi_flow``) owns the conversation with Asterisk and this module owns every rule:
+
+1. ``begin_replace``: the policy half (``decide``), then "is a PIN set?" and "is the target or
+   the phone locked out?" — any denial here is given without prompting;
+2. the handler collects the digits (``GET DATA``);
+3. ``finish_replace``: count the attempt, check the PIN, re-check the policy (it may have changed
+   while the caller typed), record the replacement, write AstDB, audit.
+
+AstDB is written through an ``AstDb``: inside the replace session it is the AGI session itself
+(``DATABASE PUT``/``DEL``); for restores made over HTTP and for revocations it is the Manager
+connection (``DBPut``/``DBDel``), when there is one. Every AstDB key callgate writes is spelled in
+``acting_key``/``device_key`` and nowhere else.
+
+Fails closed: any error on the way is a deny ``internal_error`` (``unavailable`` when the store
+is down), logged with its traceback. The PIN is never logged, audited or returned.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Protocol
+
+from callgate.audit import AuditEvent, AuditSink
+from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
+from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.replace.lockout import LockoutRules, LockState
+from callgate.replace.pins import PinHasher
+from callgate.store.db import StoreError
+from callgate.store.replace import Attempt, Replacement, ReplaceRepository
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], datetime]
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+class AstDbError(Exception):
+    """An AstDB write did not happen (Asterisk answered a failure, or the link is gone)."""
+
+
+class AstDb(Protocol):
+    """Asterisk's database, as the replace flow writes it (AGI session or Manager connection)."""
+
+    async def put(self, family: str, key: str, value: str) -> None: ...
+
+    async def delete(self, family: str, key: str) -> None:
+        """Remove the key; a key that was not there is not an error."""
+        ...
+
+
+LiveAstDb = Callable[[], AstDb | None]
+"""The Manager connection's AstDB while it is logged in, else ``None``."""
+
+
+def acting_key(client_id: str, phone: str) -> tuple[str, str]:
+    """``callgate/<client>/acting/<phone>`` = the extension that phone acts as."""
+    return f"callgate/{client_id}/acting", phone
+
+
+def device_key(client_id: str, ext: str) -> tuple[str, str]:
+    """``callgate/<client>/device/<ext>`` = the own extension of the phone answering for it."""
+    return f"callgate/{client_id}/device", ext
+
+
+@dataclass(frozen=True, slots=True)
+class ReplaceRequest:
+    """One ``replace`` or ``restore`` session's inputs.
+
+    ``phone`` is the physical phone's own extension, from the endpoint's configuration
+    (``CALLGATE_EXT``), never from caller ID; ``acting`` is the extension it acts as now.
+    """
+
+    client_id: str
+    phone: str
+    acting: str
+    target: str | None
+    uniqueid: str | None = None
+    channel: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class PinChallenge:
+    """The policy allowed the request and a PIN is set: ask the caller for it."""
+
+    policy: Decision
+    version: int
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    """The decision for the session, and the policy version it was made under."""
+
+    decision: Decision
+    version: int
+
+
+class EndReason:
+    """Why a replacement ended (``end_reason`` in the audit)."""
+
+    RESTORED = "restored"
+    """The phone dialed restore."""
+    API = "api"
+    """``DELETE /client/{id}/replacements/{phone}``."""
+    REVOKED = "revoked"
+    """A policy change no longer allows it."""
+    DISPLACED = "displaced"
+    """Another phone took over the same extension."""
+
+
+class ReplaceService:
+    def __init__(
+        self,
+        repo: ReplaceRepository,
+        registry: PolicyRegistry,
+        audit: AuditSink,
+        *,
+        hasher: PinHasher | None = None,
+        rules: LockoutRules | None = None,
+        live_astdb: LiveAstDb = lambda: None,
+        clock: Clock = utc_now,
+    ) -> None:
+        self._repo = repo
+        self._registry = registry
+        self._audit = audit
+        self._hasher = hasher or PinHasher()
+        self._rules = rules or LockoutRules()
+        self._live_astdb = live_astdb
+        self._clock = clock
+
+    @property
+    def rules(self) -> LockoutRules:
+        return self._rules
+
+    # -- PINs (HTTP) -----------------------------------------------------------------------
+
+    async def set_pin(self, client_id: str, ext: str, pin: str) -> None:
+        """Store ``ext``'s replace PIN (hashed). Raises ``PinFormatError`` for a bad PIN."""
+        await self._repo.set_pin(client_id, ext, await self._hasher.hash(pin), self._clock())
+
+    async def delete_pin(self, client_id: str, ext: str) -> bool:
+        return await self._repo.delete_pin(client_id, ext)
+
+    async def replacements(self, client_id: str) -> Sequence[Replacement]:
+        return await self._repo.replacements(client_id)
+
+    # -- replace (FastAGI) -----------------------------------------------------------------
+
+    async def begin_replace(self, req: ReplaceRequest) -> Outcome | PinChallenge:
+        """Everything that can deny before the caller is asked for a PIN."""
+        policy = self._registry.get(req.client_id)
+        try:
+            decision = self._authorize(policy, req)
+            if decision.allowed:
+                outcome = await self._pin_gate(req, policy.version)
+                if outcome is None:
+                    return PinChallenge(decision, policy.version)
+                decision = outcome
+        except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
+            decision = _failure(exc, req)
+        self._record(Action.REPLACE, req, decision, policy.version)
+        return Outcome(decision, policy.version)
+
+    async def finish_replace(
+        self, req: ReplaceRequest, challenge: PinChallenge, digits: str, astdb: AstDb
+    ) -> Outcome:
+        """Judge the digits the caller entered (``""``: none, a timeout or a hangup)."""
+        version = challenge.version
+        try:
+            decision, version = await self._judge_pin(req, challenge, digits, astdb)
+        except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
+            decision = _failure(exc, req)
+        self._record(Action.REPLACE, req, decision, version, entered="yes" if digits else "no")
+        return Outcome(decision, version)
+
+    def _authorize(self, policy: ClientPolicy, req: ReplaceRequest) -> Decision:
+        if not is_valid_extension(req.phone):
+            return Decision.deny(Reason.INVALID_REQUEST)
+        if req.target == req.phone:
+            # the phone's own extension: that is what ``restore`` is for
+            return Decision.deny(Reason.SELF_TARGET)
+        return decide(policy.compiled, Action.REPLACE, req.acting, req.target)
+
+    async def _pin_gate(self, req: ReplaceRequest, version: int) -> Decision | None:
+        assert req.target is not None  # decide() denied the group form
+        if await self._repo.pin_hash(req.client_id, req.target) is None:
+            return Decision.deny(Reason.NO_REPLACE_PIN)
+        state = await self._repo.lock_state(
+            req.client_id, req.target, req.phone, self._clock(), self._rules
+        )
+        return _locked_out(state, req) if state.locked else None
+
+    async def _judge_pin(
+        self, req: ReplaceRequest, challenge: PinChallenge, digits: str, astdb: AstDb
+    ) -> tuple[Decision, int]:
+        assert req.target is not None
+        if not digits:
+            # nothing entered: not a guess, so not counted towards the lockout
+            return Decision.deny(Reason.BAD_PIN), challenge.version
+        attempt = await self._repo.reserve_attempt(
+            req.client_id, req.target, req.phone, self._clock(), self._rules
+        )
+        if isinstance(attempt, LockState):
+            # other attempts reached the limit while this caller was typing
+            return _locked_out(attempt, req), challenge.version
+        encoded = await self._repo.pin_hash(req.client_id, req.target)
+        if encoded is None:
+            await self._repo.forget_attempt(attempt)
+            return Decision.deny(Reason.NO_REPLACE_PIN), challenge.version
+        if not await self._hasher.verify(digits, encoded):
+            return Decision.deny(Reason.BAD_PIN), challenge.version
+        return await self._take_over(req, attempt, astdb)
+
+    async def _take_over(
+        self, req: ReplaceRequest, attempt: Attempt, astdb: AstDb
+    ) -> tuple[Decision, int]:
+        assert req.target is not None
+        await self._repo.forget_attempt(attempt)
+        # The policy may have changed while the caller typed; a revocation that ran meanwhile
+        # could not see this replacement yet. Decide again on the policy in force now. No await
+        # between this and the store write: a change published after it is revoked by its
+        # listener, which reads the store after this write.
+        policy = self._registry.get(req.client_id)
+        decision = self._authorize(policy, req)
+        if not decision.allowed:
+            return decision, policy.version
+        new = Replacement(req.client_id, req.phone, req.acting, req.target, self._clock())
+        takeover = await self._repo.start_replacement(new)
+        try:
+            if takeover.previous is not None and takeover.previous.to_ext != new.to_ext:
+                await astdb.delete(*device_key(req.client_id, takeover.previous.to_ext))
+            for other in takeover.displaced:
+                await astdb.delete(*acting_key(req.client_id, other.phone))
+                self._record_end(other, EndReason.DISPLACED, policy.version)
+            await astdb.put(*acting_key(req.client_id, req.phone), req.target)
+            await astdb.put(*device_key(req.client_id, req.target), req.phone)
+        except BaseException:
+            # Asterisk would not route the phone as the target: undo, and deny (the caller's
+            # previous replacement, if any, is gone either way — it was being replaced).
+            await self._repo.end_replacement(req.client_id, req.phone, only=new)
+            raise
+        return decision, policy.version
+
+    # -- restore -----------------------------------------------------------------------------
+
+    async def restore(self, req: ReplaceRequest, astdb: AstDb) -> Outcome:
+        """The phone goes back to its own extension (FastAGI ``restore``)."""
+        policy = self._registry.get(req.client_id)
+        try:
+            decision = await self._restore(req, policy, astdb)
+        except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
+            decision = _failure(exc, req)
+        self._record(Action.RESTORE, req, decision, policy.version)
+        return Outcome(decision, policy.version)
+
+    async def _restore(self, req: ReplaceRequest, policy: ClientPolicy, astdb: AstDb) -> Decision:
+        if not is_valid_extension(req.phone):
+            return Decision.deny(Reason.INVALID_REQUEST)
+        decision = decide(policy.compiled, Action.RESTORE, req.acting, None)
+        if not decision.allowed:
+            return decision
+        ended = await self._repo.end_replacement(req.client_id, req.phone)
+        if ended is None:
+            # Nothing in the store; still clear a stale acting key left by a restore that
+            # could not reach Asterisk (no Manager connection at the time).
+            await astdb.delete(*acting_key(req.client_id, req.phone))
+            return Decision.deny(Reason.NOT_REPLACED)
+        await _clear_astdb(astdb, ended)
+        return decision
+
+    async def restore_phone(self, client_id: str, phone: str) -> Replacement | None:
+        """End a phone's replacement from outside a call (HTTP). ``None``: it had none."""
+        ended = await self._repo.end_replacement(client_id, phone)
+        if ended is not None:
+            await self._clear_live(ended)
+            self._record_end(ended, EndReason.API, self._registry.get(client_id).version)
+        return ended
+
+    # -- revocation --------------------------------------------------------------------------
+
+    async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
+        """Registry listener: restore every replacement that ``new`` no longer authorizes."""
+        del old  # only what the new policy allows matters
+        for replacement in await self._repo.replacements(new.client_id):
+            decision = decide(
+                new.compiled, Action.REPLACE, replacement.from_ext, replacement.to_ext
+            )
+            if decision.allowed:
+                continue
+            ended = await self._repo.end_replacement(
+                new.client_id, replacement.phone, only=replacement
+            )
+            if ended is None:
+                continue  # restored or replaced meanwhile
+            log.info(
+                "replacement revoked: client %s phone %s acted as %s (%s)",
+                ended.client_id,
+                ended.phone,
+                ended.to_ext,
+                decision.reason,
+            )
+            await self._clear_live(ended)
+            self._record_end(ended, EndReason.REVOKED, new.version)
+
+    async def _clear_live(self, ended: Replacement) -> None:
+        astdb = self._live_astdb()
+        if astdb is None:
+            log.warning(
+                "no Manager connection: AstDB still routes %s to phone %s (client %s) until the"
+                " phone dials restore",
+                ended.to_ext,
+                ended.phone,
+                ended.client_id,
+            )
+            return
+        try:
+            await _clear_astdb(astdb, ended)
+        except Exception:
+            log.exception(
+                "could not clear AstDB for phone %s (client %s)", ended.phone, ended.client_id
+            )
+
+    # -- audit -------------------------------------------------------------------------------
+
+    def _record(
+        self, action: Action, req: ReplaceRequest, decision: Decision, version: int, **facts: str
+    ) -> None:
+        log.info(
+            "decision client=%s action=%s phone=%s ext=%s target=%s decision=%s reason=%s"
+            " version=%s uniqueid=%s",
+            req.client_id,
+            action,
+            req.phone,
+            req.acting,
+            req.target,
+            decision.verdict,
+            decision.reason,
+            version,
+            req.uniqueid,
+        )
+        self._audit.record(
+            AuditEvent(
+                time=self._clock(),
+                client_id=req.client_id,
+                action=str(action),
+                ext=req.acting,
+                target=req.target,
+                decision=decision.verdict,
+                reason=str(decision.reason),
+                policy_version=version,
+                uniqueid=req.uniqueid,
+                channel=req.channel,
+                extra=(("phone", req.phone), *sorted(facts.items())),
+            )
+        )
+
+    def _record_end(self, ended: Replacement, end_reason: str, version: int) -> None:
+        self._audit.record(
+            AuditEvent(
+                time=self._clock(),
+                client_id=ended.client_id,
+                action=str(Action.RESTORE),
+                ext=ended.to_ext,
+                target=None,
+                decision="allow",
+                reason=str(Reason.RESTORED),
+                policy_version=version,
+                extra=(
+                    ("phone", ended.phone),
+                    ("from_ext", ended.from_ext),
+                    ("started", ended.since.isoformat()),
+                    ("end_reason", end_reason),
+                ),
+            )
+        )
+
+
+async def _clear_astdb(astdb: AstDb, ended: Replacement) -> None:
+    await astdb.delete(*acting_key(ended.client_id, ended.phone))
+    await astdb.delete(*device_key(ended.client_id, ended.to_ext))
+
+
+def _locked_out(state: LockState, req: ReplaceRequest) -> Decision:
+    log.warning(
+        "replace locked out: client %s target %s until %s, phone %s until %s",
+        req.client_id,
+        req.target,
+        state.target_locked_until,
+        req.phone,
+        state.phone_locked_until,
+    )
+    return Decision.deny(Reason.LOCKED_OUT)
+
+
+def _failure(exc: Exception, req: ReplaceRequest) -> Decision:
+    reason = Reason.UNAVAILABLE if isinstance(exc, StoreError) else Reason.INTERNAL_ERROR
+    log.error(
+        "replace/restore failed closed (%s): client %s phone %s",
+        reason,
+        req.client_id,
+        req.phone,
+        exc_info=exc,
+    )
+    return Decision.deny(reason)

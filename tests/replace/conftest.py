@@ -1,0 +1,133 @@
+"""Fixtures of the phone-replace tests: a store on disk, a policy, a clock, fakes for AstDB and
+the audit sink (fakes, not mocks: they keep what they were given and tests read it back)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from callgate.audit import AuditEvent
+from callgate.policy import compile_policy, parse_document
+from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.replace.lockout import LockoutRules
+from callgate.replace.pins import PinHasher, ScryptParams
+from callgate.replace.service import ReplaceService
+from callgate.store.db import Database
+from callgate.store.replace import SCHEMA, ReplaceRepository
+
+CLIENT = "acme"
+REFERENCE_DOCUMENT: dict[str, object] = {
+    "allow_all": False,
+    "pickup_all": True,
+    "groups": {"support": ["100", "101"], "sales": ["102", "101"], "hr": ["100", "101", "103"]},
+    "pickup_share_groups": ["support", "sales"],
+    "phone_replace_groups": ["support"],
+    "eavesdrop_100": ["support"],
+    "whisper_101": ["sales", "hr"],
+}
+# Cheap scrypt for the flow tests (the default cost is tested in test_pins.py).
+FAST_SCRYPT = ScryptParams(log2_n=10, r=8, p=1)
+
+
+def client_policy(document: dict[str, object], version: int, client: str = CLIENT) -> ClientPolicy:
+    doc = parse_document(document)
+    return ClientPolicy(client, version, doc, compile_policy(doc))
+
+
+class Clock:
+    """A settable clock: lockouts expire without sleeping."""
+
+    def __init__(self) -> None:
+        self.now = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += timedelta(seconds=seconds)
+
+
+@dataclass
+class FakeAudit:
+    events: list[AuditEvent] = field(default_factory=list)
+
+    def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+    def facts(self, event: AuditEvent) -> dict[str, str]:
+        return dict(event.extra)
+
+
+@dataclass
+class FakeAstDb:
+    """Asterisk's database as the Manager connection would change it."""
+
+    data: dict[str, str] = field(default_factory=dict)
+    ops: list[tuple[str, str]] = field(default_factory=list)
+
+    async def put(self, family: str, key: str, value: str) -> None:
+        self.data[f"{family}/{key}"] = value
+        self.ops.append(("put", f"{family}/{key}"))
+
+    async def delete(self, family: str, key: str) -> None:
+        self.data.pop(f"{family}/{key}", None)
+        self.ops.append(("del", f"{family}/{key}"))
+
+
+@pytest.fixture
+def db_path(tmp_path: Path) -> Path:
+    return tmp_path / "callgate.sqlite3"
+
+
+@pytest.fixture
+async def repo(db_path: Path) -> AsyncIterator[ReplaceRepository]:
+    db = await Database.open(db_path, SCHEMA)
+    yield ReplaceRepository(db)
+    await db.close()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def audit() -> FakeAudit:
+    return FakeAudit()
+
+
+@pytest.fixture
+def registry() -> PolicyRegistry:
+    registry = PolicyRegistry()
+    registry.load(client_policy(REFERENCE_DOCUMENT, 1))
+    return registry
+
+
+@pytest.fixture
+def manager_astdb() -> FakeAstDb:
+    return FakeAstDb()
+
+
+@pytest.fixture
+def service(
+    repo: ReplaceRepository,
+    registry: PolicyRegistry,
+    audit: FakeAudit,
+    clock: Clock,
+    manager_astdb: FakeAstDb,
+) -> ReplaceService:
+    svc = ReplaceService(
+        repo,
+        registry,
+        audit,
+        hasher=PinHasher(FAST_SCRYPT),
+        rules=LockoutRules(),
+        live_astdb=lambda: manager_astdb,
+        clock=clock,
+    )
+    registry.subscribe(svc.on_policy_change)
+    return svc
