@@ -30,6 +30,7 @@ class Database:
         self._path = str(path)
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="callgate-sqlite")
         self._conn: sqlite3.Connection | None = None
+        self._closed = False
 
     @property
     def path(self) -> str:
@@ -64,6 +65,8 @@ class Database:
 
     async def _run(self, fn: Callable[[], T]) -> T:
         loop = asyncio.get_running_loop()
+        if self._closed:
+            raise StoreError("the database is closed")
         try:
             return await loop.run_in_executor(self._executor, fn)
         except sqlite3.Error as exc:
@@ -98,7 +101,10 @@ class Database:
         return await self._run(run)
 
     async def close(self) -> None:
+        if self._closed:
+            return
         conn, self._conn = self._conn, None
         if conn is not None:
             await asyncio.get_running_loop().run_in_executor(self._executor, conn.close)
+        self._closed = True
         self._executor.shutdown(wait=True)

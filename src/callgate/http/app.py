@@ -1,0 +1,123 @@
+"""The aiohttp application: typed state, middlewares, route modules, and the listener.
+
+Route modules
+-------------
+Each route module exposes ``register(api: Api) -> None``. It calls ``api.route(method, path,
+handler, access=..., operation={...})`` once per route (``operation`` is that route's OpenAPI
+fragment: operationId, summary, tags, parameters, requestBody, its own responses; the bearer
+security, 401/403/503 and the path parameters are added from ``access`` and the path), and
+``api.openapi.add_schema(name, schema)`` for the component schemas it references. ``api.route``
+enforces ``access`` before the handler runs and puts the caller in ``request[PRINCIPAL]``.
+
+To add a module (replace PINs, replacements, audit, ...): write ``callgate/http/<name>_routes.py``
+with ``register``, append it to ``ROUTE_MODULES`` below (one line). State it needs: declare its
+own ``web.AppKey`` in that module and let ``daemon.py`` set ``app[KEY] = value`` on the
+application ``build_app`` returns, before ``start_http``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aiohttp import web
+
+from callgate.http import docs_routes, ops_routes, policy_routes, token_routes
+from callgate.http.api import (
+    AMI_STATUS,
+    AUTHENTICATOR,
+    METRICS,
+    OPENAPI,
+    READY,
+    REGISTRY,
+    STORE,
+    AmiStatus,
+    Api,
+    Handler,
+    ami_not_configured,
+    never_ready,
+)
+from callgate.http.auth import Authenticator
+from callgate.http.errors import error_middleware
+from callgate.metrics import Metrics
+from callgate.registry import PolicyRegistry
+from callgate.store import Store
+
+log = logging.getLogger(__name__)
+
+MAX_BODY = 2 * 1024 * 1024
+
+RouteModule = Callable[[Api], None]
+
+
+@dataclass(frozen=True, slots=True)
+class HttpDeps:
+    """What the HTTP API needs from the rest of the daemon (wired in daemon.py)."""
+
+    store: Store
+    registry: PolicyRegistry
+    metrics: Metrics
+    admin_token: str | None
+    ready: Callable[[], bool] = field(default=never_ready)
+    """True once every stored policy is loaded and both listeners are open."""
+    ami_status: Callable[[], AmiStatus] = field(default=ami_not_configured)
+
+
+def _route_template(request: web.Request) -> str:
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else "unmatched"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    counter = request.app[METRICS].http_requests
+    route = _route_template(request)
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        counter.labels(request.method, route, str(exc.status)).inc()
+        raise
+    counter.labels(request.method, route, str(response.status)).inc()
+    return response
+
+
+ROUTE_MODULES: tuple[RouteModule, ...] = (
+    policy_routes.register,
+    token_routes.register,
+    ops_routes.register,
+    docs_routes.register,
+)
+
+
+def build_app(deps: HttpDeps) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY, middlewares=[metrics_middleware, error_middleware]
+    )
+    app[STORE] = deps.store
+    app[REGISTRY] = deps.registry
+    app[METRICS] = deps.metrics
+    app[AUTHENTICATOR] = Authenticator(deps.admin_token, deps.store.tokens)
+    app[READY] = deps.ready
+    app[AMI_STATUS] = deps.ami_status
+    api = Api(app)
+    for register in ROUTE_MODULES:
+        register(api)
+    app[OPENAPI] = api.openapi.document()
+    if deps.admin_token is None:
+        log.warning(
+            "no admin token configured: every authenticated HTTP route answers 401."
+            " Set CALLGATE_ADMIN_TOKEN in the environment (for example"
+            " CALLGATE_ADMIN_TOKEN=$(openssl rand -hex 32)) and restart."
+        )
+    return app
+
+
+async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+    """Open the listener; the caller owns ``runner.cleanup()``."""
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    log.info("HTTP API listening on %s:%s", host, port)
+    return runner

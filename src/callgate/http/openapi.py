@@ -1,0 +1,137 @@
+"""The OpenAPI 3.1 description, assembled from the fragments each route module registers.
+
+A route module hands ``Api.route`` an operation fragment (operationId, summary, parameters,
+request body, its own responses). This module adds what follows from the route's access level
+(the bearer security requirement and the 401/403 answers) and the path parameters, so that the
+published document matches what the service really does: the schemathesis test holds it to that.
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Mapping
+
+from callgate import __version__
+from callgate.http.auth import Access
+
+JsonObject = dict[str, object]
+"""A fragment of the OpenAPI document (it is JSON by nature; it never leaves this layer)."""
+
+CLIENT_ID_SCHEMA: JsonObject = {
+    "type": "string",
+    # "." and ".." are valid client ids in policy.md but cannot travel as a URL path segment.
+    "pattern": r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$",
+    "description": "1 to 64 characters of A-Z a-z 0-9 _ - .",
+}
+EXTENSION_PATTERN = r"^[A-Za-z0-9_.+-]{1,32}$"
+
+ERROR_SCHEMA: JsonObject = {
+    "type": "object",
+    "required": ["error", "message", "details"],
+    "properties": {
+        "error": {"type": "string", "description": "stable machine-readable code"},
+        "message": {"type": "string"},
+        "details": {
+            "type": "array",
+            "items": {"type": "object"},
+            "description": 'for a document error: [{"loc": [...], "message": "..."}]',
+        },
+    },
+}
+
+_ERROR_TEXT = {
+    400: "Malformed JSON (also inside the string form of call_control_groups)",
+    401: "No token, a bad token, or no admin token configured",
+    403: "The token belongs to another client, or is not the admin token",
+    404: "Not found",
+    409: "Conflict",
+    412: "If-Match does not match the current ETag; nothing changed",
+    413: "Request body over 2 MiB",
+    422: "Invalid input: details locate each error",
+    503: "The store is unavailable",
+}
+
+
+def error_response(status: int, description: str | None = None) -> JsonObject:
+    return {
+        "description": description or _ERROR_TEXT[status],
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}},
+    }
+
+
+def json_response(description: str, schema: JsonObject, **extra: object) -> JsonObject:
+    content = {"application/json": {"schema": schema}}
+    return {"description": description, "content": content, **extra}
+
+
+def ref(name: str) -> JsonObject:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+_PATH_PARAM = re.compile(r"\{(\w+)\}")
+
+
+class OpenApi:
+    def __init__(self, title: str = "callgate") -> None:
+        self._title = title
+        self._paths: dict[str, dict[str, JsonObject]] = {}
+        self._schemas: dict[str, JsonObject] = {"Error": ERROR_SCHEMA}
+        self._path_params: dict[str, JsonObject] = {"client_id": CLIENT_ID_SCHEMA}
+        self._tags: dict[str, str] = {}
+
+    def add_schema(self, name: str, schema: JsonObject) -> None:
+        self._schemas[name] = schema
+
+    def add_path_param(self, name: str, schema: JsonObject) -> None:
+        """The schema of ``{name}`` wherever it appears in a path."""
+        self._path_params[name] = schema
+
+    def add_tag(self, name: str, description: str) -> None:
+        self._tags[name] = description
+
+    def add_operation(
+        self, method: str, path: str, access: Access, operation: Mapping[str, object]
+    ) -> None:
+        op: JsonObject = copy.deepcopy(dict(operation))
+        responses = op.setdefault("responses", {})
+        assert isinstance(responses, dict)
+        params = op.setdefault("parameters", [])
+        assert isinstance(params, list)
+        named = {p.get("name") for p in params if isinstance(p, dict)}
+        for name in _PATH_PARAM.findall(path):
+            if name not in named:
+                schema = self._path_params.get(name, {"type": "string"})
+                params.insert(0, {"name": name, "in": "path", "required": True, "schema": schema})
+        if access is Access.PUBLIC:
+            op["security"] = []
+        else:
+            op["security"] = [{"bearer": []}]
+            responses.setdefault("401", error_response(401))
+            responses.setdefault("403", error_response(403))
+            responses.setdefault("503", error_response(503))
+        if "client_id" in _PATH_PARAM.findall(path):
+            responses.setdefault("422", error_response(422))
+        if not params:
+            del op["parameters"]
+        self._paths.setdefault(path, {})[method.lower()] = op
+
+    def document(self) -> JsonObject:
+        return {
+            "openapi": "3.1.0",
+            "info": {
+                "title": self._title,
+                "version": __version__,
+                "description": (
+                    "Call control group policies for Asterisk: pickup, listen, whisper and"
+                    " phone replace, per client. Send 'Authorization: Bearer <token>'."
+                ),
+            },
+            "tags": [{"name": n, "description": d} for n, d in self._tags.items()],
+            "paths": copy.deepcopy(self._paths),
+            "components": {
+                "schemas": copy.deepcopy(self._schemas),
+                "securitySchemes": {"bearer": {"type": "http", "scheme": "bearer"}},
+            },
+            "security": [{"bearer": []}],
+        }
