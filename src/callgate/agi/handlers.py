@@ -1,0 +1,209 @@
+"""FastAGI handlers: read the request from the environment, decide once, answer with variables.
+
+The dispatcher routes by the URL path (``agi://host/pickup`` -> ``pickup``) through a table built
+in ``daemon.py``: ``pickup``, ``eavesdrop`` and ``whisper`` go to ``PolicyRoute`` (a pure decision
+on the compiled policy the registry holds — no store, no other network call while the phone
+waits); ``replace`` and ``restore`` to the phone-replace flow. A route owns its session: it reads,
+decides and sets the ``CALLGATE_*`` variables (``answer()``). An action without a route is denied
+``invalid_request``; a route that raises is denied ``internal_error``: never an open door.
+
+Variables are set with one ``EXEC MSet`` (one round trip instead of five ``SET VARIABLE``s), and
+all of them every time, a denial included, so a previous AGI's values never survive.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Final
+
+from prometheus_client import Counter
+
+from callgate.agi import variables
+from callgate.agi.protocol import AgiEnvironment
+from callgate.agi.session import AgiSession, AgiSessionError
+from callgate.audit import AuditEvent, AuditSink
+from callgate.metrics import Metrics
+from callgate.policy import ALL_TARGETS, Action, Decision, Reason, decide, is_valid_client_id
+from callgate.registry import PolicyRegistry
+
+log = logging.getLogger(__name__)
+
+AgiRoute = Callable[[AgiSession], Awaitable[object]]
+"""Handles one session completely (variables included); its return value is ignored."""
+
+POLICY_ACTIONS: Final = (Action.PICKUP, Action.EAVESDROP, Action.WHISPER)
+
+_INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
+_INTERNAL_ERROR: Final = Decision.deny(Reason.INTERNAL_ERROR)
+
+
+@dataclass(frozen=True, slots=True)
+class AgiRequest:
+    """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>])``."""
+
+    action: str
+    client_id: str
+    ext: str
+    target: str | None
+    """``None`` for the group forms (``agi_arg_3`` empty or absent)."""
+    uniqueid: str | None
+    channel: str | None
+
+    @classmethod
+    def from_environment(cls, env: AgiEnvironment) -> AgiRequest:
+        return cls(
+            action=env.action,
+            client_id=env.arg(1),
+            ext=env.arg(2),
+            target=env.arg(3) or None,
+            uniqueid=env.uniqueid or None,
+            channel=env.channel or None,
+        )
+
+
+def pickup_argument(client_id: str, decision: Decision, target: str | None) -> str:
+    """``CALLGATE_PICKUP``: ``Pickup()``'s argument naming exactly the allowed ringing legs."""
+    if not decision.allowed:
+        return ""
+    if target:
+        return f"{client_id}/{target}@{variables.PICKUPMARK}"
+    if decision.targets == (ALL_TARGETS,):
+        return ""  # plain Pickup() within the client's own named pickup group
+    return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in decision.targets)
+
+
+async def answer(session: AgiSession, decision: Decision, version: int, pickup: str = "") -> None:
+    """Set every ``CALLGATE_*`` variable in one command; the decision is the last pair."""
+    await session.set_variables(
+        (
+            (variables.REASON, decision.reason.value),
+            (variables.TARGETS, "&".join(decision.targets)),
+            (variables.VERSION, str(version)),
+            (variables.PICKUP, pickup),
+            (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
+        )
+    )
+
+
+class DecisionRecorder:
+    """One log line, one audit event and one metric per decision."""
+
+    def __init__(self, audit: AuditSink, metrics: Metrics) -> None:
+        self._audit = audit
+        self._decisions = metrics.decisions
+        self._children: dict[tuple[str, str, str], Counter] = {}
+
+    def record(self, request: AgiRequest, decision: Decision, version: int) -> None:
+        valid_client = is_valid_client_id(request.client_id)
+        action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
+        log.info(
+            "decision client=%s action=%s ext=%s target=%s decision=%s reason=%s targets=%s"
+            " version=%d uniqueid=%s",
+            request.client_id if valid_client else _printable(request.client_id),
+            action if action != "invalid" else _printable(request.action),
+            _printable(request.ext),
+            _printable(request.target or "-"),
+            decision.verdict,
+            decision.reason.value,
+            "&".join(decision.targets) or "-",
+            version,
+            _printable(request.uniqueid or "-"),
+        )
+        key = (request.client_id if valid_client else "-", action, decision.verdict)
+        child = self._children.get(key)
+        if child is None:
+            child = self._children[key] = self._decisions.labels(*key)
+        child.inc()
+        if valid_client:  # an audit log is per client: there is none for a malformed id
+            self._audit.record(
+                AuditEvent(
+                    time=datetime.now(UTC),
+                    client_id=request.client_id,
+                    action=action,
+                    ext=request.ext,
+                    target=request.target,
+                    decision=decision.verdict,
+                    reason=decision.reason.value,
+                    policy_version=version,
+                    uniqueid=request.uniqueid,
+                    channel=request.channel,
+                )
+            )
+
+
+_KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
+
+
+class PolicyRoute:
+    """``pickup``, ``eavesdrop``, ``whisper``: decided by the compiled policy alone."""
+
+    def __init__(self, registry: PolicyRegistry, recorder: DecisionRecorder) -> None:
+        self._registry = registry
+        self._recorder = recorder
+
+    async def __call__(self, session: AgiSession) -> Decision:
+        request = AgiRequest.from_environment(session.environment)
+        version = 0
+        try:
+            if session.environment.duplicate_keys or not is_valid_client_id(request.client_id):
+                decision = _INVALID
+            else:
+                policy = self._registry.get(request.client_id)
+                version = policy.version
+                decision = decide(policy.compiled, request.action, request.ext, request.target)
+            pickup = ""
+            if request.action == Action.PICKUP:
+                pickup = pickup_argument(request.client_id, decision, request.target)
+        except Exception:
+            log.exception("decision failed for %s", _printable(request.uniqueid or "-"))
+            decision, pickup = _INTERNAL_ERROR, ""
+        self._recorder.record(request, decision, version)
+        await answer(session, decision, version, pickup)
+        return decision
+
+
+class AgiDispatcher:
+    """The session handler the server runs: the route for the action, or a denial."""
+
+    def __init__(self, routes: Mapping[str, AgiRoute], recorder: DecisionRecorder) -> None:
+        self._routes = dict(routes)
+        self._recorder = recorder
+
+    async def __call__(self, session: AgiSession) -> None:
+        route = self._routes.get(session.environment.action)
+        if route is None:
+            await self._deny(session, _INVALID)
+            return
+        try:
+            await route(session)
+        except AgiSessionError:
+            raise  # the connection is gone or broken: nobody left to answer
+        except Exception:
+            log.exception(
+                "FastAGI route %s failed (uniqueid %s)",
+                _printable(session.environment.action),
+                _printable(session.environment.uniqueid),
+            )
+            await self._deny(session, _INTERNAL_ERROR)
+
+    async def _deny(self, session: AgiSession, decision: Decision) -> None:
+        self._recorder.record(AgiRequest.from_environment(session.environment), decision, 0)
+        await answer(session, decision, 0)
+
+
+def policy_routes(registry: PolicyRegistry, recorder: DecisionRecorder) -> dict[str, AgiRoute]:
+    """The routes decided by the policy alone; ``daemon.py`` adds ``replace`` and ``restore``."""
+    route = PolicyRoute(registry, recorder)
+    return {action.value: route for action in POLICY_ACTIONS}
+
+
+def _printable(value: str | None, limit: int = 64) -> str:
+    """Untrusted text for a log line: as is when short and printable ASCII, else escaped."""
+    if value is None:
+        return "-"
+    if len(value) <= limit and value.isascii() and value.isprintable() and " " not in value:
+        return value
+    return ascii(value[:limit]) + ("..." if len(value) > limit else "")

@@ -1,0 +1,381 @@
+"""The FastAGI listener: limits, deadlines and lifecycle around the sans-IO protocol.
+
+One ``AgiServer`` owns the listening socket and every connection. Each connection is an
+``asyncio.Protocol`` (``_Link``) that only feeds bytes to ``AgiConnection`` and acts on its events;
+once the environment is complete, one task runs the session handler with an ``AgiSession``.
+
+What a misbehaving peer can cost is bounded: at most ``max_sessions`` connections (more are
+answered ``failure`` and closed at once, so the dialplan sees ``AGISTATUS=FAILURE``), the
+environment must arrive within ``env_timeout`` and each reply within ``reply_timeout``, lines and
+the environment are size-capped by the parser. Any breach closes that one connection with one
+log line; nothing else waits on it. Shutdown: stop accepting, let the connections in flight finish
+within ``shutdown_grace`` seconds, then cancel the rest.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import TYPE_CHECKING, Final
+
+from callgate.agi.protocol import (
+    CLOSED,
+    NEED_DATA,
+    AgiConnection,
+    AgiEnvironment,
+    AgiProtocolError,
+    Reply,
+)
+from callgate.agi.session import AgiConnectionLost, AgiSession, AgiSessionError, AgiTimeout
+from callgate.metrics import Metrics
+
+if TYPE_CHECKING:
+    from callgate.config import Settings
+
+log = logging.getLogger(__name__)
+
+SessionHandler = Callable[[AgiSession], Awaitable[None]]
+
+OVERLOAD_REPLY: Final = b"failure\n"
+"""Asterisk ends the AGI with AGISTATUS=FAILURE on a line starting ``failure``."""
+
+
+@dataclass(frozen=True, slots=True)
+class AgiConfig:
+    host: str = "127.0.0.1"
+    port: int = 4573
+    max_sessions: int = 2000
+    env_timeout: float = 5.0
+    reply_timeout: float = 10.0
+    max_line: int = 8192
+    max_env: int = 65536
+    shutdown_grace: float = 10.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AgiConfig:
+        host, port = settings.agi_address
+        return cls(
+            host=host,
+            port=port,
+            max_sessions=settings.agi_max_sessions,
+            env_timeout=settings.agi_env_timeout,
+            reply_timeout=settings.agi_reply_timeout,
+            max_line=settings.agi_max_line,
+            max_env=settings.agi_max_env,
+            shutdown_grace=settings.shutdown_grace,
+        )
+
+
+class Outcome(StrEnum):
+    """Values of the ``callgate_agi_sessions{outcome}`` counter."""
+
+    COMPLETED = "completed"
+    OVERLOAD = "overload"
+    PROTOCOL_ERROR = "protocol_error"
+    TIMEOUT = "timeout"
+    DISCONNECTED = "disconnected"
+    ERROR = "error"
+    CANCELLED = "cancelled"
+
+
+class AgiServer:
+    def __init__(self, config: AgiConfig, handler: SessionHandler, metrics: Metrics) -> None:
+        self.config = config
+        self.handler = handler
+        self._metrics = metrics
+        # Resolved once: a labelled child per outcome, not a lookup per session.
+        self._outcomes = {outcome: metrics.agi_sessions.labels(outcome) for outcome in Outcome}
+        self._links: set[_Link] = set()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._server: asyncio.Server | None = None
+        self._accepting = False
+
+    @property
+    def port(self) -> int:
+        """The bound port (useful with port 0)."""
+        assert self._server is not None
+        assert self._server.sockets
+        return int(self._server.sockets[0].getsockname()[1])
+
+    @property
+    def active(self) -> int:
+        return len(self._links)
+
+    async def start(self) -> None:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: _Link(self),
+            self.config.host,
+            self.config.port,
+            # A burst of AGI() calls connects at once; let the kernel queue them.
+            backlog=max(128, self.config.max_sessions),
+            reuse_address=True,
+        )
+        self._accepting = True
+        log.info(
+            "FastAGI listening on %s:%d (at most %d sessions)",
+            self.config.host,
+            self.port,
+            self.config.max_sessions,
+        )
+
+    async def stop(self) -> None:
+        """Stop accepting, wait for the sessions in flight (bounded), then cancel the rest."""
+        self._accepting = False
+        if self._server is not None:
+            self._server.close()
+        if self._links:
+            log.info("FastAGI: waiting for %d sessions in flight", len(self._links))
+            try:
+                await asyncio.wait_for(self._idle.wait(), self.config.shutdown_grace)
+            except TimeoutError:
+                log.warning(
+                    "FastAGI: cancelling %d sessions after the grace period", len(self._links)
+                )
+        tasks = [task for link in list(self._links) if (task := link.abort()) is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=1.0)
+        if self._server is not None:
+            await self._server.wait_closed()
+            self._server = None
+
+    # -- called by the links
+
+    def admit(self, link: _Link) -> bool:
+        if not self._accepting or len(self._links) >= self.config.max_sessions:
+            return False
+        self._links.add(link)
+        self._idle.clear()
+        self._metrics.agi_active.inc()
+        return True
+
+    def forget(self, link: _Link, outcome: Outcome) -> None:
+        self._outcomes[outcome].inc()
+        if link in self._links:
+            self._links.discard(link)
+            self._metrics.agi_active.dec()
+            if not self._links:
+                self._idle.set()
+
+    def observe(self, seconds: float) -> None:
+        self._metrics.agi_session_seconds.observe(seconds)
+
+
+class _Link(asyncio.Protocol):
+    """One connection: bytes in -> ``AgiConnection`` -> environment / replies; commands out."""
+
+    __slots__ = (
+        "_agi",
+        "_done",
+        "_failure",
+        "_loop",
+        "_server",
+        "_started",
+        "_task",
+        "_timer",
+        "_transport",
+        "_waiter",
+    )
+
+    def __init__(self, server: AgiServer) -> None:
+        self._server = server
+        self._loop = asyncio.get_running_loop()
+        config = server.config
+        self._agi = AgiConnection(max_line=config.max_line, max_env=config.max_env)
+        self._transport: asyncio.Transport | None = None
+        self._waiter: asyncio.Future[Reply] | None = None
+        self._timer: asyncio.TimerHandle | None = None
+        self._task: asyncio.Task[None] | None = None
+        self._started = 0.0
+        self._done = False
+        self._failure: Outcome | None = None
+
+    # -- CommandLink, for the session
+
+    @property
+    def dead(self) -> bool:
+        return self._agi.dead
+
+    @property
+    def hangup_seen(self) -> bool:
+        return self._agi.hangup_seen
+
+    @property
+    def reply_timeout(self) -> float:
+        return self._server.config.reply_timeout
+
+    async def roundtrip(self, line: bytes, reply_within: float) -> Reply:
+        transport = self._transport
+        if self._done or transport is None or transport.is_closing():
+            raise AgiConnectionLost("the connection is closed")
+        try:
+            transport.write(self._agi.send(line))
+        except AgiProtocolError as exc:
+            raise AgiSessionError(str(exc)) from exc
+        waiter = self._waiter = self._loop.create_future()
+        timer = self._loop.call_later(reply_within, self._reply_timed_out, waiter)
+        try:
+            reply: Reply = await waiter
+            return reply
+        finally:
+            timer.cancel()
+            self._waiter = None
+
+    # -- asyncio.Protocol
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._transport = transport
+        if not self._server.admit(self):
+            self._done = True
+            transport.write(OVERLOAD_REPLY)
+            transport.close()
+            self._server.forget(self, Outcome.OVERLOAD)
+            log.warning(
+                "FastAGI %s: refused (%d sessions open, limit %d); answered failure",
+                _peer(transport),
+                self._server.active,
+                self._server.config.max_sessions,
+            )
+            return
+        self._timer = self._loop.call_later(
+            self._server.config.env_timeout, self._environment_timed_out
+        )
+
+    def data_received(self, data: bytes) -> None:
+        if self._done:
+            return
+        try:
+            self._agi.receive_data(data)
+            self._pump()
+        except AgiProtocolError as exc:
+            self._fail(Outcome.PROTOCOL_ERROR, str(exc))
+
+    def eof_received(self) -> bool | None:
+        if not self._done:
+            try:
+                self._agi.receive_data(b"")
+                self._pump()
+            except AgiProtocolError as exc:
+                self._fail(Outcome.PROTOCOL_ERROR, str(exc))
+        return None  # close our side too
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._wake(AgiConnectionLost("the connection was closed"))
+        if not self._done and self._task is None:
+            self._done = True
+            self._server.forget(self, Outcome.DISCONNECTED)
+            log.warning("FastAGI %s: closed before the environment was complete", self._peer())
+
+    # -- internals
+
+    def _pump(self) -> None:
+        while True:
+            event = self._agi.next_event()
+            if event is NEED_DATA:
+                return
+            if isinstance(event, Reply):
+                waiter = self._waiter
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(event)
+            elif isinstance(event, AgiEnvironment):
+                self._start_session(event)
+            elif event is CLOSED:
+                self._wake(AgiConnectionLost("Asterisk closed the connection"))
+                if self._task is None and not self._done:
+                    self._done = True
+                    self._close()
+                    self._server.forget(self, Outcome.DISCONNECTED)
+                    log.warning("FastAGI %s: closed without an environment", self._peer())
+                return
+            # HANGUP: recorded in the protocol state (dead), nothing to wake
+
+    def _start_session(self, environment: AgiEnvironment) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        self._started = self._loop.time()
+        self._task = self._loop.create_task(self._run(AgiSession(self, environment)))
+
+    async def _run(self, session: AgiSession) -> None:
+        outcome = Outcome.COMPLETED
+        try:
+            await self._server.handler(session)
+        except AgiSessionError as exc:
+            outcome = self._failure or Outcome.DISCONNECTED
+            if self._failure is None:  # else _fail() has logged it
+                log.warning("FastAGI %s: session ended early: %s", self._peer(), exc)
+        except asyncio.CancelledError:
+            outcome = Outcome.CANCELLED
+            raise
+        except Exception:
+            outcome = Outcome.ERROR
+            log.exception("FastAGI %s: session handler failed", self._peer())
+        finally:
+            self._close()
+            if not self._done:
+                self._done = True
+                self._server.forget(self, outcome)
+                self._server.observe(self._loop.time() - self._started)
+
+    def _fail(self, outcome: Outcome, reason: str) -> None:
+        """Close this connection because of the peer; wake a waiting command."""
+        if self._done:
+            return
+        log.warning("FastAGI %s: %s; connection closed", self._peer(), reason)
+        self._failure = outcome
+        if self._task is None:
+            self._done = True
+            self._server.forget(self, outcome)
+        error: AgiSessionError = (
+            AgiTimeout(reason) if outcome == Outcome.TIMEOUT else AgiConnectionLost(reason)
+        )
+        self._wake(error)
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _environment_timed_out(self) -> None:
+        self._timer = None
+        self._fail(Outcome.TIMEOUT, f"no environment within {self._server.config.env_timeout}s")
+
+    def _reply_timed_out(self, waiter: asyncio.Future[Reply]) -> None:
+        if not waiter.done():
+            self._fail(Outcome.TIMEOUT, "no reply within the deadline")
+
+    def _wake(self, error: AgiSessionError) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(error)
+
+    def _close(self) -> None:
+        if self._transport is not None and not self._transport.is_closing():
+            self._transport.close()
+
+    def abort(self) -> asyncio.Task[None] | None:
+        """Shutdown after the grace period: drop the connection, cancel its session."""
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+        elif not self._done:
+            self._done = True
+            self._server.forget(self, Outcome.CANCELLED)
+        if self._transport is not None:
+            self._transport.abort()
+        return self._task
+
+    def _peer(self) -> str:
+        return _peer(self._transport)
+
+
+def _peer(transport: asyncio.BaseTransport | None) -> str:
+    if transport is None:
+        return "?"
+    peer = transport.get_extra_info("peername")
+    if isinstance(peer, tuple) and len(peer) >= 2:
+        return f"{peer[0]}:{peer[1]}"
+    return str(peer)

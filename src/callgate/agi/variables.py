@@ -1,0 +1,33 @@
+"""Every channel-variable name and value that crosses the FastAGI boundary, in one place.
+
+The shipped dialplan (``asterisk-conf/``) reads exactly these names after the AGI returns; a
+rename here is a change of the outside contract (``README.md`` "FastAGI").
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+# What callgate sets on the asking channel (always all of them, a denial included).
+DECISION: Final = "CALLGATE_DECISION"
+"""``ALLOW`` or ``DENY``. The dialplan lets a call through only on ``ALLOW``."""
+REASON: Final = "CALLGATE_REASON"
+"""A reason code of ``policy.md`` (``pickup_all``, ``invalid_request``, ...)."""
+TARGETS: Final = "CALLGATE_TARGETS"
+"""Group forms: the allowed targets, sorted, joined by ``&`` (``*`` = everyone); else empty."""
+VERSION: Final = "CALLGATE_VERSION"
+"""The version of the client's policy that decided (0 = the default document)."""
+PICKUP: Final = "CALLGATE_PICKUP"
+"""An allowed pickup: the ``Pickup()`` argument (``<client>/<ext>@PICKUPMARK`` items joined by
+``&``); empty when targets are ``*`` (plain ``Pickup()`` in the client's pickup group) or denied."""
+
+ALL: Final = (DECISION, REASON, TARGETS, VERSION, PICKUP)
+
+ALLOW: Final = "ALLOW"
+DENY: Final = "DENY"
+
+# Set by the dialplan, read by Asterisk applications; callgate only formats values for them.
+PICKUPMARK: Final = "PICKUPMARK"
+"""``__PICKUPMARK=<client>/<ext>`` marks a ringing leg; ``Pickup(<client>/<ext>@PICKUPMARK)``."""
+AGISTATUS: Final = "AGISTATUS"
+"""Set by Asterisk after the AGI; the dialplan requires ``SUCCESS`` and ``ALLOW``."""
