@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from callgate.http import docs_routes, ops_routes, policy_routes, token_routes
+from callgate.http import docs_routes, ops_routes, policy_routes, replace_routes, token_routes
 from callgate.http.api import (
     AMI_STATUS,
     AUTHENTICATOR,
@@ -87,6 +87,7 @@ ROUTE_MODULES: tuple[RouteModule, ...] = (
     token_routes.register,
     ops_routes.register,
     docs_routes.register,
+    replace_routes.register,
 )
 
 

@@ -22,11 +22,13 @@ from typing import Protocol
 
 from callgate.store.db import Database, StoreError
 from callgate.store.policies import PolicyRepository, StoredPolicy, VersionConflictError
+from callgate.store.replace import ReplaceRepository
 from callgate.store.tokens import TokenExistsError, TokenInfo, TokenRepository
 
 __all__ = [
     "Database",
     "PolicyRepository",
+    "ReplaceRepository",
     "Store",
     "StoreError",
     "StoredPolicy",
@@ -47,6 +49,7 @@ class Store:
     db: Database
     policies: PolicyRepository
     tokens: TokenRepository
+    replace: ReplaceRepository
 
     async def close(self) -> None:
         await self.db.close()

@@ -1,0 +1,206 @@
+"""HTTP routes of phone replace: an extension's replace PIN, and the replacements in force.
+
+- ``PUT    /client/{client_id}/extension/{ext}/replace_pin``  ``{"pin": "<4-12 digits>"}`` -> 204
+- ``DELETE /client/{client_id}/extension/{ext}/replace_pin``  -> 204 (404 when none was set)
+- ``GET    /client/{client_id}/replacements``                 -> ``{"replacements": [...]}``
+- ``DELETE /client/{client_id}/replacements/{phone}``         -> 204 restored (404 when none)
+
+The PIN goes one way only: it is hashed on arrival and never appears in a response, an error
+message or a log line (an error names the field, never its value).
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from callgate.http.api import Api
+from callgate.http.auth import Access
+from callgate.http.body import read_json
+from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
+from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
+from callgate.policy import is_valid_extension
+from callgate.replace.pins import PinFormatError, check_pin
+from callgate.replace.service import ReplaceService
+
+REPLACE_SERVICE = web.AppKey("replace_service", ReplaceService)
+
+_PIN_MESSAGE = 'The body must be {"pin": "<4 to 12 digits, as a string>"} and nothing else.'
+_TAG = "phone replace"
+
+_EXTENSION_SCHEMA: JsonObject = {
+    "type": "string",
+    "pattern": EXTENSION_PATTERN,
+    "description": "1 to 32 characters of A-Z a-z 0-9 _ - . +",
+}
+_PIN_BODY: JsonObject = {
+    "type": "object",
+    "required": ["pin"],
+    "additionalProperties": False,
+    "properties": {
+        "pin": {
+            "type": "string",
+            "pattern": "^[0-9]{4,12}$",
+            "description": "4 to 12 digits, as a string (a JSON number would lose leading zeros)",
+            "writeOnly": True,
+        }
+    },
+}
+_REPLACEMENT: JsonObject = {
+    "type": "object",
+    "required": ["phone", "from_ext", "to_ext", "since"],
+    "properties": {
+        "phone": {"type": "string", "description": "the phone's own extension"},
+        "from_ext": {"type": "string", "description": "the extension it acted as when it asked"},
+        "to_ext": {"type": "string", "description": "the extension it acts as now"},
+        "since": {"type": "string", "format": "date-time"},
+    },
+}
+_REPLACEMENTS: JsonObject = {
+    "type": "object",
+    "required": ["replacements"],
+    "properties": {"replacements": {"type": "array", "items": ref("Replacement")}},
+}
+
+
+def _extension(request: web.Request, name: str) -> str:
+    ext = request.match_info[name]
+    if not is_valid_extension(ext):
+        raise unprocessable(
+            "invalid_extension",
+            "An extension is 1 to 32 characters of A-Z a-z 0-9 _ - . +",
+            [{"loc": ["path", name], "message": "not a valid extension"}],
+        )
+    return ext
+
+
+def _service(request: web.Request) -> ReplaceService:
+    service = request.app.get(REPLACE_SERVICE)
+    if service is None:  # an application built without phone replace wired in
+        raise ApiError(503, "unavailable", "Phone replace is not available in this service.")
+    return service
+
+
+async def _read_pin(request: web.Request) -> str:
+    body = await read_json(request)
+    if not isinstance(body, dict) or set(body) != {"pin"}:
+        keys = sorted(body) if isinstance(body, dict) else []
+        details: list[JsonDetail] = [
+            {"loc": ["body", key], "message": "unknown field"} for key in keys if key != "pin"
+        ]
+        if isinstance(body, dict) and "pin" not in body:
+            details.append({"loc": ["body", "pin"], "message": "required"})
+        raise unprocessable("invalid_pin", _PIN_MESSAGE, details)
+    try:
+        return check_pin(body["pin"])
+    except PinFormatError as exc:
+        # the message describes the format; the value itself is never echoed
+        raise unprocessable(
+            "invalid_pin", _PIN_MESSAGE, [{"loc": ["body", "pin"], "message": str(exc)}]
+        ) from None
+
+
+async def put_pin(request: web.Request) -> web.StreamResponse:
+    client_id = request.match_info["client_id"]
+    ext = _extension(request, "ext")
+    pin = await _read_pin(request)
+    await _service(request).set_pin(client_id, ext, pin)
+    return web.Response(status=204)
+
+
+async def delete_pin(request: web.Request) -> web.StreamResponse:
+    client_id = request.match_info["client_id"]
+    ext = _extension(request, "ext")
+    if not await _service(request).delete_pin(client_id, ext):
+        raise not_found("no_replace_pin", f"Extension {ext} has no replace PIN.")
+    return web.Response(status=204)
+
+
+async def list_replacements(request: web.Request) -> web.StreamResponse:
+    client_id = request.match_info["client_id"]
+    current = await _service(request).replacements(client_id)
+    return web.json_response({"replacements": [r.to_json() for r in current]})
+
+
+async def restore_replacement(request: web.Request) -> web.StreamResponse:
+    client_id = request.match_info["client_id"]
+    phone = _extension(request, "phone")
+    if await _service(request).restore_phone(client_id, phone) is None:
+        raise not_found("not_replaced", f"Phone {phone} is not acting as another extension.")
+    return web.Response(status=204)
+
+
+def _not_found(description: str) -> JsonObject:
+    return error_response(404, description)
+
+
+def register(api: Api) -> None:
+    api.openapi.add_tag(_TAG, "Replace PINs and the phones acting as another extension")
+    api.openapi.add_path_param("ext", _EXTENSION_SCHEMA)
+    api.openapi.add_path_param("phone", {**_EXTENSION_SCHEMA, "description": "own extension"})
+    api.openapi.add_schema("ReplacePin", _PIN_BODY)
+    api.openapi.add_schema("Replacement", _REPLACEMENT)
+    api.openapi.add_schema("Replacements", _REPLACEMENTS)
+    pin_path = "/client/{client_id}/extension/{ext}/replace_pin"
+    api.route(
+        "PUT",
+        pin_path,
+        put_pin,
+        access=Access.CLIENT,
+        operation={
+            "operationId": "setReplacePin",
+            "summary": "Set an extension's replace PIN (stored hashed, never returned)",
+            "tags": [_TAG],
+            "requestBody": {
+                "required": True,
+                "content": {"application/json": {"schema": ref("ReplacePin")}},
+            },
+            "responses": {
+                "204": {"description": "PIN set"},
+                "400": error_response(400, "The body is not JSON"),
+                "413": error_response(413),
+                "422": error_response(422, 'Not {"pin": "<4 to 12 digits>"}, or a bad ext'),
+            },
+        },
+    )
+    api.route(
+        "DELETE",
+        pin_path,
+        delete_pin,
+        access=Access.CLIENT,
+        operation={
+            "operationId": "deleteReplacePin",
+            "summary": "Remove an extension's replace PIN (nobody can replace it then)",
+            "tags": [_TAG],
+            "responses": {
+                "204": {"description": "PIN removed"},
+                "404": _not_found("The extension has no replace PIN"),
+            },
+        },
+    )
+    api.route(
+        "GET",
+        "/client/{client_id}/replacements",
+        list_replacements,
+        access=Access.CLIENT,
+        operation={
+            "operationId": "listReplacements",
+            "summary": "Phones acting as another extension",
+            "tags": [_TAG],
+            "responses": {"200": json_response("The replacements in force", ref("Replacements"))},
+        },
+    )
+    api.route(
+        "DELETE",
+        "/client/{client_id}/replacements/{phone}",
+        restore_replacement,
+        access=Access.CLIENT,
+        operation={
+            "operationId": "restoreReplacement",
+            "summary": "Send a phone back to its own extension (store and AstDB)",
+            "tags": [_TAG],
+            "responses": {
+                "204": {"description": "Restored"},
+                "404": _not_found("The phone is not acting as another extension"),
+            },
+        },
+    )
