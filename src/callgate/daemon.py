@@ -15,8 +15,15 @@ import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
+from aiohttp import web
+
 from callgate.config import Settings
-from callgate.registry import PolicyRegistry
+from callgate.http.api import AmiStatus, ami_not_configured
+from callgate.http.app import HttpDeps, build_app, start_http
+from callgate.metrics import Metrics
+from callgate.policy import compile_policy
+from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.store import Store, open_store
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +38,11 @@ class Services:
     registry: PolicyRegistry = field(default_factory=PolicyRegistry)
     stoppers: list[Stopper] = field(default_factory=list)
     ready: asyncio.Event = field(default_factory=asyncio.Event)
+    metrics: Metrics = field(default_factory=Metrics)
+    store: Store | None = None
+    http_runner: web.AppRunner | None = None
+    ami_status: Callable[[], AmiStatus] = ami_not_configured
+    """Set by the Manager component; ``/readyz`` reports it."""
 
     async def stop(self) -> None:
         """Stop every component, last started first."""
@@ -49,12 +61,48 @@ def configure_logging(level: str) -> None:
     )
 
 
+async def load_policies(store: Store, registry: PolicyRegistry) -> None:
+    """Compile every client's newest stored policy into the registry."""
+    stored = await store.policies.all_current()
+    for policy in stored:
+        registry.load(
+            ClientPolicy(
+                client_id=policy.client_id,
+                version=policy.version,
+                document=policy.document,
+                compiled=compile_policy(policy.document),
+                changed_at=policy.changed_at,
+                changed_by=policy.changed_by,
+            )
+        )
+    log.info("loaded %d stored policies from %s", len(stored), store.db.path)
+
+
+async def _start_http(services: Services, store: Store) -> None:
+    token = services.settings.admin_token
+    app = build_app(
+        HttpDeps(
+            store=store,
+            registry=services.registry,
+            metrics=services.metrics,
+            admin_token=token.get_secret_value() if token is not None else None,
+            ready=services.ready.is_set,
+            ami_status=lambda: services.ami_status(),
+        )
+    )
+    runner = services.http_runner = await start_http(app, *services.settings.http_address)
+    services.stoppers.append(runner.cleanup)
+
+
 async def start(settings: Settings) -> Services:
     """Start every component; the caller owns ``services.stop()``."""
     services = Services(settings)
     try:
         # Components are added here in start order; each appends its own stopper.
-        pass
+        store = services.store = await open_store(settings.db_target)
+        services.stoppers.append(store.close)
+        await load_policies(store, services.registry)
+        await _start_http(services, store)
     except BaseException:
         await services.stop()
         raise
