@@ -10,7 +10,16 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from enum import StrEnum
 from typing import Protocol
+
+
+class EndReason(StrEnum):
+    """Why a listen/whisper session ended (the audit API's ``end_reason``)."""
+
+    LISTENER_HANGUP = "listener_hangup"
+    CALL_ENDED = "call_ended"
+    REVOKED = "revoked"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +38,12 @@ class AuditEvent:
     channel: str | None = None
     extra: tuple[tuple[str, str], ...] = field(default=())
     """More facts worth keeping (for example ``("phone", "100")`` for a replace)."""
+    started: datetime | None = None
+    ended: datetime | None = None
+    end_reason: EndReason | None = None
+    """Set only on the events the Manager side records for a listen/whisper session: one with
+    ``started`` when ChanSpy began, one with ``ended`` and ``end_reason`` when it ended. They
+    complete the allowing decision's record (same client, action and ``uniqueid``)."""
 
 
 class AuditSink(Protocol):

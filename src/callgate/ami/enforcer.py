@@ -1,0 +1,125 @@
+"""Ending what a policy no longer allows: the spier of a withdrawn session is hung up.
+
+On every policy change (``PolicyRegistry.subscribe``) each tracked session of that client is
+decided again with ``decide(new.compiled, action, ext, target)`` (the session's own action: a
+whisper session needs the whisper grant, a listen session either grant, as rule 6 says). Each one
+now denied gets an AMI ``Hangup`` of exactly its spier's channel, written before the listener
+returns; the answers are awaited in the background so a slow or absent Manager never holds up the
+HTTP request that changed the policy. The same check runs when a session starts (the policy may
+have changed between the FastAGI decision and ChanSpyStart) and after every reconciliation with
+``CoreShowChannels`` (a change made while the Manager connection was down).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Iterable
+
+from callgate.ami.client import ManagerClient, ManagerError
+from callgate.ami.protocol import Message
+from callgate.ami.tracker import Revocation, SessionTracker, SpySession
+from callgate.audit import EndReason
+from callgate.metrics import Metrics
+from callgate.policy import decide
+from callgate.registry import ClientPolicy
+
+log = logging.getLogger(__name__)
+
+
+class Enforcer:
+    def __init__(
+        self,
+        client: ManagerClient,
+        tracker: SessionTracker,
+        policies: Callable[[str], ClientPolicy],
+        metrics: Metrics,
+        *,
+        clock: Callable[[], float] = time.perf_counter,
+    ) -> None:
+        self._client = client
+        self._tracker = tracker
+        self._policies = policies
+        self._metrics = metrics
+        self._clock = clock
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
+        """The registry's change listener."""
+        self.enforce(self._tracker.sessions_of(new.client_id), new)
+
+    def enforce(self, sessions: Iterable[SpySession], policy: ClientPolicy | None = None) -> int:
+        """Hang up every session of ``sessions`` that ``policy`` (default: the current) denies."""
+        started = self._clock()
+        ended = 0
+        for session in sessions:
+            if session.revocation is not None:
+                continue
+            current = policy or self._policies(session.client_id)
+            grant = session.grant
+            decision = decide(current.compiled, grant.action, grant.ext, grant.target)
+            if not decision.allowed:
+                ended += self._revoke(session, current.version, str(decision.reason), started)
+        return ended
+
+    def _revoke(self, session: SpySession, version: int, reason: str, started: float) -> int:
+        channel = session.spyer_channel
+        if not channel or channel.startswith("/"):
+            # `/.../` would be read by Asterisk as a regex over every channel: never send that.
+            log.error("not hanging up %r: not a single channel name", channel)
+            return 0
+        grant = session.grant
+        try:
+            future = self._client.submit("Hangup", [("Channel", channel)])
+        except ManagerError as exc:
+            log.warning(
+                "cannot end %s session %s -> %s of client %s (%s): %s; retried after reconnect",
+                grant.action,
+                grant.ext,
+                grant.target,
+                grant.client_id,
+                channel,
+                exc,
+            )
+            return 0
+        self._metrics.revocation_seconds.observe(self._clock() - started)
+        self._metrics.revocations.labels(grant.client_id, grant.action).inc()
+        self._tracker.mark_revoking(session.uniqueid, Revocation(version, reason))
+        log.info(
+            "policy v%s of client %s withdraws %s %s -> %s (%s): hanging up %s",
+            version,
+            grant.client_id,
+            grant.action,
+            grant.ext,
+            grant.target,
+            reason,
+            channel,
+        )
+        task = asyncio.create_task(self._confirm(session, future))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return 1
+
+    async def _confirm(
+        self,
+        session: SpySession,
+        future: asyncio.Future[tuple[Message, ...]],
+    ) -> None:
+        try:
+            (response,) = await self._client.wait(future, "Hangup")
+        except ManagerError as exc:
+            log.warning("Hangup of %s: %s; retried later", session.spyer_channel, exc)
+            self._tracker.mark_revoking(session.uniqueid, None)
+            return
+        if response.is_success or response.get("Message") == "No such channel":
+            # Hung up now, or gone already: either way it has ended under a withdrawn right.
+            self._tracker.close(session.uniqueid, EndReason.REVOKED)
+        else:
+            log.error("Hangup of %s refused: %s", session.spyer_channel, response.get("Message"))
+            self._tracker.mark_revoking(session.uniqueid, None)
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)

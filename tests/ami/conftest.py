@@ -1,0 +1,131 @@
+"""Fixtures of the live-enforcement tests: the fake Manager on loopback, a policy registry, an
+audit sink that keeps what it is given, and the real client/tracker/enforcer wired as the daemon
+wires them, with timings shortened."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+from callgate.ami.client import ManagerConfig, ManagerState
+from callgate.ami.service import LiveEnforcement
+from callgate.audit import AuditEvent
+from callgate.metrics import Metrics
+from callgate.policy import compile_policy, parse_document
+from callgate.registry import ClientPolicy, PolicyRegistry
+from fake_ami import FakeAmi
+
+CLIENT = "acme"
+REFERENCE: dict[str, Any] = {
+    "groups": {"support": ["100", "101"], "sales": ["102", "101"], "hr": ["100", "101", "103"]},
+    "pickup_share_groups": ["support", "sales"],
+    "eavesdrop_100": ["support"],
+    "whisper_101": ["sales", "hr"],
+}
+
+
+def fast_config(port: int, **overrides: Any) -> ManagerConfig:
+    values: dict[str, Any] = {
+        "host": "127.0.0.1",
+        "port": port,
+        "username": "callgate",
+        "secret": "s3cret",
+        "connect_timeout": 1.0,
+        "login_timeout": 1.0,
+        "action_timeout": 1.0,
+        "ping_interval": 0.2,
+        "ping_timeout": 0.2,
+        "backoff_initial": 0.05,
+        "backoff_max": 0.2,
+        "auth_retry": 30.0,
+    }
+    values.update(overrides)
+    return ManagerConfig(**values)
+
+
+def policy(version: int, document: dict[str, Any], client: str = CLIENT) -> ClientPolicy:
+    doc = parse_document(document)
+    return ClientPolicy(client, version, doc, compile_policy(doc))
+
+
+async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
+    async with asyncio.timeout(within):
+        while not check():  # noqa: ASYNC110 - polls state owned by the code under test
+            await asyncio.sleep(0.01)
+
+
+@dataclass
+class RecordingAudit:
+    events: list[AuditEvent] = field(default_factory=list)
+
+    def record(self, event: AuditEvent) -> None:
+        self.events.append(event)
+
+    def ends(self) -> list[tuple[str | None, str | None]]:
+        return [(e.uniqueid, e.end_reason) for e in self.events if e.ended is not None]
+
+
+@dataclass
+class Live:
+    fake: FakeAmi
+    registry: PolicyRegistry
+    audit: RecordingAudit
+    metrics: Metrics
+    service: LiveEnforcement
+
+    def allow(self, action: str, ext: str, target: str, uniqueid: str, channel: str) -> None:
+        """What the FastAGI handler does after an allowed eavesdrop/whisper decision."""
+        current = self.registry.get(CLIENT)
+        self.service.grants.note_allowed(
+            CLIENT, action, ext, target, uniqueid, channel, current.version, "eavesdrop_group"
+        )
+
+    async def spy(
+        self, action: str, ext: str, target: str, n: int, *, announce: bool = True
+    ) -> tuple[str, str]:
+        """An allowed session: FastAGI allow, then ChanSpy on the AGI channel. (channel, uid)"""
+        channel, uniqueid = f"PJSIP/acme_{ext}-{n:08x}", f"1795723209.{n}"
+        self.allow(action, ext, target, uniqueid, channel)
+        await self.fake.start_spy(
+            channel,
+            uniqueid,
+            f"PJSIP/acme_{target}-{n + 1000:08x}",
+            f"1795723206.{n}",
+            announce=announce,
+        )
+        return channel, uniqueid
+
+    def hangups(self) -> list[str]:
+        return [a.get("Channel") for a in self.fake.received("Hangup")]
+
+    async def connected(self) -> None:
+        await eventually(lambda: self.service.status() is ManagerState.CONNECTED)
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAmi]:
+    fake = FakeAmi()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def live(fake: FakeAmi) -> AsyncIterator[Live]:
+    registry = PolicyRegistry()
+    registry.load(policy(1, REFERENCE))
+    audit = RecordingAudit()
+    metrics = Metrics()
+    service = LiveEnforcement(
+        fast_config(fake.port), registry, audit, metrics, stop_grace=0.3, reconcile_interval=3600
+    )
+    service.start()
+    live = Live(fake, registry, audit, metrics, service)
+    await live.connected()
+    await eventually(lambda: bool(fake.received("CoreShowChannels")))
+    yield live
+    await service.stop()
