@@ -1,0 +1,296 @@
+"""The shipped Asterisk configuration keeps its security rules; the checker catches breakage.
+
+Runs without Asterisk. ``asterisk_conf_check`` reads ``asterisk-conf/`` the way Asterisk does;
+each broken copy below must be caught by the rule named in its row, so a checker that stopped
+checking would fail here too.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+import asterisk_conf_check as check
+
+ROOT = Path(__file__).resolve().parent.parent
+CONF = ROOT / "asterisk-conf"
+
+
+@pytest.fixture
+def conf(tmp_path: Path) -> Path:
+    copy = tmp_path / "asterisk-conf"
+    shutil.copytree(CONF, copy)
+    return copy
+
+
+def rules(directory: Path) -> set[str]:
+    return {f.rule for f in check.check_directory(directory)}
+
+
+def edit(path: Path, old: str, new: str, *, extension: str | None = None) -> None:
+    """Replace ``old`` (which must be there) by ``new``, within one extension if named."""
+    text = path.read_text()
+    if extension is None:
+        assert old in text, f"{old!r} not in {path.name}"
+        path.write_text(text.replace(old, new))
+        return
+    start = text.index(f"exten => {extension},")
+    end = text.find("\nexten => ", start + 1)
+    end = len(text) if end < 0 else end
+    block = text[start:end]
+    assert old in block, f"{old!r} not in extension {extension}"
+    path.write_text(text[:start] + block.replace(old, new) + text[end:])
+
+
+def test_shipped_configuration_keeps_every_rule() -> None:
+    findings = check.check_directory(CONF)
+    assert findings == [], "\n".join(map(str, findings))
+
+
+EXT = "extensions_callgate.conf"
+VERDICT = '"${AGISTATUS}" = "SUCCESS" & "${CALLGATE_DECISION}" = "ALLOW"'
+
+# A table reads better one row per case than as ruff would lay it out.
+# fmt: off
+BROKEN = [
+    # (id, file, extension or None, old, new, rule that must catch it)
+    ("listen-checks-agistatus-only", EXT, "listen", VERDICT, '"${AGISTATUS}" = "SUCCESS"',
+     "guarded"),
+    ("pickup-or-instead-of-and", EXT, "pickup", VERDICT,
+     '"${AGISTATUS}" = "SUCCESS" | "${CALLGATE_DECISION}" = "ALLOW"', "agi-check"),
+    ("pickup-branches-swapped", EXT, "pickup", f"{VERDICT}]?:deny", f"{VERDICT}]?deny:",
+     "guarded"),
+    ("pickup-before-asking", EXT, "pickup", "n(ask),AGI(",
+     "n,Pickup(${CALLGATE_PICKUP})\n same => n(ask),AGI(", "guarded"),
+    ("whisper-decision-used-for-pickup", EXT, "whisper", "ChanSpy(${CG_SPYEE},qESuw)",
+     "Pickup(${ARG2})", "guarded"),
+    ("verdict-check-not-next", EXT, "restore", ",${CG_ACTING})\n",
+     ",${CG_ACTING})\n same => n,Wait(1)\n", "agi-check"),
+    ("listen-with-dtmf-switching", EXT, "listen", "qESu)", "qESud)", "chanspy"),
+    ("listen-with-barge", EXT, "listen", "qESu)", "qESuB)", "chanspy"),
+    ("listen-can-whisper", EXT, "listen", "qESu)", "qESuw)", "chanspy"),
+    ("listen-private-whisper", EXT, "listen", "qESu)", "qESuW)", "chanspy"),
+    ("listen-by-name-prefix", EXT, "listen", "qESu)", "qES)", "chanspy"),
+    ("whisper-without-w", EXT, "whisper", "qESuw)", "qESu)", "chanspy"),
+    ("whisper-becomes-barge", EXT, "whisper", "qESuw)", "qESuwB)", "chanspy"),
+    ("whisper-dtmf-inside-option-args", EXT, "whisper", "qESuw)", "qESuwv(1)d)", "chanspy"),
+    ("agi-without-arguments", EXT, "listen", ",${CG_CLIENT},${CG_ACTING},${ARG2})", ")",
+     "agi-url"),
+    ("agi-without-target", EXT, "whisper", ",${CG_ACTING},${ARG2})", ",${CG_ACTING})",
+     "agi-url"),
+    ("agi-empty-client", EXT, "replace", "/replace,${CG_CLIENT},", "/replace,,", "agi-url"),
+    ("agi-unknown-action", EXT, "restore", "/restore,", "/logout,", "agi-url"),
+    ("agi-caller-id-as-identity", EXT, "listen", "${CG_CLIENT},${CG_ACTING}",
+     "${CG_CLIENT},${CALLERID(num)}", "caller-id"),
+    ("identity-from-caller-id", EXT, "identify", "Set(LOCAL(acting)=${CALLGATE_EXT})",
+     "Set(LOCAL(acting)=${CALLERIDNUM})", "caller-id"),
+    ("answers-not-cleared", EXT, "whisper", "CALLGATE_PICKUP=)", "CALLGATE_PICKUP=ALLOW)",
+     "agi-prepare"),
+    ("exit-on-hangup-missing", EXT, "pickup", "Set(AGIEXITONHANGUP=yes)", "NoOp()",
+     "agi-prepare"),
+    ("spyee-prefix-regex", EXT, "spyee", "${CHANNELS(^PJSIP/${ARG1}_${CG_DEVICE}-[0-9a-f]+$)}",
+     "${CHANNELS(PJSIP/${ARG1}_${CG_DEVICE})}", "exact-channel"),
+    ("label-typo", EXT, "restore", "?:deny)", "?:denied)", "labels"),
+    ("tenant-client-from-the-phone", "extensions_callgate_tenants.conf", None,
+     "Gosub(callgate,pickup,1(acme))", "Gosub(callgate,pickup,1(${CALLGATE_CLIENT}))", "tenant"),
+    ("chanspy-outside-callgate", "extensions_callgate_tenants.conf", None,
+     "[callgate-globex]\n", "[callgate-globex]\nexten => *99,1,ChanSpy(PJSIP/globex_200,qu)\n",
+     "guarded"),
+    ("pickupexten-default", "features.conf", None, "pickupexten = callgate-",
+     "pickupexten = *8\n;", "pickupexten"),
+    ("pickupexten-empty", "features.conf", None, "pickupexten = callgate-",
+     "pickupexten =\n;", "pickupexten"),
+    ("pickupexten-missing", "features.conf", None, "pickupexten = ", ";", "pickupexten"),
+    ("manager-write-all", "manager.conf", None, "write = call,reporting,system", "write = all",
+     "manager"),
+    ("manager-originate", "manager.conf", None, "write = call,reporting,system",
+     "write = call,originate", "manager"),
+    ("manager-command", "manager.conf", None, "write = call,reporting,system",
+     "write = call,command", "manager"),
+    ("manager-reads-agi", "manager.conf", None, "read = call", "read = call,agi", "manager"),
+    ("manager-any-address", "manager.conf", None, "permit = 127.0.0.1/255.255.255.255",
+     "permit = 0.0.0.0/0.0.0.0", "manager"),
+    ("manager-no-deny", "manager.conf", None, "deny = 0.0.0.0/0.0.0.0", "", "manager"),
+    ("manager-displayconnects", "manager.conf", None, "displayconnects = no",
+     "displayconnects = yes", "manager"),
+    ("endpoint-without-ext", "pjsip.conf", None, "set_var = CALLGATE_EXT=100\n", "", "endpoint"),
+    ("endpoint-name-with-dash", "pjsip.conf", None, "[acme_101](acme-phone)",
+     "[acme-101](acme-phone)", "endpoint"),
+    ("endpoint-wrong-name", "pjsip.conf", None, "set_var = CALLGATE_EXT=102",
+     "set_var = CALLGATE_EXT=103", "endpoint"),
+    ("endpoint-foreign-pickup-group", "pjsip.conf", None, "named_pickup_group = acme",
+     "named_pickup_group = globex", "endpoint"),
+    ("endpoint-unknown-context", "pjsip.conf", None, "context = callgate-globex",
+     "context = from-internal", "endpoint"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("filename", "extension", "old", "new", "rule"),
+    [pytest.param(*row[1:], id=row[0]) for row in BROKEN],
+)
+def test_checker_catches_a_broken_copy(
+    conf: Path, filename: str, extension: str | None, old: str, new: str, rule: str
+) -> None:
+    edit(conf / filename, old, new, extension=extension)
+    assert rule in rules(conf)
+
+
+# ------------------------------------------------------------------------------ the reader
+
+
+def test_reader_comments_includes_and_templates(tmp_path: Path) -> None:
+    (tmp_path / "inc.conf").write_text("[inc]\nexten => s,1,NoOp(included)\n")
+    (tmp_path / "main.conf").write_text(
+        "; a comment\n"
+        "[base](!)\n"
+        "a = 1 ; trailing comment\n"
+        "[child](base)\n"
+        "b => semi\\;colon\n"
+        ";-- a block comment\n"
+        "c = hidden\n"
+        "--;\n"
+        '#include "inc.conf"\n'
+        "#tryinclude missing.conf\n"
+    )
+    sections = {s.name: s for s in check.read_conf(tmp_path / "main.conf")}
+    assert sections["base"].template
+    assert [(e.key, e.value) for e in sections["child"].entries] == [
+        ("a", "1"),
+        ("b", "semi;colon"),
+    ]
+    assert [e.value for e in sections["inc"].entries] == ["s,1,NoOp(included)"]
+
+
+def test_reader_rejects_what_it_does_not_understand(tmp_path: Path) -> None:
+    (tmp_path / "bad.conf").write_text("[ctx]\nthis line has no equals sign\n")
+    with pytest.raises(check.ConfError, match="key = value"):
+        check.read_conf(tmp_path / "bad.conf")
+    (tmp_path / "loop.conf").write_text("#include loop.conf\n")
+    with pytest.raises(check.ConfError, match="loop"):
+        check.read_conf(tmp_path / "loop.conf")
+
+
+def test_dialplan_priorities_labels_and_same(tmp_path: Path) -> None:
+    (tmp_path / "x.conf").write_text(
+        "[ctx]\n"
+        "exten => _*51X.,1,Set(A=1)\n"
+        " same => n(two),GotoIf($[1]?two:3)\n"
+        "exten => _*51X.,3,Hangup()\n"
+    )
+    plan = check.read_dialplan(check.read_conf(tmp_path / "x.conf"))
+    (ext,) = plan.extensions
+    assert [(s.priority, s.label, s.app) for s in ext.steps] == [
+        (1, None, "Set"),
+        (2, "two", "GotoIf"),
+        (3, None, "Hangup"),
+    ]
+    assert ext.label_priority("two") == 2
+
+
+@pytest.mark.parametrize(
+    ("condition", "kind"),
+    [
+        ('$["${AGISTATUS}" = "SUCCESS" & "${CALLGATE_DECISION}" = "ALLOW"]', "allow"),
+        ('$[ "${CALLGATE_DECISION}"="ALLOW" & "${AGISTATUS}"="SUCCESS" ]', "allow"),
+        ('$["${AGISTATUS}" != "SUCCESS" | "${CALLGATE_DECISION}" != "ALLOW"]', "deny"),
+        ('$["${CALLGATE_DECISION}" = "ALLOW"]', None),
+        ('$["${AGISTATUS}" = "SUCCESS" | "${CALLGATE_DECISION}" = "ALLOW"]', None),
+        ('$["${AGISTATUS}" = "SUCCESS" & "${CALLGATE_DECISION}" != "DENY"]', None),
+        ("$[${AGISTATUS} = SUCCESS & ${CALLGATE_DECISION} = ALLOW]", None),
+    ],
+)
+def test_verdict_conditions(condition: str, kind: str | None) -> None:
+    assert check.verdict_kind(condition) == kind
+
+
+def test_split_args_keeps_nested_commas() -> None:
+    assert check.split_args('a,${CUT(x," ",1)},"b,c",d(e,f)') == [
+        "a",
+        '${CUT(x," ",1)}',
+        '"b,c"',
+        "d(e,f)",
+    ]
+
+
+# ------------------------------------------------------------------------------ the contract
+
+
+def test_feature_codes_call_the_documented_subroutines() -> None:
+    plan = check.read_dialplan(check.read_conf(CONF / "extensions_callgate_tenants.conf"))
+    codes = {(e.name, e.steps[0].data) for e in plan.in_context("callgate-acme")}
+    assert codes == {
+        ("*8", "callgate,pickup,1(acme)"),
+        ("_**X.", "callgate,pickup,1(acme,${EXTEN:2})"),
+        ("_*51X.", "callgate,listen,1(acme,${EXTEN:3})"),
+        ("_*52X.", "callgate,whisper,1(acme,${EXTEN:3})"),
+        ("_*41X.", "callgate,replace,1(acme,${EXTEN:3})"),
+        ("*40", "callgate,restore,1(acme)"),
+        ("_X.", "callgate,ring,1(acme,${EXTEN})"),
+    }
+
+
+def test_agi_calls_match_the_fastagi_contract() -> None:
+    sections = check.read_conf(CONF / "extensions_callgate.conf")
+    plan = check.read_dialplan(sections)
+    calls = {
+        ext.name: check.split_args(step.data)
+        for ext in plan.in_context("callgate")
+        for step in ext.steps
+        if step.app_lower == "agi"
+    }
+    assert {name: args[0] for name, args in calls.items()} == {
+        "pickup": "agi://${CALLGATE_AGI}/pickup",
+        "listen": "agi://${CALLGATE_AGI}/eavesdrop",
+        "whisper": "agi://${CALLGATE_AGI}/whisper",
+        "replace": "agi://${CALLGATE_AGI}/replace",
+        "restore": "agi://${CALLGATE_AGI}/restore",
+    }
+    assert all(args[1:3] == ["${CG_CLIENT}", "${CG_ACTING}"] for args in calls.values())
+    assert plan.globals["CALLGATE_AGI"] == "127.0.0.1:4573"
+
+
+def test_ringing_legs_carry_the_pickup_mark() -> None:
+    plan = check.read_dialplan(check.read_conf(CONF / "extensions_callgate.conf"))
+    (ring,) = [e for e in plan.in_context("callgate") if e.name == "ring"]
+    texts = [s.text for s in ring.steps]
+    mark = texts.index("Set(__PICKUPMARK=${ARG1}/${ARG2})")
+    dial = next(i for i, t in enumerate(texts) if t.startswith("Dial("))
+    assert mark < dial
+    assert texts[dial] == "Dial(PJSIP/${ARG1}_${CG_DEVICE},${CALLGATE_RING_SECONDS})"
+
+
+def test_pickupexten_cannot_be_dialed() -> None:
+    (general,) = check.read_conf(CONF / "features.conf")
+    exten = check.value(general, "pickupexten")
+    assert exten is not None
+    assert len(exten) >= check.AST_MAX_EXTENSION
+
+
+# ------------------------------------------------------------------------------ Docker
+
+
+def test_docker_compose_runs_asterisk_22_and_callgate_from_this_repo() -> None:
+    compose = yaml.safe_load((ROOT / "docker-compose.yml").read_text())
+    services = compose["services"]
+    assert re.fullmatch(r"andrius/asterisk:22(\.[0-9.]+.*)?", services["asterisk"]["image"])
+    assert services["callgate"]["build"]["context"] == "."
+    assert services["postgres"]["profiles"] == ["postgres"]
+    for mount in services["asterisk"]["volumes"]:
+        source = mount.split(":")[0]
+        assert (ROOT / source).exists(), f"{source} is mounted but not in the repository"
+    environment = services["callgate"]["environment"]
+    assert environment["CALLGATE_AGI"] == "127.0.0.1:4573"
+    assert "CALLGATE_ADMIN_TOKEN" in environment
+
+
+def test_dockerfile_installs_this_package_on_python_311() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
+    assert "pip install" in text
+    assert re.search(r'^CMD \["callgate", "serve"', text, re.MULTILINE)
