@@ -127,10 +127,9 @@ def missing_groups(
     """One ``missing_group`` error for each reference to a group not in ``defined``."""
     return [
         InitErrorDetails(
+            # The sentence is the whole template: a group name may itself contain "{...}".
             type=PydanticCustomError(
-                MISSING_GROUP,
-                "Group '{group}', named in {field}, does not exist in groups.",
-                {"group": name, "field": str(loc[0])},
+                MISSING_GROUP, "{message}", {"message": missing_group_message(loc, name)}
             ),
             loc=loc,
             input=name,
@@ -138,3 +137,7 @@ def missing_groups(
         for loc, name in references
         if name not in defined
     ]
+
+
+def missing_group_message(loc: Location, group: str) -> str:
+    return f"Group '{group}', named in {loc[0]}, does not exist in groups."

@@ -12,7 +12,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from callgate.policy.document import PolicyDocument, find_references, missing_groups
+from callgate.policy.document import (
+    MISSING_GROUP,
+    PolicyDocument,
+    find_references,
+    missing_group_message,
+    missing_groups,
+)
 from callgate.policy.errors import Location, PolicyIssue, PolicyValidationError
 from callgate.policy.syntax import (
     DYNAMIC_KEY_PATTERN,
@@ -61,17 +67,20 @@ def _loads(text: str | bytes | bytearray) -> object:
 
 def _rejected(errors: list[Any], raw: object) -> PolicyValidationError:
     issues = [_issue(error) for error in errors]
-    if isinstance(raw, Mapping) and not any(e["type"] == "missing_group" for e in errors):
-        # Field errors stop pydantic before the cross-field check; run it on what was given.
-        groups = raw.get("groups")
-        defined = groups if isinstance(groups, Mapping) else {}
-        for error in missing_groups(defined, find_references(raw.items())):
-            issues.append(PolicyIssue(error["loc"], _missing_message(error["loc"], error["input"])))
+    if isinstance(raw, Mapping) and not any(e["type"] == MISSING_GROUP for e in errors):
+        issues.extend(_missing_groups(raw))
     return PolicyValidationError(tuple(issues))
 
 
-def _missing_message(loc: Location, group: object) -> str:
-    return f"Group '{group}', named in {loc[0]}, does not exist in groups."
+def _missing_groups(raw: Mapping[Any, object]) -> list[PolicyIssue]:
+    """The cross-field check on a document whose field errors kept pydantic from running it."""
+    groups = raw.get("groups", {})
+    if not isinstance(groups, Mapping):
+        return []  # which groups exist is unknown: calling references "missing" would mislead
+    return [
+        PolicyIssue(error["loc"], missing_group_message(error["loc"], error["input"]))
+        for error in missing_groups(groups, find_references(raw.items()))
+    ]
 
 
 def _issue(error: Any) -> PolicyIssue:
@@ -87,7 +96,7 @@ def _message(error: Any, loc: Location) -> str:
         case "model_type" | "model_attributes_type" | "dict_type" if not loc:
             return f"The policy document must be a JSON object, not {_json_kind(value)}."
         case "missing_group":
-            return _missing_message(loc, value)
+            return str(error["msg"])
         case "bool_type":
             return f"{field} must be true or false (a JSON boolean), not {_json_kind(value)}."
         case "dict_type":

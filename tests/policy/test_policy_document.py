@@ -1,0 +1,324 @@
+"""Validation of the policy document: every rule of policy.md, each error located and explained."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from policy_examples import REFERENCE
+from pydantic import ValidationError
+
+from callgate.policy import (
+    PolicyDocument,
+    PolicyIssue,
+    PolicyValidationError,
+    is_valid_client_id,
+    is_valid_extension,
+    parse_document,
+)
+
+
+def errors_of(data: object) -> list[tuple[tuple[str | int, ...], str]]:
+    with pytest.raises(PolicyValidationError) as caught:
+        parse_document(data)
+    assert not caught.value.malformed_json
+    return [(issue.loc, issue.message) for issue in caught.value.errors]
+
+
+def both_forms(changes: dict[str, Any]) -> list[object]:
+    """The same document as a Python dict and as JSON text: both must be judged alike."""
+    document = {**REFERENCE, **changes}
+    return [document, json.dumps(document), json.dumps(document).encode()]
+
+
+def with_groups(**groups: object) -> dict[str, Any]:
+    return {**REFERENCE, "groups": {**REFERENCE["groups"], **groups}}
+
+
+# -- accepted documents -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("form", ["dict", "str", "bytes"])
+def test_the_reference_document_is_valid_and_round_trips(form: str) -> None:
+    data = {
+        "dict": REFERENCE,
+        "str": json.dumps(REFERENCE),
+        "bytes": json.dumps(REFERENCE).encode(),
+    }
+    document = parse_document(data[form])
+    assert document.to_json() == REFERENCE
+    assert list(document.to_json()) == list(REFERENCE)
+    assert document.eavesdrop == {"100": ("support",)}
+    assert document.whisper == {"101": ("sales", "hr")}
+    assert parse_document(document.to_json()) == document
+
+
+def test_the_default_document_has_every_field_explicit() -> None:
+    assert PolicyDocument().to_json() == {
+        "allow_all": False,
+        "pickup_all": True,
+        "groups": {},
+        "pickup_share_groups": [],
+        "phone_replace_groups": [],
+    }
+    assert parse_document({}) == PolicyDocument()
+    assert parse_document("{}") == PolicyDocument()
+
+
+def test_documents_are_immutable() -> None:
+    document = parse_document(REFERENCE)
+    with pytest.raises(ValidationError):
+        document.allow_all = True  # type: ignore[misc]
+
+
+def test_duplicate_extensions_in_a_group_are_accepted() -> None:
+    document = parse_document(with_groups(sales=["102", "101", "102"]))
+    assert document.groups["sales"] == ("102", "101", "102")
+
+
+def test_the_limits_themselves_are_accepted() -> None:
+    groups = {f"g{i}": [f"{i}-{n}" for n in range(200)] for i in range(100)}
+    document = parse_document(json.dumps({"groups": groups}))
+    assert len(document.groups) == 100
+    assert all(len(members) == 200 for members in document.groups.values())
+
+
+@pytest.mark.parametrize(
+    "name", ["g", "x" * 64, "night shift", "Ventes été", "客服", "a/b:c", " padded "]
+)
+def test_valid_group_names(name: str) -> None:
+    assert parse_document({"groups": {name: ["100"]}, "eavesdrop_1": [name]}).groups == {
+        name: ("100",)
+    }
+
+
+# -- keys ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "key", ["eavesdrp_100", "Allow_all", "eavesdrop", "whisper", "eavesdrop100", "barge_100", ""]
+)
+@pytest.mark.parametrize("form", [0, 1, 2], ids=["dict", "json-str", "json-bytes"])
+def test_an_unknown_key_is_an_error_naming_it(key: str, form: int) -> None:
+    data = both_forms({key: ["support"]})[form]
+    [(loc, message)] = errors_of(data)
+    assert loc == (key,)
+    assert message.startswith(f"Unknown key '{key}'")
+
+
+@pytest.mark.parametrize(
+    "key", ["eavesdrop_1 00", "whisper_", "eavesdrop_" + "1" * 33, "whisper_1/2"]
+)
+@pytest.mark.parametrize("form", [0, 1], ids=["dict", "json"])
+def test_a_dynamic_key_needs_a_valid_extension(key: str, form: int) -> None:
+    data = both_forms({key: ["support"]})[form]
+    [(loc, message)] = errors_of(data)
+    assert loc == (key,)
+    assert "valid extension" in message
+    assert key in message
+
+
+def test_the_dynamic_key_check_holds_on_json_input() -> None:
+    """pydantic < 2.14.2 skipped typed extra keys on JSON input; this is why we require it."""
+    text = '{"groups": {"g": ["1"]}, "eavesdrop_1": ["g"], "eavesdrp_1": ["g"], "whisper_": []}'
+    assert [loc for loc, _ in errors_of(text)] == [("eavesdrp_1",), ("whisper_",)]
+
+
+# -- types ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("field", ["allow_all", "pickup_all"])
+@pytest.mark.parametrize("value", ["true", "false", 1, 0, None, [], {}])
+@pytest.mark.parametrize("form", [0, 1], ids=["dict", "json"])
+def test_booleans_are_strict(field: str, value: object, form: int) -> None:
+    [(loc, message)] = errors_of(both_forms({field: value})[form])
+    assert loc == (field,)
+    assert "true or false" in message
+
+
+@pytest.mark.parametrize(
+    ("changes", "loc", "fragment"),
+    [
+        ({"pickup_share_groups": "support"}, ("pickup_share_groups",), "array of group names"),
+        ({"pickup_share_groups": {"support": 1}}, ("pickup_share_groups",), "array"),
+        ({"phone_replace_groups": [1]}, ("phone_replace_groups", 0), "must be a string"),
+        ({"eavesdrop_100": "support"}, ("eavesdrop_100",), "array of group names"),
+        ({"whisper_101": [None]}, ("whisper_101", 0), "must be a string"),
+        ({"groups": ["support"]}, ("groups",), "object"),
+        ({"groups": None}, ("groups",), "object"),
+    ],
+)
+@pytest.mark.parametrize("form", [0, 1], ids=["dict", "json"])
+def test_arrays_of_strings_and_an_object_of_arrays(
+    changes: dict[str, Any], loc: tuple[str | int, ...], fragment: str, form: int
+) -> None:
+    [(found, message)] = errors_of(both_forms(changes)[form])
+    assert found == loc
+    assert fragment in message
+
+
+@pytest.mark.parametrize(
+    ("members", "loc"),
+    [
+        ("102", ("groups", "sales")),
+        ([102], ("groups", "sales", 0)),
+        (["102", "101", "103", None], ("groups", "sales", 3)),
+        ({"102": True}, ("groups", "sales")),
+    ],
+)
+def test_group_members_are_an_array_of_strings(members: object, loc: tuple[str | int, ...]) -> None:
+    for data in both_forms(with_groups(sales=members)):
+        assert [found for found, _ in errors_of(data)] == [loc]
+
+
+# -- syntax -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("bad", ["1 00", "", "x" * 33, "100\n", "10#", "é", "*8", "1,2"])
+def test_extensions_in_groups_are_checked(bad: str) -> None:
+    for data in both_forms(with_groups(sales=["102", "101", "103", bad])):
+        [(loc, message)] = errors_of(data)
+        assert loc == ("groups", "sales", 3)
+        assert f"{bad!r} is not a valid extension" in message
+
+
+@pytest.mark.parametrize("bad", ["", "x" * 65, "a\x00b", "tab\there", "new\nline", "\x7f", "\x85"])
+def test_group_names_are_checked(bad: str) -> None:
+    document = {"groups": {bad: ["100"]}}
+    for data in (document, json.dumps(document)):
+        [(loc, message)] = errors_of(data)
+        assert loc == ("groups", bad)
+        assert "not a valid group name" in message
+
+
+# -- limits ---------------------------------------------------------------------------------------
+
+
+def test_at_most_100_groups() -> None:
+    groups = {f"g{i}": ["100"] for i in range(101)}
+    for data in ({"groups": groups}, json.dumps({"groups": groups})):
+        [(loc, message)] = errors_of(data)
+        assert loc == ("groups",)
+        assert "at most 100" in message
+        assert "101" in message
+
+
+def test_at_most_200_extensions_in_a_group() -> None:
+    members = [str(n) for n in range(1000, 1201)]
+    for data in both_forms(with_groups(sales=members)):
+        [(loc, message)] = errors_of(data)
+        assert loc == ("groups", "sales")
+        assert "201 extensions" in message
+        assert "at most 200" in message
+
+
+# -- references -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "loc"),
+    [
+        ("pickup_share_groups", ["support", "night"], ("pickup_share_groups", 1)),
+        ("phone_replace_groups", ["night"], ("phone_replace_groups", 0)),
+        ("eavesdrop_100", ["support", "hr", "night"], ("eavesdrop_100", 2)),
+        ("whisper_101", ["night", "sales"], ("whisper_101", 0)),
+        ("whisper_999", ["night"], ("whisper_999", 0)),
+    ],
+)
+def test_every_referenced_group_exists(field: str, value: list[str], loc: tuple[str, int]) -> None:
+    for data in both_forms({field: value}):
+        [(found, message)] = errors_of(data)
+        assert found == loc
+        assert "'night'" in message
+        assert field in message
+
+
+def test_the_model_itself_checks_references() -> None:
+    with pytest.raises(ValidationError) as caught:
+        PolicyDocument.model_validate({"groups": {}, "pickup_share_groups": ["a", "b"]})
+    assert [error["loc"] for error in caught.value.errors()] == [
+        ("pickup_share_groups", 0),
+        ("pickup_share_groups", 1),
+    ]
+
+
+# -- not an object, not JSON ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("data", ["[]", "1", '"policy"', "null", "true", [], None, 3, b"x"])
+def test_a_value_that_is_not_an_object_is_an_error(data: object) -> None:
+    if data == b"x":
+        with pytest.raises(PolicyValidationError) as caught:
+            parse_document(data)
+        assert caught.value.malformed_json
+        return
+    [(loc, message)] = errors_of(data)
+    assert loc == ()
+    assert "must be a JSON object" in message
+
+
+@pytest.mark.parametrize("text", ["{", '{"allow_all": tru}', "", "{'a': 1}", b"\xff\xfe{"])
+def test_malformed_json_is_flagged(text: str | bytes) -> None:
+    with pytest.raises(PolicyValidationError) as caught:
+        parse_document(text)
+    assert caught.value.malformed_json
+    [issue] = caught.value.errors
+    assert issue.loc == ()
+    assert "not valid JSON" in issue.message
+
+
+# -- all errors at once, and their form -----------------------------------------------------------
+
+
+def test_every_error_is_reported_at_once() -> None:
+    data = {
+        **with_groups(sales=["102", "1 01"]),
+        "pickup_all": "yes",
+        "eavesdrp_100": ["support"],
+        "phone_replace_groups": ["night"],
+    }
+    for form in (data, json.dumps(data)):
+        assert [loc for loc, _ in errors_of(form)] == [
+            ("pickup_all",),
+            ("groups", "sales", 1),
+            ("eavesdrp_100",),
+            ("phone_replace_groups", 0),
+        ]
+
+
+def test_issues_have_a_json_form_and_a_readable_line() -> None:
+    issue = PolicyIssue(("groups", "sales", 3), "'1 00' is not a valid extension.")
+    assert issue.to_json() == {"loc": ["groups", "sales", 3], "message": issue.message}
+    assert str(issue) == "groups.sales[3]: '1 00' is not a valid extension."
+    assert str(PolicyIssue((), "Not an object.")) == "(document): Not an object."
+
+
+def test_the_exception_summarises_its_errors() -> None:
+    with pytest.raises(PolicyValidationError, match=r"2 error\(s\): allow_all: .*pickup_all: "):
+        parse_document({"allow_all": 1, "pickup_all": 0})
+
+
+# -- lexical helpers ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("100", True), ("A-z_0.9+", True), ("x" * 32, True), ("x" * 33, False), ("", False),
+        ("1 00", False), ("100\n", False), ("é", False), (None, False), (100, False),
+    ],
+)  # fmt: skip
+def test_is_valid_extension(value: object, valid: bool) -> None:
+    assert is_valid_extension(value) is valid
+
+
+@pytest.mark.parametrize(
+    ("value", "valid"),
+    [
+        ("acme", True), ("acme-2.eu_west", True), ("x" * 64, True), ("x" * 65, False),
+        ("", False), ("acme+1", False), ("acme\n", False), ("acmé", False), (None, False),
+    ],
+)  # fmt: skip
+def test_is_valid_client_id(value: object, valid: bool) -> None:
+    assert is_valid_client_id(value) is valid
