@@ -1,5 +1,10 @@
-"""Phone replace end to end over FastAGI: the real AGI server on loopback, a fake Asterisk
-channel (``fake_phone``) that answers as the recorded transcripts do, the real store on disk."""
+"""Phone replace end to end over FastAGI: the real AGI server and handler table on loopback, the
+shared fake Asterisk (``tests/fake_asterisk.py``, which answers as the recorded transcripts do),
+the real store on disk.
+
+The caller's keypad, as ``get-data-pin.txt`` and ``hangup-mid-session.txt`` recorded it: digits
+(``200 result=1234``), nothing (``200 result=`` and ``200 result= (timeout)``), or a hangup while
+the prompt plays (``200 result=-1``, then the asynchronous ``HANGUP`` line, then dead mode)."""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
 from callgate.agi.server import AgiConfig, AgiServer
-from callgate.agi.session import AgiSession
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
@@ -19,14 +24,64 @@ from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
 from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
+from fake_asterisk import FakeChannel, call, request_environment
 
 from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAstDb, FakeAudit
 from .conftest import client_policy as make_policy
-from .fake_phone import HANGUP, TIMEOUT, TIMEOUT_MARKED, Asterisk, Call, place
 
 PIN = "4321"
 ACTING = "callgate/acme/acting"
 DEVICE = "callgate/acme/device"
+TIMEOUT = ""
+TIMEOUT_MARKED = " (timeout)"
+HANGUP = "-1"
+"""GET DATA's result when the caller hangs up; the call below then sends the HANGUP line."""
+COMMANDS_BEFORE_GET_DATA = 2
+"""GET VARIABLE CALLGATE_EXT, ANSWER."""
+
+
+class Asterisk:
+    """What outlives one call: AstDB, and every command line any call received."""
+
+    def __init__(self) -> None:
+        self.db: dict[tuple[str, str], str] = {}
+        self.lines: list[str] = []
+
+    @property
+    def astdb(self) -> dict[str, str]:
+        return {f"{family}/{key}": value for (family, key), value in self.db.items()}
+
+
+class Call:
+    def __init__(self, channel: FakeChannel, uniqueid: str) -> None:
+        self.channel = channel
+        self.uniqueid = uniqueid
+        self.commands = [line.decode() for line in channel.commands]
+        self.variables = channel.variables
+
+    @property
+    def decision(self) -> tuple[str | None, str | None]:
+        return self.variables.get("CALLGATE_DECISION"), self.variables.get("CALLGATE_REASON")
+
+    @property
+    def dead(self) -> bool:
+        return self.channel.dead
+
+
+class ManagerDb(FakeAstDb):
+    """The Manager connection's DBDel/DBPut, landing in the same fake AstDB."""
+
+    def __init__(self, asterisk: Asterisk) -> None:
+        super().__init__()
+        self._asterisk = asterisk
+
+    async def put(self, family: str, key: str, value: str) -> None:
+        await super().put(family, key, value)
+        self._asterisk.db[(family, key)] = value
+
+    async def delete(self, family: str, key: str) -> None:
+        await super().delete(family, key)
+        self._asterisk.db.pop((family, key), None)
 
 
 @dataclass
@@ -41,7 +96,19 @@ class Rig:
     clock: Clock
     server: AgiServer
     db: Database
-    manager: FakeAstDb
+    manager: ManagerDb
+    metrics: Metrics
+
+    def sessions(self, outcome: str) -> float:
+        value = self.metrics.registry.get_sample_value(
+            "callgate_agi_sessions_total", {"outcome": outcome}
+        )
+        return value or 0.0
+
+    def decisions(self, action: str, decision: str) -> float:
+        labels = {"client": CLIENT, "action": action, "decision": decision}
+        value = self.metrics.registry.get_sample_value("callgate_decisions_total", labels)
+        return value or 0.0
 
     async def call(
         self,
@@ -53,9 +120,17 @@ class Rig:
         keypad: tuple[str, ...] = (),
     ) -> Call:
         args = (CLIENT, acting) if target is None else (CLIENT, acting, target)
-        variables = {} if phone is None else {"CALLGATE_EXT": phone}
-        call = Call(action, args, variables, list(keypad))
-        return await place(self.asterisk, self.server.port, call)
+        channel = FakeChannel(
+            variables={} if phone is None else {"CALLGATE_EXT": phone},
+            astdb=self.asterisk.db,
+            dtmf=list(keypad),
+        )
+        if HANGUP in keypad:
+            channel.hangup_after = COMMANDS_BEFORE_GET_DATA + 1
+        environment = request_environment(action, *args, name="get-data-pin.txt")
+        await call(self.server.port, environment, channel)
+        self.asterisk.lines += [line.decode() for line in channel.commands]
+        return Call(channel, "1795723250.23")
 
     async def replacements(self) -> list[tuple[str, str, str]]:
         return [(r.phone, r.from_ext, r.to_ext) for r in await self.repo.replacements(CLIENT)]
@@ -70,7 +145,7 @@ async def start_rig(
         registry = PolicyRegistry()
         registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     audit = FakeAudit()
-    manager = FakeAstDb(data=asterisk.astdb)
+    manager = ManagerDb(asterisk)
     service = ReplaceService(
         repo,
         registry,
@@ -81,18 +156,15 @@ async def start_rig(
         clock=clock,
     )
     registry.subscribe(service.on_policy_change)
-    flow = ReplaceFlow(service)
-
-    async def handler(session: AgiSession) -> None:
-        match session.environment.action:
-            case "replace":
-                await flow.replace(session)
-            case "restore":
-                await flow.restore(session)
-
-    server = AgiServer(AgiConfig(host="127.0.0.1", port=0), handler, Metrics())
+    metrics = Metrics()
+    flow = ReplaceFlow(service, metrics)
+    # the handler table as daemon.py builds it
+    recorder = DecisionRecorder(audit, metrics)
+    routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
+    dispatcher = AgiDispatcher(routes, recorder)
+    server = AgiServer(AgiConfig(host="127.0.0.1", port=0), dispatcher, metrics)
     await server.start()
-    return Rig(asterisk, service, repo, registry, audit, clock, server, db, manager)
+    return Rig(asterisk, service, repo, registry, audit, clock, server, db, manager, metrics)
 
 
 async def stop_rig(rig: Rig) -> None:
@@ -210,6 +282,10 @@ async def test_hangup_during_get_data(rig: Rig) -> None:
         assert call.dead
     assert rig.asterisk.astdb == {}
     assert [e.reason for e in rig.audit.events] == ["bad_pin"] * 6
+    # each session ended normally: no crash, no error outcome
+    assert rig.sessions("completed") == 6
+    assert rig.sessions("error") == 0
+    assert rig.decisions("replace", "deny") == 6
     # not counted: the right PIN is still accepted afterwards
     call = await rig.call("replace", "100", "101", keypad=(PIN,))
     assert call.decision == ("ALLOW", "phone_replace_group")

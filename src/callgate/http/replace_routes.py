@@ -83,11 +83,11 @@ def _service(request: web.Request) -> ReplaceService:
 async def _read_pin(request: web.Request) -> str:
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"pin"}:
-        keys = sorted(body) if isinstance(body, dict) else []
-        details: list[JsonDetail] = [
-            {"loc": ["body", key], "message": "unknown field"} for key in keys if key != "pin"
-        ]
-        if isinstance(body, dict) and "pin" not in body:
+        # Other keys are not named back: a PIN typed in the wrong place must not be echoed.
+        details: list[JsonDetail] = []
+        if isinstance(body, dict) and set(body) - {"pin"}:
+            details.append({"loc": ["body"], "message": 'no field other than "pin" is allowed'})
+        if not isinstance(body, dict) or "pin" not in body:
             details.append({"loc": ["body", "pin"], "message": "required"})
         raise unprocessable("invalid_pin", _PIN_MESSAGE, details)
     try:

@@ -13,7 +13,10 @@
 4. ``ReplaceService.finish_replace`` — on the right PIN it writes AstDB in this same session
    (``DATABASE PUT callgate/<client>/acting/<phone> <target>`` and ``.../device/<target>
    <phone>``);
-5. the ``CALLGATE_*`` variables, a denial included.
+5. the ``CALLGATE_*`` variables, a denial included (``handlers.answer``).
+
+The service writes the decision's log line and audit event (with the phone, which the generic
+``DecisionRecorder`` does not know); this module counts it in ``callgate_decisions``.
 
 A hangup while the caller types (``200 result=-1``, a ``HANGUP`` line) is a denial that does not
 count towards the lockout; the variables are still set (``SET VARIABLE`` works on a dead
@@ -25,9 +28,10 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from callgate.agi import variables
+from callgate.agi.handlers import answer
 from callgate.agi.session import AgiChannelDead, AgiSession, AgiSessionError
-from callgate.policy import Decision, Reason, is_valid_client_id
+from callgate.metrics import Metrics
+from callgate.policy import Action, Decision, Reason, is_valid_client_id
 from callgate.replace.pins import MAX_PIN_DIGITS
 from callgate.replace.service import (
     AstDbError,
@@ -70,15 +74,17 @@ class SessionAstDb:
 class ReplaceFlow:
     """The two handlers; the AGI handler table calls ``replace`` and ``restore``."""
 
-    def __init__(self, service: ReplaceService, prompt: PinPrompt | None = None) -> None:
+    def __init__(
+        self, service: ReplaceService, metrics: Metrics, prompt: PinPrompt | None = None
+    ) -> None:
         self._service = service
+        self._decisions = metrics.decisions
         self._prompt = prompt or PinPrompt()
 
     async def replace(self, session: AgiSession) -> Outcome:
         request = await self._request(session, target=session.environment.arg(3))
         if isinstance(request, Outcome):
-            await _answer(session, request)
-            return request
+            return await self._answer(session, Action.REPLACE, request)
         begun = await self._service.begin_replace(request)
         if isinstance(begun, PinChallenge):
             digits = await self._collect_pin(session)
@@ -87,22 +93,28 @@ class ReplaceFlow:
             )
         else:
             outcome = begun
-        await _answer(session, outcome)
-        return outcome
+        return await self._answer(session, Action.REPLACE, outcome, request.client_id)
 
     async def restore(self, session: AgiSession) -> Outcome:
         request = await self._request(session, target=None)
         if isinstance(request, Outcome):
-            await _answer(session, request)
-            return request
+            return await self._answer(session, Action.RESTORE, request)
         outcome = await self._service.restore(request, SessionAstDb(session))
-        await _answer(session, outcome)
+        return await self._answer(session, Action.RESTORE, outcome, request.client_id)
+
+    async def _answer(
+        self, session: AgiSession, action: Action, outcome: Outcome, client_id: str = "-"
+    ) -> Outcome:
+        """Count the decision, then set every ``CALLGATE_*`` variable (a denial included)."""
+        self._decisions.labels(client_id, action.value, outcome.decision.verdict).inc()
+        await answer(session, outcome.decision, outcome.version)
         return outcome
 
     async def _request(self, session: AgiSession, target: str | None) -> ReplaceRequest | Outcome:
         env = session.environment
         client_id = env.arg(1)
         if env.duplicate_keys or not is_valid_client_id(client_id):
+            log.info("replace/restore request refused: malformed (uniqueid %r)", env.uniqueid)
             return Outcome(Decision.deny(Reason.INVALID_REQUEST), 0)
         phone = await session.get_variable(OWN_EXTENSION_VARIABLE)
         if not phone:
@@ -135,16 +147,3 @@ class ReplaceFlow:
         except AgiSessionError as exc:
             log.warning("no PIN collected: %s", exc)
             return ""
-
-
-async def _answer(session: AgiSession, outcome: Outcome) -> None:
-    decision = outcome.decision
-    await session.set_variables(
-        (
-            (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
-            (variables.REASON, str(decision.reason)),
-            (variables.TARGETS, ""),
-            (variables.VERSION, str(outcome.version)),
-            (variables.PICKUP, ""),
-        )
-    )

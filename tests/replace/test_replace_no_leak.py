@@ -1,0 +1,104 @@
+"""The PIN never leaves: not in a log line (every logger at DEBUG, aiohttp's access log
+included), not in an HTTP response, not in an AGI command line, not in the store in clear."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+from callgate.agi.server import AgiConfig, AgiServer
+from callgate.http.app import HttpDeps, build_app
+from callgate.http.replace_routes import REPLACE_SERVICE
+from callgate.metrics import Metrics
+from callgate.registry import PolicyRegistry
+from callgate.replace.agi_flow import ReplaceFlow
+from callgate.replace.pins import PinHasher
+from callgate.replace.service import ReplaceService
+from callgate.store import open_store
+from fake_asterisk import FakeChannel, call, request_environment
+
+from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, FakeAstDb, FakeAudit
+from .conftest import client_policy as make_policy
+
+PIN = "80417263"
+WRONG = "80417264"
+ADMIN_TOKEN = "admin-token-no-leak"
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def test_the_pin_appears_nowhere(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.DEBUG)  # the root logger and everything under it
+    logging.getLogger("aiohttp.access").setLevel(logging.DEBUG)
+    db_file = tmp_path / "callgate.sqlite3"
+    store = await open_store(str(db_file))
+    registry = PolicyRegistry()
+    registry.load(make_policy(REFERENCE_DOCUMENT, 1))
+    metrics, audit, manager = Metrics(), FakeAudit(), FakeAstDb()
+    service = ReplaceService(
+        store.replace, registry, audit, hasher=PinHasher(FAST_SCRYPT), live_astdb=lambda: manager
+    )
+    registry.subscribe(service.on_policy_change)
+    app = build_app(HttpDeps(store, registry, metrics, ADMIN_TOKEN))
+    app[REPLACE_SERVICE] = service
+    http: TestClient[object, object] = TestClient(TestServer(app, host="127.0.0.1"))
+    recorder = DecisionRecorder(audit, metrics)
+    flow = ReplaceFlow(service, metrics)
+    routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
+    agi = AgiServer(AgiConfig(host="127.0.0.1", port=0), AgiDispatcher(routes, recorder), metrics)
+    await http.start_server()
+    await agi.start()
+    bodies: list[str] = []
+    commands: list[bytes] = []
+    try:
+        url = f"/client/{CLIENT}/extension/101/replace_pin"
+        for body in (
+            {"pin": PIN},
+            {"pin": int(PIN)},
+            {"pin": PIN + "12345"},
+            {"pin": PIN, "again": PIN},
+            {PIN: PIN},
+        ):
+            resp = await http.put(url, data=json.dumps(body), headers=ADMIN)
+            bodies.append(await resp.text())
+        resp = await http.put(url, data=f'{{"pin": "{PIN}"', headers=ADMIN)  # malformed JSON
+        bodies.append(await resp.text())
+        assert resp.status == 400
+
+        astdb: dict[tuple[str, str], str] = {}
+        for digits in (WRONG, PIN):
+            channel = FakeChannel(variables={"CALLGATE_EXT": "100"}, astdb=astdb, dtmf=[digits])
+            await call(agi.port, request_environment("replace", CLIENT, "100", "101"), channel)
+            commands += channel.commands
+        assert channel.variables["CALLGATE_DECISION"] == "ALLOW"
+
+        for path in (f"/client/{CLIENT}/replacements", "/openapi.json", "/metrics"):
+            resp = await http.get(path, headers=ADMIN)
+            bodies.append(await resp.text())
+        resp = await http.delete(f"/client/{CLIENT}/replacements/100", headers=ADMIN)
+        assert resp.status == 204
+        resp = await http.delete(url, headers=ADMIN)
+        assert resp.status == 204
+    finally:
+        await agi.stop()
+        await http.close()
+        await store.close()
+
+    # the run really was logged at DEBUG, aiohttp's access log included
+    assert any(r.name == "aiohttp.access" for r in caplog.records)
+    assert any("decision client=acme action=replace" in r.getMessage() for r in caplog.records)
+    texts = [caplog.text]
+    for record in caplog.records:
+        texts += [record.getMessage(), repr(record.args), str(record.exc_text or "")]
+    for secret in (PIN, WRONG):
+        assert not [t for t in texts if secret in t], "a PIN reached the logs"
+        assert not [b for b in bodies if secret in b], "a PIN reached an HTTP response"
+        assert not [c for c in commands if secret.encode() in c], "a PIN in an AGI command"
+        assert not [e for e in audit.events if secret in repr(e)], "a PIN in the audit"
+    with sqlite3.connect(db_file) as conn:
+        assert PIN not in "\n".join(conn.iterdump())
