@@ -1,0 +1,118 @@
+"""Revocation and HTTP restore reach Asterisk through the real Manager client (DBDel), against
+the shared fake Manager taught the two AstDB actions."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import pytest
+
+from callgate.ami.client import ManagerClient, ManagerConfig, ManagerState
+from callgate.registry import PolicyRegistry
+from callgate.replace.manager_astdb import ManagerAstDb, manager_astdb
+from callgate.replace.pins import PinHasher
+from callgate.replace.service import AstDbError, ReplaceService
+from callgate.store.replace import Replacement, ReplaceRepository
+from fake_ami import FakeAmi, ReceivedAction, render
+
+from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAudit
+from .conftest import client_policy as make_policy
+
+
+class AstDbAmi(FakeAmi):
+    """The fake Manager, plus DBPut/DBDel on an in-memory AstDB (answers as manager.c does)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.astdb: dict[str, str] = {}
+
+    async def _answer(self, action: ReceivedAction, writer: asyncio.StreamWriter) -> bool:
+        aid = action.get("ActionID")
+        key = f"{action.get('Family')}/{action.get('Key')}"
+        match action.name.lower():
+            case "dbput":
+                self.astdb[key] = action.get("Val")
+                reply = [("Response", "Success"), ("Message", "Updated database successfully")]
+            case "dbdel" if self.astdb.pop(key, None) is not None:
+                reply = [("Response", "Success"), ("Message", "Key deleted successfully")]
+            case "dbdel":
+                reply = [("Response", "Error"), ("Message", "Database entry not found")]
+            case _:
+                return await super()._answer(action, writer)
+        writer.write(render([*reply, ("ActionID", aid)]))
+        await writer.drain()
+        return True
+
+
+@pytest.fixture
+async def ami() -> AsyncIterator[AstDbAmi]:
+    fake = AstDbAmi()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def manager(ami: AstDbAmi) -> AsyncIterator[ManagerClient]:
+    config = ManagerConfig("127.0.0.1", ami.port, ami.username, ami.secret, ping_interval=60)
+    client = ManagerClient(config, on_event=lambda _: None)
+    client.start()
+    for _ in range(200):
+        if client.state is ManagerState.CONNECTED:
+            break
+        await asyncio.sleep(0.01)
+    yield client
+    with contextlib.suppress(Exception):
+        await client.stop()
+
+
+async def test_put_and_delete(ami: AstDbAmi, manager: ManagerClient) -> None:
+    astdb = ManagerAstDb(manager)
+    await astdb.put("callgate/acme/acting", "100", "101")
+    assert ami.astdb == {"callgate/acme/acting/100": "101"}
+    await astdb.delete("callgate/acme/acting", "100")
+    await astdb.delete("callgate/acme/acting", "100")  # not there any more: still fine
+    assert ami.astdb == {}
+    (dbput,) = ami.received("DBPut")
+    assert (dbput.get("Family"), dbput.get("Key"), dbput.get("Val")) == (
+        "callgate/acme/acting",
+        "100",
+        "101",
+    )
+
+
+async def test_revocation_deletes_both_keys_over_the_manager(
+    ami: AstDbAmi, manager: ManagerClient, repo: ReplaceRepository, clock: Clock
+) -> None:
+    registry = PolicyRegistry()
+    registry.load(make_policy(REFERENCE_DOCUMENT, 1))
+    audit = FakeAudit()
+    service = ReplaceService(
+        repo,
+        registry,
+        audit,
+        hasher=PinHasher(FAST_SCRYPT),
+        live_astdb=manager_astdb(manager),
+        clock=clock,
+    )
+    registry.subscribe(service.on_policy_change)
+    ami.astdb.update({"callgate/acme/acting/100": "101", "callgate/acme/device/101": "100"})
+    await repo.start_replacement(Replacement(CLIENT, "100", "100", "101", clock()))
+
+    await registry.publish(make_policy({**REFERENCE_DOCUMENT, "phone_replace_groups": []}, 2))
+
+    assert ami.astdb == {}
+    assert [a.name for a in ami.actions if a.name.startswith("DB")] == ["DBDel", "DBDel"]
+    assert list(await repo.replacements(CLIENT)) == []
+    assert dict(audit.events[-1].extra)["end_reason"] == "revoked"
+
+
+async def test_without_a_manager_connection(repo: ReplaceRepository, clock: Clock) -> None:
+    assert manager_astdb(None)() is None
+    config = ManagerConfig("127.0.0.1", 9, "u", "s")
+    disconnected = ManagerClient(config, on_event=lambda _: None)  # never started
+    assert manager_astdb(disconnected)() is None
+    with pytest.raises(AstDbError):
+        await ManagerAstDb(disconnected).put("f", "k", "v")
