@@ -8,6 +8,7 @@ the prompt plays (``200 result=-1``, then the asynchronous ``HANGUP`` line, then
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -132,6 +133,12 @@ class Rig:
         self.asterisk.lines += [line.decode() for line in channel.commands]
         return Call(channel, "1795723250.23")
 
+    async def counted_failures(self) -> int:
+        row = await self.db.read(
+            lambda conn: conn.execute("SELECT count(*) FROM replace_failures").fetchone()
+        )
+        return int(row[0])
+
     async def replacements(self) -> list[tuple[str, str, str]]:
         return [(r.phone, r.from_ext, r.to_ext) for r in await self.repo.replacements(CLIENT)]
 
@@ -222,6 +229,7 @@ async def test_right_pin_replaces_the_phone(rig: Rig) -> None:
 async def test_wrong_pin_is_denied_and_counted(rig: Rig) -> None:
     call = await rig.call("replace", "100", "101", keypad=("1111",))
     assert call.decision == ("DENY", "bad_pin")
+    assert await rig.counted_failures() == 1
     assert not any(line.startswith("DATABASE PUT") for line in call.commands)
     assert rig.asterisk.astdb == {}
     assert await rig.replacements() == []
@@ -269,7 +277,8 @@ async def test_no_digits_is_bad_pin_and_not_counted(rig: Rig, entry: str) -> Non
         call = await rig.call("replace", "100", "101", keypad=(entry,))
         assert call.decision == ("DENY", "bad_pin")
         assert prompted(call)
-    # seven timeouts, more than the limit: nothing is locked, the right PIN still works
+    # seven timeouts, more than the limit: nothing counted, the right PIN still works
+    assert await rig.counted_failures() == 0
     call = await rig.call("replace", "100", "101", keypad=(PIN,))
     assert call.decision == ("ALLOW", "phone_replace_group")
 
@@ -287,6 +296,7 @@ async def test_hangup_during_get_data(rig: Rig) -> None:
     assert rig.sessions("error") == 0
     assert rig.decisions("replace", "deny") == 6
     # not counted: the right PIN is still accepted afterwards
+    assert await rig.counted_failures() == 0
     call = await rig.call("replace", "100", "101", keypad=(PIN,))
     assert call.decision == ("ALLOW", "phone_replace_group")
 
@@ -402,3 +412,32 @@ async def test_revocation_by_a_policy_change(rig: Rig) -> None:
     assert (event.action, event.policy_version) == ("restore", 3)
     assert rig.audit.facts(event)["end_reason"] == "revoked"
     assert rig.audit.facts(event)["phone"] == "100"
+
+
+async def test_hangup_with_agiexitonhangup_closes_mid_flow(rig: Rig) -> None:
+    """The shipped dialplan sets AGIEXITONHANGUP=yes: Asterisk sends HANGUP and closes at once,
+    so callgate cannot even set the variables. The attempt is audited, not counted, no error."""
+    env = request_environment("replace", CLIENT, "100", "101", name="get-data-pin.txt")
+    replies = {
+        b"GET VARIABLE CALLGATE_EXT\n": b"200 result=1 (100)\n",
+        b"ANSWER\n": b"200 result=0\n",
+        b"GET DATA agent-pass 6000 12\n": b"200 result=-1\nHANGUP\n",
+    }
+    reader, writer = await asyncio.open_connection("127.0.0.1", rig.server.port)
+    writer.write(env)
+    while (line := await asyncio.wait_for(reader.readline(), 5)) in replies:
+        writer.write(replies[line])
+        if line.startswith(b"GET DATA"):
+            break
+    writer.close()
+    await writer.wait_closed()
+    for _ in range(100):
+        if rig.sessions("disconnected"):
+            break
+        await asyncio.sleep(0.01)
+    assert rig.sessions("disconnected") == 1
+    assert rig.sessions("error") == 0
+    assert [(e.decision, e.reason) for e in rig.audit.events] == [("deny", "bad_pin")]
+    assert await rig.counted_failures() == 0
+    call = await rig.call("replace", "100", "101", keypad=(PIN,))
+    assert call.decision == ("ALLOW", "phone_replace_group")
