@@ -95,6 +95,9 @@ def test_first_occurrence_wins_and_repeats_are_kept_aside() -> None:
 def test_values_are_raw_bytes_kept_through_surrogateescape() -> None:
     env = parse_environment(b"agi_calleridname: caf\xe9 \xff")
     assert env.calleridname.encode("utf-8", "surrogateescape") == b"caf\xe9 \xff"
+    # and echoed back byte for byte
+    line = encode_command("SET VARIABLE", "NAME", env.calleridname)
+    assert line == b'SET VARIABLE NAME "caf\xe9 \xff"\n'
 
 
 def test_action_without_network_script_comes_from_the_request() -> None:
@@ -274,7 +277,7 @@ def test_quote(value: str, token: str) -> None:
     assert parse_args(f"X {token}".encode()) == [b"X", value.encode()]
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="\r\n\0")))
+@given(st.text(alphabet=st.characters(blacklist_characters="\r\n\0", blacklist_categories=["Cs"])))
 def test_quote_round_trips_through_asterisks_tokenizer(value: str) -> None:
     line = encode_command("SET VARIABLE", "NAME", value)
     assert parse_args(line.removesuffix(b"\n")) == [
@@ -285,8 +288,8 @@ def test_quote_round_trips_through_asterisks_tokenizer(value: str) -> None:
     ]
 
 
-@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\0b"])
-def test_quote_refuses_line_breaks_and_nul(value: str) -> None:
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "a\0b", "\udd00"])
+def test_quote_refuses_line_breaks_nul_and_lone_surrogates(value: str) -> None:
     with pytest.raises(AgiProtocolError):
         encode_command("SET VARIABLE", "X", value)
 

@@ -221,7 +221,10 @@ def encode_command(command: str, *args: str) -> bytes:
         raise AgiProtocolError(f"not a command name: {command!r}")
     if command.count(" ") + 1 + len(args) > MAX_COMMAND_TOKENS:
         raise AgiProtocolError("too many command arguments")
-    line = " ".join((command, *map(quote, args))).encode("utf-8", "surrogateescape")
+    try:
+        line = " ".join((command, *map(quote, args))).encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError as exc:  # a surrogate that no byte decoded into
+        raise AgiProtocolError("a command argument is not encodable") from exc
     if len(line) > MAX_COMMAND_BYTES:
         raise AgiProtocolError(f"command longer than {MAX_COMMAND_BYTES} bytes")
     return line + b"\n"
@@ -391,10 +394,16 @@ class AgiConnection:
         buffer = self._buffer
         end = 0 if buffer[:1] == b"\n" else buffer.find(b"\n\n")
         if end < 0:
-            if len(buffer) > self._max_env:
-                raise AgiProtocolError(f"environment larger than {self._max_env} bytes")
             if len(buffer) > self._max_line and buffer.rfind(b"\n") < len(buffer) - self._max_line:
                 raise AgiProtocolError(f"environment line longer than {self._max_line} bytes")
+            if len(buffer) > self._max_env:
+                raise AgiProtocolError(f"environment larger than {self._max_env} bytes")
+            # Refuse a stranger at once rather than at the deadline: every line starts "agi_".
+            for line in bytes(buffer).split(b"\n"):
+                if line[:4] != b"agi_"[: len(line)]:
+                    raise AgiProtocolError(
+                        f"not an environment line: {_excerpt(line.decode('latin-1'))}"
+                    )
             if self._eof:
                 self.state = AgiState.CLOSED
                 if buffer:

@@ -41,6 +41,8 @@ SessionHandler = Callable[[AgiSession], Awaitable[None]]
 
 OVERLOAD_REPLY: Final = b"failure\n"
 """Asterisk ends the AGI with AGISTATUS=FAILURE on a line starting ``failure``."""
+_OVERLOAD_LINGER: Final = 1.0
+"""Seconds a refused connection may stay half-closed while Asterisk reads ``failure``."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -232,8 +234,11 @@ class _Link(asyncio.Protocol):
         self._transport = transport
         if not self._server.admit(self):
             self._done = True
+            # Half-close and drain until Asterisk closes: closing with its environment unread
+            # would send a reset, which can destroy the `failure` line before Asterisk reads it.
             transport.write(OVERLOAD_REPLY)
-            transport.close()
+            transport.write_eof()
+            self._timer = self._loop.call_later(_OVERLOAD_LINGER, transport.abort)
             self._server.forget(self, Outcome.OVERLOAD)
             log.warning(
                 "FastAGI %s: refused (%d sessions open, limit %d); answered failure",
