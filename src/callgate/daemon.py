@@ -17,6 +17,8 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+from callgate.agi.server import AgiConfig, AgiServer
 from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
@@ -41,6 +43,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     store: Store | None = None
     http_runner: web.AppRunner | None = None
+    agi: AgiServer | None = None
     ami_status: Callable[[], AmiStatus] = ami_not_configured
     """Set by the Manager component; ``/readyz`` reports it."""
 
@@ -78,6 +81,20 @@ async def load_policies(store: Store, registry: PolicyRegistry) -> None:
     log.info("loaded %d stored policies from %s", len(stored), store.db.path)
 
 
+async def _start_agi(services: Services, store: Store) -> None:
+    """The FastAGI listener; its handler table routes each action (unknown ones are denied)."""
+    recorder = DecisionRecorder(store.audit, services.metrics)
+    routes = policy_routes(services.registry, recorder)
+    server = AgiServer(
+        AgiConfig.from_settings(services.settings),
+        AgiDispatcher(routes, recorder),
+        services.metrics,
+    )
+    await server.start()
+    services.agi = server
+    services.stoppers.append(server.stop)
+
+
 async def _start_http(services: Services, store: Store) -> None:
     token = services.settings.admin_token
     app = build_app(
@@ -102,6 +119,7 @@ async def start(settings: Settings) -> Services:
         store = services.store = await open_store(settings.db_target)
         services.stoppers.append(store.close)
         await load_policies(store, services.registry)
+        await _start_agi(services, store)
         await _start_http(services, store)
     except BaseException:
         await services.stop()
