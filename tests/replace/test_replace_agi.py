@@ -9,6 +9,7 @@ the prompt plays (``200 result=-1``, then the asynchronous ``HANGUP`` line, then
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -75,6 +76,7 @@ class ManagerDb(FakeAstDb):
     def __init__(self, asterisk: Asterisk) -> None:
         super().__init__()
         self._asterisk = asterisk
+        self.connected = True
 
     async def put(self, family: str, key: str, value: str) -> None:
         await super().put(family, key, value)
@@ -159,7 +161,7 @@ async def start_rig(
         audit,
         hasher=PinHasher(FAST_SCRYPT),
         rules=LockoutRules(),
-        live_astdb=lambda: manager,
+        live_astdb=lambda: manager if manager.connected else None,
         clock=clock,
     )
     registry.subscribe(service.on_policy_change)
@@ -441,3 +443,56 @@ async def test_hangup_with_agiexitonhangup_closes_mid_flow(rig: Rig) -> None:
     assert await rig.counted_failures() == 0
     call = await rig.call("replace", "100", "101", keypad=(PIN,))
     assert call.decision == ("ALLOW", "phone_replace_group")
+
+
+NO_REPLACE = {**REFERENCE_DOCUMENT, "phone_replace_groups": []}
+
+
+async def test_revocation_without_a_manager_is_finished_when_it_connects(rig: Rig) -> None:
+    await rig.call("replace", "100", "101", keypad=(PIN,))
+    rig.manager.connected = False
+    await rig.registry.publish(make_policy(NO_REPLACE, 2))
+    # the store says restored at once; AstDB still routes until Asterisk is reachable
+    assert await rig.replacements() == []
+    assert rig.asterisk.astdb == {f"{ACTING}/100": "101", f"{DEVICE}/101": "100"}
+    assert len(await rig.repo.pending()) == 2
+
+    rig.manager.connected = True
+    task = asyncio.create_task(rig.service.keep_astdb_clean(interval=0.01))
+    try:
+        for _ in range(300):
+            if not rig.asterisk.astdb:
+                break
+            await asyncio.sleep(0.01)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert rig.asterisk.astdb == {}
+    assert await rig.repo.pending() == []
+
+
+async def test_revocation_without_a_manager_is_finished_by_restore(rig: Rig) -> None:
+    await rig.call("replace", "100", "101", keypad=(PIN,))
+    rig.manager.connected = False
+    await rig.registry.publish(make_policy(NO_REPLACE, 2))
+    # the phone still acts as 101 in Asterisk; dialing restore sends it home for good
+    call = await rig.call("restore", "101")
+    assert call.decision == ("ALLOW", "restored")
+    assert rig.asterisk.astdb == {}
+    assert await rig.repo.pending() == []
+    call = await rig.call("restore", "100")
+    assert call.decision == ("DENY", "not_replaced")
+
+
+async def test_a_new_replacement_is_not_undone_by_an_old_pending_deletion(rig: Rig) -> None:
+    await rig.call("replace", "100", "101", keypad=(PIN,))
+    rig.manager.connected = False
+    await rig.registry.publish(make_policy(NO_REPLACE, 2))
+    await rig.registry.publish(make_policy(REFERENCE_DOCUMENT, 3))
+    call = await rig.call("replace", "100", "101", keypad=(PIN,))
+    assert call.decision == ("ALLOW", "phone_replace_group")
+    assert await rig.repo.pending() == []
+    rig.manager.connected = True
+    assert await rig.service.flush_pending() == ()
+    assert rig.asterisk.astdb == {f"{ACTING}/100": "101", f"{DEVICE}/101": "100"}

@@ -20,6 +20,7 @@ is down), logged with its traceback. The PIN is never logged, audited or returne
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.lockout import LockoutRules, LockState
 from callgate.replace.pins import PinHasher
 from callgate.store.db import StoreError
-from callgate.store.replace import Attempt, Replacement, ReplaceRepository
+from callgate.store.replace import AstDbKey, Attempt, Replacement, ReplaceRepository
 
 log = logging.getLogger(__name__)
 
@@ -61,12 +62,12 @@ LiveAstDb = Callable[[], AstDb | None]
 """The Manager connection's AstDB while it is logged in, else ``None``."""
 
 
-def acting_key(client_id: str, phone: str) -> tuple[str, str]:
+def acting_key(client_id: str, phone: str) -> AstDbKey:
     """``callgate/<client>/acting/<phone>`` = the extension that phone acts as."""
     return f"callgate/{client_id}/acting", phone
 
 
-def device_key(client_id: str, ext: str) -> tuple[str, str]:
+def device_key(client_id: str, ext: str) -> AstDbKey:
     """``callgate/<client>/device/<ext>`` = the own extension of the phone answering for it."""
     return f"callgate/{client_id}/device", ext
 
@@ -135,6 +136,8 @@ class ReplaceService:
         self._rules = rules or LockoutRules()
         self._live_astdb = live_astdb
         self._clock = clock
+        self._maybe_pending = True
+        """Whether AstDB deletions may be owed (checked in the store when the Manager is up)."""
 
     @property
     def rules(self) -> LockoutRules:
@@ -233,7 +236,8 @@ class ReplaceService:
         if not decision.allowed:
             return decision, policy.version
         new = Replacement(req.client_id, req.phone, req.acting, req.target, self._clock())
-        takeover = await self._repo.start_replacement(new)
+        writes = (acting_key(req.client_id, req.phone), device_key(req.client_id, req.target))
+        takeover = await self._repo.start_replacement(new, writes)
         try:
             if takeover.previous is not None and takeover.previous.to_ext != new.to_ext:
                 await astdb.delete(*device_key(req.client_id, takeover.previous.to_ext))
@@ -268,13 +272,17 @@ class ReplaceService:
         if not decision.allowed:
             return decision
         ended = await self._repo.end_replacement(req.client_id, req.phone)
-        if ended is None:
-            # Nothing in the store; still clear a stale acting key left by a restore that
-            # could not reach Asterisk (no Manager connection at the time).
-            await astdb.delete(*acting_key(req.client_id, req.phone))
-            return Decision.deny(Reason.NOT_REPLACED)
-        await _clear_astdb(astdb, ended)
-        return decision
+        # This session reaches Asterisk: settle what revocations could not delete without a
+        # Manager connection (this phone's keys among them, perhaps).
+        flushed = await self.flush_pending(astdb, req.client_id)
+        if ended is not None:
+            await _clear_astdb(astdb, ended)
+            return decision
+        own = acting_key(req.client_id, req.phone)
+        if own in flushed:
+            return decision  # the store had ended it, but Asterisk still routed it until now
+        await astdb.delete(*own)  # a key nobody should have left: gone either way
+        return Decision.deny(Reason.NOT_REPLACED)
 
     async def restore_phone(self, client_id: str, phone: str) -> Replacement | None:
         """End a phone's replacement from outside a call (HTTP). ``None``: it had none."""
@@ -312,21 +320,53 @@ class ReplaceService:
 
     async def _clear_live(self, ended: Replacement) -> None:
         astdb = self._live_astdb()
+        if astdb is not None:
+            try:
+                await _clear_astdb(astdb, ended)
+            except Exception:  # kept as pending below
+                log.exception("could not clear AstDB for phone %s", ended.phone)
+            else:
+                return
+        await self._repo.add_pending(ended.client_id, _keys_of(ended))
+        self._maybe_pending = True
+        log.warning(
+            "no Manager connection: AstDB still routes %s to phone %s (client %s) until Asterisk"
+            " is reachable (Manager connection, or the phone dials restore)",
+            ended.to_ext,
+            ended.phone,
+            ended.client_id,
+        )
+
+    async def flush_pending(
+        self, astdb: AstDb | None = None, client_id: str | None = None
+    ) -> tuple[AstDbKey, ...]:
+        """Delete the AstDB keys owed since Asterisk was unreachable; return those deleted.
+
+        Through ``astdb`` (an AGI session), else the Manager connection when it is up.
+        """
+        astdb = astdb or self._live_astdb()
         if astdb is None:
-            log.warning(
-                "no Manager connection: AstDB still routes %s to phone %s (client %s) until the"
-                " phone dials restore",
-                ended.to_ext,
-                ended.phone,
-                ended.client_id,
-            )
-            return
-        try:
-            await _clear_astdb(astdb, ended)
-        except Exception:
-            log.exception(
-                "could not clear AstDB for phone %s (client %s)", ended.phone, ended.client_id
-            )
+            return ()
+        done: list[AstDbKey] = []
+        for owner, key in await self._repo.pending(client_id):
+            await astdb.delete(*key)
+            await self._repo.forget_pending(owner, key)
+            done.append(key)
+        if client_id is None:
+            self._maybe_pending = False
+        if done:
+            log.info("deleted %d AstDB key(s) left by earlier restores", len(done))
+        return tuple(done)
+
+    async def keep_astdb_clean(self, interval: float = 5.0) -> None:
+        """Background task: settle pending AstDB deletions once the Manager is connected."""
+        while True:
+            if self._maybe_pending and self._live_astdb() is not None:
+                try:
+                    await self.flush_pending()
+                except Exception:  # retried at the next tick
+                    log.exception("pending AstDB deletions failed; will retry")
+            await asyncio.sleep(interval)
 
     # -- audit -------------------------------------------------------------------------------
 
@@ -383,9 +423,13 @@ class ReplaceService:
         )
 
 
+def _keys_of(ended: Replacement) -> tuple[AstDbKey, AstDbKey]:
+    return acting_key(ended.client_id, ended.phone), device_key(ended.client_id, ended.to_ext)
+
+
 async def _clear_astdb(astdb: AstDb, ended: Replacement) -> None:
-    await astdb.delete(*acting_key(ended.client_id, ended.phone))
-    await astdb.delete(*device_key(ended.client_id, ended.to_ext))
+    for key in _keys_of(ended):
+        await astdb.delete(*key)
 
 
 def _locked_out(state: LockState, req: ReplaceRequest) -> Decision:

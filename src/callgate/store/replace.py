@@ -48,7 +48,18 @@ SCHEMA: tuple[str, ...] = (
         PRIMARY KEY (client_id, phone)
     )""",
     "CREATE INDEX IF NOT EXISTS replacements_to ON replacements (client_id, to_ext)",
+    # AstDB keys that must go but could not be deleted yet (no Manager connection when a
+    # replacement was revoked or restored over HTTP): deleted as soon as Asterisk is reachable.
+    """CREATE TABLE IF NOT EXISTS replace_astdb_pending (
+        client_id TEXT NOT NULL,
+        family TEXT NOT NULL,
+        key TEXT NOT NULL,
+        PRIMARY KEY (client_id, family, key)
+    )""",
 )
+
+AstDbKey = tuple[str, str]
+"""(family, key) of an AstDB entry."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -205,14 +216,21 @@ class ReplaceRepository:
 
     # -- replacements ----------------------------------------------------------------------
 
-    async def start_replacement(self, new: Replacement) -> Takeover:
+    async def start_replacement(
+        self, new: Replacement, writes: Sequence[AstDbKey] = ()
+    ) -> Takeover:
         """Record that ``new.phone`` acts as ``new.to_ext`` from now on.
 
         One extension is answered by one phone: any other phone acting as ``new.to_ext`` is
         restored in the same transaction, and returned so its AstDB keys can be removed too.
+        ``writes``: the AstDB keys about to be written for it, no longer pending deletion.
         """
 
         def run(conn: sqlite3.Connection) -> Takeover:
+            conn.executemany(
+                "DELETE FROM replace_astdb_pending WHERE client_id = ? AND family = ? AND key = ?",
+                [(new.client_id, family, key) for family, key in writes],
+            )
             previous = conn.execute(
                 "SELECT * FROM replacements WHERE client_id = ? AND phone = ?",
                 (new.client_id, new.phone),
@@ -262,6 +280,39 @@ class ReplaceRepository:
             return current
 
         return await self._db.write(run)
+
+    # -- AstDB deletions waiting for Asterisk -----------------------------------------------
+
+    async def add_pending(self, client_id: str, keys: Sequence[AstDbKey]) -> None:
+        await self._db.write(
+            lambda conn: conn.executemany(
+                "INSERT OR IGNORE INTO replace_astdb_pending (client_id, family, key)"
+                " VALUES (?, ?, ?)",
+                [(client_id, family, key) for family, key in keys],
+            )
+        )
+
+    async def pending(self, client_id: str | None = None) -> Sequence[tuple[str, AstDbKey]]:
+        """``(client_id, (family, key))`` of every deletion still owed to AstDB."""
+
+        def run(conn: sqlite3.Connection) -> list[tuple[str, AstDbKey]]:
+            sql = "SELECT client_id, family, key FROM replace_astdb_pending"
+            args: tuple[str, ...] = ()
+            if client_id is not None:
+                sql += " WHERE client_id = ?"
+                args = (client_id,)
+            rows = conn.execute(sql + " ORDER BY client_id, family, key", args).fetchall()
+            return [(row["client_id"], (row["family"], row["key"])) for row in rows]
+
+        return await self._db.read(run)
+
+    async def forget_pending(self, client_id: str, key: AstDbKey) -> None:
+        await self._db.write(
+            lambda conn: conn.execute(
+                "DELETE FROM replace_astdb_pending WHERE client_id = ? AND family = ? AND key = ?",
+                (client_id, *key),
+            )
+        )
 
     async def replacement(self, client_id: str, phone: str) -> Replacement | None:
         def run(conn: sqlite3.Connection) -> Replacement | None:
