@@ -84,8 +84,14 @@ def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
             " invalid document prints its located errors and exits 2."
         ),
     )
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--policy", type=Path, metavar="FILE", help="a policy document (JSON)")
+    source.add_argument(
+        "--db",
+        metavar="URL_OR_PATH",
+        help="the store to read --client's policy from (default: CALLGATE_DB, else the data dir's)",
+    )
+    p.add_argument("--client", metavar="ID", help="the client whose stored policy decides")
     p.add_argument("action", metavar="ACTION", help="pickup, eavesdrop, whisper, replace, restore")
     p.add_argument("ext", metavar="EXT", help="the extension the phone acts as")
     p.add_argument("target", metavar="TARGET", nargs="?", help="the target extension")
@@ -95,6 +101,11 @@ _MAX_POLICY_FILE = 16 * 1024 * 1024
 
 
 def _run_check(args: argparse.Namespace) -> int:
+    if args.policy is None:
+        return _run_check_stored(args)
+    if args.client is not None:
+        print("callgate check: --client goes with --db, not with --policy", file=sys.stderr)
+        return 2
     path: Path = args.policy
     try:
         with path.open("rb") as file:
@@ -114,6 +125,46 @@ def _run_check(args: argparse.Namespace) -> int:
             _print_invalid(str(path), exc)
         return 2
     return _print_decision(document, args)
+
+
+def _run_check_stored(args: argparse.Namespace) -> int:
+    """Decide by the client's policy in the store, as the running service would."""
+    from callgate.config import load_settings
+    from callgate.policy import is_valid_client_id
+    from callgate.store import StoreError
+
+    if args.client is None:
+        print("callgate check: give --policy FILE, or --client ID (with --db)", file=sys.stderr)
+        return 2
+    if not is_valid_client_id(args.client):
+        print(f"callgate check: {args.client!r} is not a valid client id", file=sys.stderr)
+        return 2
+    try:
+        target = args.db or load_settings({}).db_target
+    except (ValueError, ValidationError) as exc:
+        print(f"callgate check: bad configuration: {exc}", file=sys.stderr)
+        return 2
+    if "://" not in target and not Path(target).is_file():
+        print(f"callgate check: no store at {target}", file=sys.stderr)
+        return 2
+    try:
+        document, version = asyncio.run(_stored_document(target, args.client))
+    except StoreError as exc:
+        print(f"callgate check: {target}: {exc}", file=sys.stderr)
+        return 2
+    print(f"callgate check: client {args.client!r}, policy version {version}", file=sys.stderr)
+    return _print_decision(document, args)
+
+
+async def _stored_document(target: str, client_id: str) -> tuple[PolicyDocument, int]:
+    from callgate.store import open_store
+
+    store = await open_store(target)
+    try:
+        stored = await store.policies.current(client_id)
+    finally:
+        await store.close()
+    return (PolicyDocument(), 0) if stored is None else (stored.document, stored.version)
 
 
 def _print_invalid(source: str, error: PolicyValidationError) -> None:
