@@ -22,9 +22,13 @@ from callgate.agi.server import AgiConfig, AgiServer
 from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
+from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.policy import compile_policy
 from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.replace.agi_flow import ReplaceFlow
+from callgate.replace.lockout import LockoutRules
+from callgate.replace.service import LiveAstDb, ReplaceService
 from callgate.store import Store, open_store
 
 log = logging.getLogger(__name__)
@@ -46,6 +50,10 @@ class Services:
     agi: AgiServer | None = None
     ami_status: Callable[[], AmiStatus] = ami_not_configured
     """Set by the Manager component; ``/readyz`` reports it."""
+    replace: ReplaceService | None = None
+    manager_astdb: LiveAstDb = lambda: None
+    """Set by the Manager component (``replace.manager_astdb.manager_astdb(client)``): AstDB
+    over the Manager for restores made over HTTP and revocations of phone replacements."""
 
     async def stop(self) -> None:
         """Stop every component, last started first."""
@@ -85,6 +93,9 @@ async def _start_agi(services: Services, store: Store) -> None:
     """The FastAGI listener; its handler table routes each action (unknown ones are denied)."""
     recorder = DecisionRecorder(store.audit, services.metrics)
     routes = policy_routes(services.registry, recorder)
+    if services.replace is not None:
+        flow = ReplaceFlow(services.replace, services.metrics)
+        routes.update(replace=flow.replace, restore=flow.restore)
     server = AgiServer(
         AgiConfig.from_settings(services.settings),
         AgiDispatcher(routes, recorder),
@@ -93,6 +104,27 @@ async def _start_agi(services: Services, store: Store) -> None:
     await server.start()
     services.agi = server
     services.stoppers.append(server.stop)
+
+
+async def _start_replace(services: Services, store: Store) -> None:
+    """Phone replace: PINs, lockout, replacements; revoked by policy changes."""
+    service = ReplaceService(
+        store.replace,
+        services.registry,
+        store.audit,
+        rules=LockoutRules.from_settings(services.settings),
+        live_astdb=lambda: services.manager_astdb(),
+    )
+    services.registry.subscribe(service.on_policy_change)
+    services.replace = service
+    cleaner = asyncio.create_task(service.keep_astdb_clean(), name="replace-astdb-cleanup")
+
+    async def stop() -> None:
+        cleaner.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await cleaner
+
+    services.stoppers.append(stop)
 
 
 async def _start_http(services: Services, store: Store) -> None:
@@ -107,6 +139,8 @@ async def _start_http(services: Services, store: Store) -> None:
             ami_status=lambda: services.ami_status(),
         )
     )
+    if services.replace is not None:
+        app[REPLACE_SERVICE] = services.replace
     runner = services.http_runner = await start_http(app, *services.settings.http_address)
     services.stoppers.append(runner.cleanup)
 
@@ -119,6 +153,7 @@ async def start(settings: Settings) -> Services:
         store = services.store = await open_store(settings.db_target)
         services.stoppers.append(store.close)
         await load_policies(store, services.registry)
+        await _start_replace(services, store)
         await _start_agi(services, store)
         await _start_http(services, store)
     except BaseException:

@@ -14,6 +14,10 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from callgate.config import Settings
 
 
 @dataclass(frozen=True, slots=True)
@@ -27,6 +31,14 @@ class LockoutRules:
             raise ValueError("max_failures must be at least 1")
         if self.window <= timedelta(0) or self.lock <= timedelta(0):
             raise ValueError("the window and the lock duration must be positive")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LockoutRules:
+        return cls(
+            settings.replace_max_failures,
+            timedelta(seconds=settings.replace_window_seconds),
+            timedelta(seconds=settings.replace_lock_seconds),
+        )
 
     @property
     def horizon(self) -> timedelta:
