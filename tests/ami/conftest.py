@@ -37,8 +37,8 @@ def fast_config(port: int, **overrides: Any) -> ManagerConfig:
         "connect_timeout": 1.0,
         "login_timeout": 1.0,
         "action_timeout": 1.0,
-        "ping_interval": 0.2,
-        "ping_timeout": 0.2,
+        "ping_interval": 0.5,
+        "ping_timeout": 2.0,
         "backoff_initial": 0.05,
         "backoff_max": 0.2,
         "auth_retry": 30.0,
@@ -52,7 +52,7 @@ def policy(version: int, document: dict[str, Any], client: str = CLIENT) -> Clie
     return ClientPolicy(client, version, doc, compile_policy(doc))
 
 
-async def eventually(check: Callable[[], bool], within: float = 3.0) -> None:
+async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
     async with asyncio.timeout(within):
         while not check():  # noqa: ASYNC110 - polls state owned by the code under test
             await asyncio.sleep(0.01)

@@ -23,7 +23,14 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from callgate.http import docs_routes, ops_routes, policy_routes, replace_routes, token_routes
+from callgate.http import (
+    audit_routes,
+    docs_routes,
+    ops_routes,
+    policy_routes,
+    replace_routes,
+    token_routes,
+)
 from callgate.http.api import (
     AMI_STATUS,
     AUTHENTICATOR,
@@ -88,6 +95,7 @@ ROUTE_MODULES: tuple[RouteModule, ...] = (
     ops_routes.register,
     docs_routes.register,
     replace_routes.register,
+    audit_routes.register,
 )
 
 

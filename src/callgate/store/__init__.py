@@ -20,12 +20,15 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
+from callgate.store.audit import AuditRecord, AuditRepository
 from callgate.store.db import Database, StoreError
 from callgate.store.policies import PolicyRepository, StoredPolicy, VersionConflictError
 from callgate.store.replace import ReplaceRepository
 from callgate.store.tokens import TokenExistsError, TokenInfo, TokenRepository
 
 __all__ = [
+    "AuditRecord",
+    "AuditRepository",
     "Database",
     "PolicyRepository",
     "ReplaceRepository",
@@ -50,8 +53,10 @@ class Store:
     policies: PolicyRepository
     tokens: TokenRepository
     replace: ReplaceRepository
+    audit: AuditRepository
 
     async def close(self) -> None:
+        await self.audit.close()  # writes the audit events still queued
         await self.db.close()
 
 

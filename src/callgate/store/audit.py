@@ -1,0 +1,291 @@
+"""The audit log: what was decided and what happened, kept in the shared database.
+
+``AuditRepository`` is the daemon's ``AuditSink``: ``record()`` only puts the event on a bounded
+in-memory queue (it never blocks a phone and never raises); one background task writes queued
+events in batches, one transaction per batch. If the queue is full or the store fails, events are
+dropped and counted (``lost``) with a log line: the decision itself has already been answered.
+
+Listen/whisper sessions: the Manager side records a session's start and end as events with
+``started`` / ``ended`` + ``end_reason`` set. They do not become rows of their own: they complete
+the row of the decision that allowed the session (same client, action and uniqueid), so one row
+tells the whole story. If that row is not there (another instance decided), the event is stored
+as a row of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from callgate.audit import AuditEvent, EndReason
+from callgate.store.db import Database
+
+log = logging.getLogger(__name__)
+
+SCHEMA = (
+    """
+    CREATE TABLE IF NOT EXISTS audit_events (
+        id INTEGER PRIMARY KEY AUTOINCREMENT,
+        time_us INTEGER NOT NULL,
+        client_id TEXT NOT NULL,
+        action TEXT NOT NULL,
+        ext TEXT NOT NULL,
+        target TEXT,
+        decision TEXT NOT NULL,
+        reason TEXT NOT NULL,
+        policy_version INTEGER NOT NULL,
+        uniqueid TEXT,
+        channel TEXT,
+        extra TEXT NOT NULL DEFAULT '{}',
+        started_us INTEGER,
+        ended_us INTEGER,
+        end_reason TEXT
+    )
+    """,
+    "CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (client_id, time_us)",
+    "CREATE INDEX IF NOT EXISTS audit_events_by_uniqueid ON audit_events (client_id, uniqueid)",
+)
+
+SESSION_ACTIONS = frozenset({"eavesdrop", "whisper"})
+
+
+def _us(value: datetime | None) -> int | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:
+        value = value.replace(tzinfo=UTC)
+    return round(value.timestamp() * 1_000_000)
+
+
+def _dt(value: int | None) -> datetime | None:
+    return None if value is None else datetime.fromtimestamp(value / 1_000_000, UTC)
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRecord:
+    """One row of the audit log, as the API shows it."""
+
+    time: datetime
+    client_id: str
+    action: str
+    ext: str
+    target: str | None
+    decision: str
+    reason: str
+    policy_version: int
+    uniqueid: str | None
+    channel: str | None
+    extra: tuple[tuple[str, str], ...]
+    started: datetime | None
+    ended: datetime | None
+    end_reason: EndReason | None
+
+    def to_json(self) -> dict[str, object]:
+        body: dict[str, object] = dict(self.extra)
+        body.update(
+            time=_iso(self.time),
+            action=self.action,
+            ext=self.ext,
+            target=self.target,
+            decision=self.decision,
+            reason=self.reason,
+            policy_version=self.policy_version,
+            uniqueid=self.uniqueid,
+            channel=self.channel,
+        )
+        if self.action in SESSION_ACTIONS and self.decision == "allow":
+            body.update(
+                started=_iso(self.started),
+                ended=_iso(self.ended),
+                end_reason=self.end_reason.value if self.end_reason else None,
+            )
+        return body
+
+
+def _record(row: sqlite3.Row) -> AuditRecord:
+    extra = json.loads(row["extra"])
+    return AuditRecord(
+        time=_dt(row["time_us"]) or datetime.fromtimestamp(0, UTC),
+        client_id=row["client_id"],
+        action=row["action"],
+        ext=row["ext"],
+        target=row["target"],
+        decision=row["decision"],
+        reason=row["reason"],
+        policy_version=row["policy_version"],
+        uniqueid=row["uniqueid"],
+        channel=row["channel"],
+        extra=tuple((str(k), str(v)) for k, v in extra.items()),
+        started=_dt(row["started_us"]),
+        ended=_dt(row["ended_us"]),
+        end_reason=EndReason(row["end_reason"]) if row["end_reason"] else None,
+    )
+
+
+class AuditRepository:
+    """The audit log on the shared database; also the daemon's ``AuditSink``."""
+
+    def __init__(self, db: Database, *, queue_size: int = 10_000, batch_size: int = 500) -> None:
+        self._db = db
+        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(queue_size)
+        self._batch_size = batch_size
+        self._writer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.lost = 0
+        """Events dropped (queue full, store error, or recorded after close)."""
+
+    # ---------------------------------------------------------------- AuditSink
+
+    def record(self, event: AuditEvent) -> None:
+        """Queue ``event`` for writing; never blocks, never raises."""
+        if self._closed:
+            self.lost += 1
+            log.warning("audit event recorded after close, dropped: %s", event)
+            return
+        try:
+            self._queue.put_nowait(event)
+            if self._writer is None:
+                self._writer = asyncio.get_running_loop().create_task(
+                    self._write_forever(), name="audit-writer"
+                )
+        except Exception:
+            self.lost += 1
+            log.exception("audit event dropped (%d lost so far): %s", self.lost, event)
+
+    async def flush(self) -> None:
+        """Return once every event recorded so far is written (or counted as lost)."""
+        await self._queue.join()
+
+    async def close(self) -> None:
+        """Write what is queued, then stop the writer; later events are dropped."""
+        self._closed = True
+        await self.flush()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await writer
+
+    async def _write_forever(self) -> None:
+        queue = self._queue
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self._batch_size and not queue.empty():
+                batch.append(queue.get_nowait())
+
+            def write(conn: sqlite3.Connection, events: list[AuditEvent] = batch) -> None:
+                _insert(conn, events)
+
+            try:
+                await self._db.write(write)
+            except Exception:
+                self.lost += len(batch)
+                log.exception("audit: %d event(s) could not be written", len(batch))
+            finally:
+                for _ in batch:
+                    queue.task_done()
+
+    # ---------------------------------------------------------------- reading
+
+    async def list(
+        self,
+        client_id: str,
+        *,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        ext: str | None = None,
+        action: str | None = None,
+        limit: int = 1000,
+    ) -> tuple[AuditRecord, ...]:
+        """Newest first. ``ext`` matches the acting extension or the target."""
+        where = ["client_id = ?"]
+        args: list[object] = [client_id]
+        if since is not None:
+            where.append("time_us >= ?")
+            args.append(_us(since))
+        if until is not None:
+            where.append("time_us <= ?")
+            args.append(_us(until))
+        if ext is not None:
+            where.append("(ext = ? OR target = ?)")
+            args += [ext, ext]
+        if action is not None:
+            where.append("action = ?")
+            args.append(action)
+        sql = (
+            f"SELECT * FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608 - fixed clauses
+            " ORDER BY time_us DESC, id DESC LIMIT ?"
+        )
+        args.append(limit)
+        rows = await self._db.read(lambda conn: conn.execute(sql, args).fetchall())
+        return tuple(_record(row) for row in rows)
+
+
+_INSERT = """
+    INSERT INTO audit_events (time_us, client_id, action, ext, target, decision, reason,
+        policy_version, uniqueid, channel, extra, started_us, ended_us, end_reason)
+    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
+"""
+
+
+def _insert(conn: sqlite3.Connection, events: list[AuditEvent]) -> None:
+    for event in events:
+        if (event.started is not None or event.ended is not None) and _complete_session(
+            conn, event
+        ):
+            continue
+        conn.execute(
+            _INSERT,
+            (
+                _us(event.time),
+                event.client_id,
+                str(event.action),
+                event.ext,
+                event.target,
+                event.decision,
+                str(event.reason),
+                event.policy_version,
+                event.uniqueid,
+                event.channel,
+                json.dumps(dict(event.extra)),
+                _us(event.started),
+                _us(event.ended),
+                event.end_reason.value if event.end_reason else None,
+            ),
+        )
+
+
+def _complete_session(conn: sqlite3.Connection, event: AuditEvent) -> bool:
+    """Add a session's start or end to its allowing decision's row; False if there is none."""
+    row = conn.execute(
+        "SELECT id, extra FROM audit_events WHERE client_id = ? AND uniqueid = ? AND action = ?"
+        " AND decision = 'allow' ORDER BY id DESC LIMIT 1",
+        (event.client_id, event.uniqueid, str(event.action)),
+    ).fetchone()
+    if row is None:
+        return False
+    extra = json.loads(row["extra"])
+    extra.update(event.extra)
+    conn.execute(
+        "UPDATE audit_events SET started_us = COALESCE(?, started_us),"
+        " ended_us = COALESCE(?, ended_us), end_reason = COALESCE(?, end_reason),"
+        " channel = COALESCE(channel, ?), extra = ? WHERE id = ?",
+        (
+            _us(event.started),
+            _us(event.ended),
+            event.end_reason.value if event.end_reason else None,
+            event.channel,
+            json.dumps(extra),
+            row["id"],
+        ),
+    )
+    return True
