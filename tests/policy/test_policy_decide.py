@@ -236,3 +236,22 @@ def test_the_granting_group_is_the_first_listed_that_contains_the_target() -> No
     assert decide(policy, "whisper", "1", "2").group == "a"
     assert decide(policy, "replace", "1", "2").group == "b"
     assert decide(policy, "replace", "2", "1").group == "b"
+
+
+def test_every_action_has_its_rules() -> None:
+    from callgate.policy import Action
+    from callgate.policy.decide import _ALLOW_ALL_RULES, _RULES
+
+    assert set(_RULES) == set(_ALLOW_ALL_RULES) == {action.value for action in Action}
+
+
+@pytest.mark.parametrize("odd", [None, 100, b"100", ["100"]])
+def test_values_that_are_not_strings_are_invalid_requests(odd: object) -> None:
+    policy = compiled()
+    assert verdict(policy, "pickup", odd, "101") == ("deny", "invalid_request", ())  # type: ignore[arg-type]
+    assert verdict(policy, "pickup", "101", odd) == (  # type: ignore[arg-type]
+        ("allow", "pickup_share_group", ("100", "102"))
+        if odd is None
+        else ("deny", "invalid_request", ())
+    )
+    assert verdict(policy, odd, "100", "101") == ("deny", "invalid_request", ())  # type: ignore[arg-type]

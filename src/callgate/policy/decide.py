@@ -1,20 +1,30 @@
 """``decide()``: ``policy.md``'s decision rules 1 to 8, in order; the first rule that applies wins.
 
-For ``replace`` this is only the authorization half (the PIN is the replace service's), and
-``restore`` is always allowed for a valid extension: the policy never keeps a phone from going
-home; the replace service denies ``not_replaced`` when there is nothing to restore.
+Rules 1 and 2 (a well-formed request, not aimed at oneself) are checked here; then the action and
+its form (directed, or group when there is no target) pick one rule function from a table. Rule 3
+(``allow_all``) is a table of its own. Two departures from a literal reading, both deliberate:
+
+- ``replace`` answers only the authorization half; the PIN is the replace service's.
+- ``restore`` is allowed for any valid extension, even under ``allow_all`` (reason ``restored``):
+  the policy never keeps a phone from going home; the replace service answers ``not_replaced``
+  when there is nothing to restore.
+
+This is the hot path of every FastAGI request, hence the tables and the prebuilt decisions.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import re
+from collections.abc import Callable
 from typing import Final
 
-from callgate.policy.compiled import EMPTY_REACH, CompiledPolicy, Reach
-from callgate.policy.syntax import is_valid_extension
-from callgate.policy.types import ALL_TARGETS, Action, Decision, Reason
+from callgate.policy.compiled import EMPTY_REACH, CompiledPolicy
+from callgate.policy.syntax import EXTENSION_PATTERN
+from callgate.policy.types import ALL_TARGETS, Decision, Reason
 
-_ACTIONS: Final = {action.value: action for action in Action}
+Rule = Callable[[CompiledPolicy, str, str], Decision]
+
+_is_extension: Final = re.compile(EXTENSION_PATTERN[1:-1]).fullmatch
 
 _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _SELF: Final = Decision.deny(Reason.SELF_TARGET)
@@ -22,76 +32,122 @@ _RESTORED: Final = Decision(allowed=True, reason=Reason.RESTORED)
 _ALLOW_ALL: Final = Decision(allowed=True, reason=Reason.ALLOW_ALL)
 _ALLOW_ALL_TARGETS: Final = Decision(allowed=True, reason=Reason.ALLOW_ALL, targets=(ALL_TARGETS,))
 _PICKUP_ALL: Final = Decision(allowed=True, reason=Reason.PICKUP_ALL)
-_DENY: Final = {reason: Decision.deny(reason) for reason in Reason}
+_NO_PICKUP: Final = Decision.deny(Reason.PICKUP_NOT_PERMITTED)
+_NO_PICKUP_GROUP: Final = Decision.deny(Reason.NO_PICKUP_GROUP)
+_NO_EAVESDROP: Final = Decision.deny(Reason.EAVESDROP_NOT_PERMITTED)
+_NO_WHISPER: Final = Decision.deny(Reason.WHISPER_NOT_PERMITTED)
+_NO_REPLACE: Final = Decision.deny(Reason.REPLACE_NOT_PERMITTED)
+
+# Enum members looked up once: attribute access on an Enum class is slow on the hot path.
+_SHARE: Final = Reason.PICKUP_SHARE_GROUP
+_EAVESDROP: Final = Reason.EAVESDROP_GROUP
+_WHISPER: Final = Reason.WHISPER_GROUP
+_REPLACE: Final = Reason.PHONE_REPLACE_GROUP
 
 
 def decide(policy: CompiledPolicy, action: str, ext: str, target: str | None) -> Decision:
     """Decide whether ``ext`` may do ``action`` to ``target`` (``None`` or ``""``: group form)."""
-    kind = _ACTIONS.get(action)
-    if kind is None or not is_valid_extension(ext):
-        return _INVALID
-    if target:
-        if not is_valid_extension(target):
+    try:
+        rules = (_ALLOW_ALL_RULES if policy.allow_all else _RULES).get(action)
+        if rules is None or _is_extension(ext) is None:
             return _INVALID
-        if target == ext:
-            return _SELF
-    elif kind is Action.REPLACE:
-        return _INVALID  # replace has no group form
-    if kind is Action.RESTORE:
-        return _RESTORED
-    if policy.allow_all:
-        return _ALLOW_ALL if target else _ALLOW_ALL_TARGETS
-    match kind:
-        case Action.PICKUP if target:
-            if policy.pickup_all:
-                return _PICKUP_ALL
-            found = _granted(policy.share, ext, target, Reason.PICKUP_SHARE_GROUP)
-            return found or _DENY[Reason.PICKUP_NOT_PERMITTED]
-        case Action.PICKUP:
-            found = _group_form(policy.share, ext, Reason.PICKUP_SHARE_GROUP)
-            return found or _DENY[Reason.NO_PICKUP_GROUP]
-        case Action.EAVESDROP if target:
-            found = _granted(policy.eavesdrop, ext, target, Reason.EAVESDROP_GROUP)
-            found = found or _granted(policy.whisper, ext, target, Reason.WHISPER_GROUP)
-            return found or _DENY[Reason.EAVESDROP_NOT_PERMITTED]
-        case Action.EAVESDROP:
-            return _group_listen(policy, ext) or _DENY[Reason.EAVESDROP_NOT_PERMITTED]
-        case Action.WHISPER if target:
-            found = _granted(policy.whisper, ext, target, Reason.WHISPER_GROUP)
-            return found or _DENY[Reason.WHISPER_NOT_PERMITTED]
-        case Action.WHISPER:
-            found = _group_form(policy.whisper, ext, Reason.WHISPER_GROUP)
-            return found or _DENY[Reason.WHISPER_NOT_PERMITTED]
-        case Action.REPLACE if target:
-            found = _granted(policy.replace, ext, target, Reason.PHONE_REPLACE_GROUP)
-            return found or _DENY[Reason.REPLACE_NOT_PERMITTED]
-    return _INVALID  # unreachable: every action and form is matched above
+        if target and _is_extension(target) is None:
+            return _INVALID
+    except TypeError:  # not strings: not a request anyone could have meant
+        return _INVALID
+    if not target:
+        return rules[1](policy, ext, "")
+    if target == ext:
+        return _SELF
+    return rules[0](policy, ext, target)
 
 
-def _granted(table: Mapping[str, Reach], ext: str, target: str, grant: Reason) -> Decision | None:
-    """Allow ``grant`` when ``target`` is in the reach ``table`` gives ``ext``."""
-    reach = table.get(ext)
-    if reach is None or target not in reach.members:
-        return None
-    return Decision(allowed=True, reason=grant, group=reach.group_of(target))
+# -- rule 4: directed pickup; rule 5: group pickup
 
 
-def _group_form(table: Mapping[str, Reach], ext: str, grant: Reason) -> Decision | None:
-    """Allow ``grant`` for everyone in the reach ``table`` gives ``ext``, except ``ext``."""
-    reach = table.get(ext, EMPTY_REACH)
+def _pickup(policy: CompiledPolicy, ext: str, target: str) -> Decision:
+    if policy.pickup_all:
+        return _PICKUP_ALL
+    reach = policy.share.get(ext)
+    return (reach is not None and reach.grant(target, _SHARE)) or _NO_PICKUP
+
+
+def _group_pickup(policy: CompiledPolicy, ext: str, _: str) -> Decision:
+    reach = policy.share.get(ext, EMPTY_REACH)
     targets = reach.targets_without(ext)
     if not targets:
-        return None
-    return Decision(True, grant, targets, reach.first_group_without(ext))
+        return _NO_PICKUP_GROUP
+    return Decision(True, _SHARE, targets, reach.first_group_without(ext))
 
 
-def _group_listen(policy: CompiledPolicy, ext: str) -> Decision | None:
-    """Everyone in the eavesdrop or whisper reach (a whisper grant includes listening)."""
-    targets = policy.listen.get(ext, EMPTY_REACH).targets_without(ext)
+# -- rule 6: listen and whisper; rule 7: their group forms
+
+
+def _eavesdrop(policy: CompiledPolicy, ext: str, target: str) -> Decision:
+    """A whisper grant includes listening: whispering includes hearing the call."""
+    found = policy.grant("eavesdrop_" + ext).grant(target, _EAVESDROP)
+    return found or policy.grant("whisper_" + ext).grant(target, _WHISPER) or _NO_EAVESDROP
+
+
+def _whisper(policy: CompiledPolicy, ext: str, target: str) -> Decision:
+    return policy.grant("whisper_" + ext).grant(target, _WHISPER) or _NO_WHISPER
+
+
+def _group_eavesdrop(policy: CompiledPolicy, ext: str, _: str) -> Decision:
+    targets = policy.listen(ext).targets_without(ext)
     if not targets:
-        return None
-    group = policy.eavesdrop.get(ext, EMPTY_REACH).first_group_without(ext)
+        return _NO_EAVESDROP
+    group = policy.grant("eavesdrop_" + ext).first_group_without(ext)
     if group is not None:
-        return Decision(True, Reason.EAVESDROP_GROUP, targets, group)
-    group = policy.whisper.get(ext, EMPTY_REACH).first_group_without(ext)
-    return Decision(True, Reason.WHISPER_GROUP, targets, group)
+        return Decision(True, _EAVESDROP, targets, group)
+    group = policy.grant("whisper_" + ext).first_group_without(ext)
+    return Decision(True, _WHISPER, targets, group)
+
+
+def _group_whisper(policy: CompiledPolicy, ext: str, _: str) -> Decision:
+    reach = policy.grant("whisper_" + ext)
+    targets = reach.targets_without(ext)
+    if not targets:
+        return _NO_WHISPER
+    return Decision(True, _WHISPER, targets, reach.first_group_without(ext))
+
+
+# -- rule 8: replace (the authorization half), and restore
+
+
+def _replace(policy: CompiledPolicy, ext: str, target: str) -> Decision:
+    reach = policy.replace.get(ext)
+    return (reach is not None and reach.grant(target, _REPLACE)) or _NO_REPLACE
+
+
+def _restore(_policy: CompiledPolicy, _ext: str, _target: str) -> Decision:
+    return _RESTORED
+
+
+def _invalid(_policy: CompiledPolicy, _ext: str, _target: str) -> Decision:
+    return _INVALID
+
+
+def _allow_all(_policy: CompiledPolicy, _ext: str, _target: str) -> Decision:
+    return _ALLOW_ALL
+
+
+def _allow_all_targets(_policy: CompiledPolicy, _ext: str, _target: str) -> Decision:
+    return _ALLOW_ALL_TARGETS
+
+
+# action -> (directed rule, group-form rule)
+_RULES: Final[dict[str, tuple[Rule, Rule]]] = {
+    "pickup": (_pickup, _group_pickup),
+    "eavesdrop": (_eavesdrop, _group_eavesdrop),
+    "whisper": (_whisper, _group_whisper),
+    "replace": (_replace, _invalid),  # replace always names the extension to take over
+    "restore": (_restore, _restore),
+}
+_ALLOW_ALL_RULES: Final[dict[str, tuple[Rule, Rule]]] = {
+    "pickup": (_allow_all, _allow_all_targets),
+    "eavesdrop": (_allow_all, _allow_all_targets),
+    "whisper": (_allow_all, _allow_all_targets),
+    "replace": (_allow_all, _invalid),
+    "restore": (_restore, _restore),
+}
