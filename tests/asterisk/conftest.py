@@ -1,0 +1,93 @@
+"""Fixtures of the real-Asterisk suite: one PBX and one callgate for the module, a Manager
+connection and an HTTP client per test, and a clean slate (no calls, default policies, no phone
+replaced) before every test."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator, Iterator
+
+import aiohttp
+import pytest
+
+from .harness import (
+    ADMIN_TOKEN,
+    AMI_TESTER,
+    Ami,
+    Api,
+    Asterisk,
+    Callgate,
+    Pbx,
+    PbxPorts,
+    event,
+    find_asterisk,
+    find_data_dir,
+    find_module_dir,
+    free_port,
+    free_udp_range,
+)
+
+CLIENTS = ("acme", "globex")
+
+
+@pytest.fixture(scope="module")
+def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
+    binary = find_asterisk()
+    assert binary is not None, "the test module skips itself when there is no Asterisk"
+    module_dir = find_module_dir(binary)
+    if module_dir is None:
+        pytest.skip(f"{binary}: no module directory with chan_pjsip.so (set ASTERISK_MODDIR)")
+    ports = PbxPorts(
+        ami=free_port(),
+        sip_pbx=free_port(socket.SOCK_DGRAM),
+        sip_phones=free_port(socket.SOCK_DGRAM),
+        rtp_start=free_udp_range(100),
+        agi=free_port(),
+    )
+    root = tmp_path_factory.mktemp("pbx")
+    asterisk = Asterisk(binary, root / "asterisk", ports)
+    asterisk.write_config(module_dir, find_data_dir(binary))
+    callgate = Callgate(root / "callgate", ports.agi, free_port(), ports.ami)
+    (root / "callgate").mkdir()
+    asterisk.start()
+    try:
+        callgate.start()
+        yield Pbx(asterisk, callgate)
+    finally:
+        callgate.stop()
+        asterisk.stop()
+
+
+@pytest.fixture
+async def api(pbx: Pbx) -> AsyncIterator[Api]:
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        yield Api(http, pbx.callgate.base_url)
+
+
+@pytest.fixture
+async def ami(pbx: Pbx, api: Api) -> AsyncIterator[Ami]:
+    """The tester's Manager connection (read/write all), after a reset of the PBX and callgate."""
+    if pbx.callgate.process is None:  # a test stopped it and could not start it again
+        await asyncio.to_thread(pbx.callgate.start)
+    manager = await Ami.connect(pbx.asterisk.ports.ami, *AMI_TESTER)
+    try:
+        await manager.wait_event(event("FullyBooted"), since=0, within=30)
+        await hang_up_everything(manager)
+        for client in CLIENTS:
+            await api.reset(client)
+        for family in ("sim", "callgate"):
+            await manager.action_any("DBDelTree", Family=family)
+        yield manager
+    finally:
+        await hang_up_everything(manager)
+        await manager.close()
+
+
+async def hang_up_everything(manager: Ami) -> None:
+    await manager.action_any("Hangup", Channel="/^(PJSIP|Local)/")
+    async with asyncio.timeout(10):
+        # The state polled is Asterisk's, seen over the Manager: no asyncio.Event to wait on.
+        while await manager.list_action("CoreShowChannels", "CoreShowChannelsComplete"):  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
