@@ -19,6 +19,9 @@ from aiohttp import web
 
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
 from callgate.agi.server import AgiConfig, AgiServer
+from callgate.ami.client import ManagerConfig, ManagerState
+from callgate.ami.service import LiveEnforcement
+from callgate.ami.tracker import SpyGrants
 from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
@@ -28,6 +31,7 @@ from callgate.policy import compile_policy
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
 from callgate.replace.lockout import LockoutRules
+from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.service import LiveAstDb, ReplaceService
 from callgate.store import Store, open_store
 
@@ -54,6 +58,9 @@ class Services:
     manager_astdb: LiveAstDb = lambda: None
     """Set by the Manager component (``replace.manager_astdb.manager_astdb(client)``): AstDB
     over the Manager for restores made over HTTP and revocations of phone replacements."""
+    spy_grants: SpyGrants = field(default_factory=SpyGrants)
+    """Allowed listen/whisper decisions, for live enforcement: the FastAGI handler calls
+    ``spy_grants.note_allowed(...)`` on each (see ``ami/tracker.py``)."""
 
     async def stop(self) -> None:
         """Stop every component, last started first."""
@@ -123,6 +130,8 @@ async def _start_replace(services: Services, store: Store) -> None:
         cleaner.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await cleaner
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service.idle(), services.settings.shutdown_grace)
 
     services.stoppers.append(stop)
 
@@ -145,6 +154,51 @@ async def _start_http(services: Services, store: Store) -> None:
     services.stoppers.append(runner.cleanup)
 
 
+_READYZ_AMI = {
+    ManagerState.CONNECTED: AmiStatus.UP,
+    ManagerState.NOT_CONFIGURED: AmiStatus.NOT_CONFIGURED,
+}
+
+
+async def _start_ami(services: Services, store: Store) -> None:
+    """Live enforcement: the Manager connection that ends sessions a policy change withdraws."""
+    settings = services.settings
+    if settings.ami_address is None:
+        log.warning(
+            "live enforcement is off (no --ami): decisions are made, but a policy change"
+            " cannot end a listen/whisper session already in progress"
+        )
+        return
+    host, port = settings.ami_address
+    # Settings refuses `ami` without a user and a secret.
+    assert settings.ami_user is not None
+    assert settings.ami_secret is not None
+    config = ManagerConfig(
+        host,
+        port,
+        settings.ami_user,
+        settings.ami_secret.get_secret_value(),
+        action_timeout=settings.ami_action_timeout,
+        ping_interval=settings.ami_ping_interval,
+        ping_timeout=settings.ami_ping_timeout,
+        backoff_max=settings.ami_backoff_max,
+        auth_retry=settings.ami_auth_retry,
+    )
+    live = LiveEnforcement(
+        config,
+        services.registry,
+        store.audit,
+        services.metrics,
+        grants=services.spy_grants,
+        reconcile_interval=settings.ami_reconcile_interval,
+    )
+    live.start()
+    log.info("live enforcement: connecting to the Asterisk Manager at %s:%s", host, port)
+    services.ami_status = lambda: _READYZ_AMI.get(live.status(), AmiStatus.DOWN)
+    services.manager_astdb = manager_astdb(live.client)
+    services.stoppers.append(live.stop)
+
+
 async def start(settings: Settings) -> Services:
     """Start every component; the caller owns ``services.stop()``."""
     services = Services(settings)
@@ -156,6 +210,7 @@ async def start(settings: Settings) -> Services:
         await _start_replace(services, store)
         await _start_agi(services, store)
         await _start_http(services, store)
+        await _start_ami(services, store)
     except BaseException:
         await services.stop()
         raise

@@ -407,7 +407,8 @@ async def test_revocation_by_a_policy_change(rig: Rig) -> None:
     assert await rig.replacements() == [("100", "100", "101")]  # 100 and 101 are both in hr
 
     await rig.registry.publish(make_policy({**REFERENCE_DOCUMENT, "phone_replace_groups": []}, 3))
-    assert await rig.replacements() == []
+    assert await rig.replacements() == []  # the store: before publish() returns
+    await rig.service.idle()  # AstDB over the Manager: in the background
     assert rig.asterisk.astdb == {}
     assert rig.manager.ops == [("del", f"{ACTING}/100"), ("del", f"{DEVICE}/101")]
     event = rig.audit.events[-1]
@@ -452,6 +453,7 @@ async def test_revocation_without_a_manager_is_finished_when_it_connects(rig: Ri
     await rig.call("replace", "100", "101", keypad=(PIN,))
     rig.manager.connected = False
     await rig.registry.publish(make_policy(NO_REPLACE, 2))
+    await rig.service.idle()
     # the store says restored at once; AstDB still routes until Asterisk is reachable
     assert await rig.replacements() == []
     assert rig.asterisk.astdb == {f"{ACTING}/100": "101", f"{DEVICE}/101": "100"}
@@ -476,6 +478,7 @@ async def test_revocation_without_a_manager_is_finished_by_restore(rig: Rig) -> 
     await rig.call("replace", "100", "101", keypad=(PIN,))
     rig.manager.connected = False
     await rig.registry.publish(make_policy(NO_REPLACE, 2))
+    await rig.service.idle()
     # the phone still acts as 101 in Asterisk; dialing restore sends it home for good
     call = await rig.call("restore", "101")
     assert call.decision == ("ALLOW", "restored")
@@ -489,6 +492,7 @@ async def test_a_new_replacement_is_not_undone_by_an_old_pending_deletion(rig: R
     await rig.call("replace", "100", "101", keypad=(PIN,))
     rig.manager.connected = False
     await rig.registry.publish(make_policy(NO_REPLACE, 2))
+    await rig.service.idle()
     await rig.registry.publish(make_policy(REFERENCE_DOCUMENT, 3))
     call = await rig.call("replace", "100", "101", keypad=(PIN,))
     assert call.decision == ("ALLOW", "phone_replace_group")

@@ -10,14 +10,14 @@ from collections.abc import AsyncIterator
 import pytest
 
 from callgate.ami.client import ManagerClient, ManagerConfig, ManagerState
-from callgate.registry import PolicyRegistry
+from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.manager_astdb import ManagerAstDb, manager_astdb
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import AstDbError, ReplaceService
 from callgate.store.replace import Replacement, ReplaceRepository
 from fake_ami import FakeAmi, ReceivedAction, render
 
-from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAudit
+from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAstDb, FakeAudit
 from .conftest import client_policy as make_policy
 
 
@@ -102,6 +102,7 @@ async def test_revocation_deletes_both_keys_over_the_manager(
     await repo.start_replacement(Replacement(CLIENT, "100", "100", "101", clock()))
 
     await registry.publish(make_policy({**REFERENCE_DOCUMENT, "phone_replace_groups": []}, 2))
+    await service.idle()
 
     assert ami.astdb == {}
     assert [a.name for a in ami.actions if a.name.startswith("DB")] == ["DBDel", "DBDel"]
@@ -116,3 +117,44 @@ async def test_without_a_manager_connection(repo: ReplaceRepository, clock: Cloc
     assert manager_astdb(disconnected)() is None
     with pytest.raises(AstDbError):
         await ManagerAstDb(disconnected).put("f", "k", "v")
+
+
+class StalledManager(FakeAstDb):
+    """A Manager connection whose answers wait until the test releases them."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = asyncio.Event()
+
+    async def delete(self, family: str, key: str) -> None:
+        await self.release.wait()
+        await super().delete(family, key)
+
+
+async def test_revocation_does_not_hold_up_the_other_listeners(
+    repo: ReplaceRepository, clock: Clock
+) -> None:
+    """The listen/whisper enforcer listens to the same registry and must hang up within 250 ms:
+    publish() must not wait for Manager round trips of phone-replace revocations."""
+    registry = PolicyRegistry()
+    registry.load(make_policy(REFERENCE_DOCUMENT, 1))
+    stalled = StalledManager()
+    service = ReplaceService(
+        repo, registry, FakeAudit(), hasher=PinHasher(FAST_SCRYPT), live_astdb=lambda: stalled
+    )
+    registry.subscribe(service.on_policy_change)
+    later: list[int] = []
+
+    async def next_listener(old: ClientPolicy, new: ClientPolicy) -> None:
+        later.append(new.version)
+
+    registry.subscribe(next_listener)
+    await repo.start_replacement(Replacement(CLIENT, "100", "100", "101", clock()))
+
+    await registry.publish(make_policy({**REFERENCE_DOCUMENT, "phone_replace_groups": []}, 2))
+    assert later == [2]  # reached while the Manager has not answered yet
+    assert list(await repo.replacements(CLIENT)) == []
+    assert stalled.ops == []
+    stalled.release.set()
+    await service.idle()
+    assert [op for op, _ in stalled.ops] == ["del", "del"]

@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Protocol
@@ -138,6 +138,7 @@ class ReplaceService:
         self._clock = clock
         self._maybe_pending = True
         """Whether AstDB deletions may be owed (checked in the store when the Manager is up)."""
+        self._background: set[asyncio.Task[None]] = set()
 
     @property
     def rules(self) -> LockoutRules:
@@ -295,7 +296,12 @@ class ReplaceService:
     # -- revocation --------------------------------------------------------------------------
 
     async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
-        """Registry listener: restore every replacement that ``new`` no longer authorizes."""
+        """Registry listener: restore every replacement that ``new`` no longer authorizes.
+
+        The store is updated before this returns; the AstDB deletions over the Manager run in
+        the background, so that the listeners after this one (hanging up revoked listeners
+        within 250 ms) never wait on Manager round trips.
+        """
         del old  # only what the new policy allows matters
         for replacement in await self._repo.replacements(new.client_id):
             decision = decide(
@@ -315,10 +321,21 @@ class ReplaceService:
                 ended.to_ext,
                 decision.reason,
             )
-            await self._clear_live(ended)
+            self._spawn(self._clear_live(ended))
             self._record_end(ended, EndReason.REVOKED, new.version)
 
+    def _spawn(self, work: Coroutine[object, object, None]) -> None:
+        task = asyncio.create_task(work)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def idle(self) -> None:
+        """Wait for the AstDB updates running in the background (shutdown, tests)."""
+        while self._background:
+            await asyncio.gather(*self._background, return_exceptions=True)
+
     async def _clear_live(self, ended: Replacement) -> None:
+        """Delete ``ended``'s AstDB keys over the Manager, else keep them pending. Never raises."""
         astdb = self._live_astdb()
         if astdb is not None:
             try:
@@ -327,7 +344,11 @@ class ReplaceService:
                 log.exception("could not clear AstDB for phone %s", ended.phone)
             else:
                 return
-        await self._repo.add_pending(ended.client_id, _keys_of(ended))
+        try:
+            await self._repo.add_pending(ended.client_id, _keys_of(ended))
+        except Exception:
+            log.exception("could not keep AstDB deletions for phone %s", ended.phone)
+            return
         self._maybe_pending = True
         log.warning(
             "no Manager connection: AstDB still routes %s to phone %s (client %s) until Asterisk"
