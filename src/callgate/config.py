@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -72,11 +72,43 @@ class Settings(BaseSettings):
     replace_window_seconds: float = Field(default=900.0, gt=0)
     replace_lock_seconds: float = Field(default=900.0, gt=0)
 
+    # Live enforcement over the Asterisk Manager (only with `ami`)
+    ami_ping_interval: float = Field(default=5.0, gt=0)
+    """Seconds between watchdog Pings; no answer within ``ami_ping_timeout`` = reconnect."""
+    ami_ping_timeout: float = Field(default=3.0, gt=0)
+    ami_action_timeout: float = Field(default=5.0, gt=0)
+    ami_backoff_max: float = Field(default=30.0, gt=0)
+    """Longest wait between reconnection attempts (exponential backoff with jitter)."""
+    ami_auth_retry: float = Field(default=60.0, ge=1)
+    """Wait after Asterisk refused the credentials before trying again."""
+    ami_reconcile_interval: float = Field(default=60.0, gt=0)
+    """Seconds between checks of the tracked sessions against CoreShowChannels."""
+
     @field_validator("agi", "http")
     @classmethod
     def _check_listen(cls, value: str) -> str:
         split_host_port(value, default_port=1)
         return value
+
+    @field_validator("ami")
+    @classmethod
+    def _check_ami(cls, value: str | None) -> str | None:
+        if value is not None:
+            split_host_port(value, default_port=5038)
+        return value
+
+    @model_validator(mode="after")
+    def _ami_needs_credentials(self) -> Settings:
+        if self.ami and not (self.ami_user and self.ami_secret):
+            raise ValueError(
+                "--ami needs --ami-user and a secret (CALLGATE_AMI_SECRET or the config file)"
+            )
+        return self
+
+    @property
+    def ami_address(self) -> tuple[str, int] | None:
+        """The Manager's (host, port), or None when live enforcement is not configured."""
+        return split_host_port(self.ami, default_port=5038) if self.ami else None
 
     @property
     def agi_address(self) -> tuple[str, int]:

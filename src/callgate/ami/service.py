@@ -36,7 +36,7 @@ class LiveEnforcement:
         stop_grace: float = 3.0,
         reconcile_interval: float = 60.0,
     ) -> None:
-        self.grants = grants or SpyGrants()
+        self.grants = grants if grants is not None else SpyGrants()
         self.tracker = SessionTracker(
             self.grants, audit=audit, metrics=metrics, stop_grace=stop_grace
         )

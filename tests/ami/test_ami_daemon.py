@@ -1,0 +1,118 @@
+"""The whole daemon with and without ``--ami``: /readyz says whether live enforcement is on, and
+a policy PUT over HTTP hangs up a listener whose right it withdraws."""
+
+from __future__ import annotations
+
+import logging
+import socket
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import aiohttp
+import pytest
+from pydantic import SecretStr, ValidationError
+
+from callgate.config import Settings
+from callgate.daemon import Services, start
+from callgate.policy import Action
+from fake_ami import FakeAmi
+
+from .conftest import CLIENT, REFERENCE, eventually
+
+TOKEN = "ami-daemon-admin-token"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+POLICY = f"/client/{CLIENT}/call_control_group/"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def settings(tmp_path: Path, **kw: object) -> Settings:
+    return Settings(
+        agi=f"127.0.0.1:{free_port()}",
+        http=f"127.0.0.1:{free_port()}",
+        data_dir=tmp_path,
+        admin_token=SecretStr(TOKEN),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, fake: FakeAmi) -> AsyncIterator[Services]:
+    services = await start(
+        settings(tmp_path, ami=f"127.0.0.1:{fake.port}", ami_user="callgate", ami_secret="s3cret")
+    )
+    try:
+        yield services
+    finally:
+        await services.stop()
+
+
+def base(services: Services) -> str:
+    host, port = services.settings.http_address
+    return f"http://{host}:{port}"
+
+
+async def test_without_ami_it_decides_and_says_live_enforcement_is_off(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.WARNING, logger="callgate.daemon")
+    services = await start(settings(tmp_path))
+    try:
+        async with (
+            aiohttp.ClientSession(base(services)) as http,
+            http.get("/readyz") as response,
+        ):
+            assert response.status == 200
+            assert (await response.json())["ami"] == "not_configured"
+    finally:
+        await services.stop()
+    assert "live enforcement is off (no --ami)" in caplog.text
+
+
+def test_ami_without_credentials_is_a_configuration_error(tmp_path: Path) -> None:
+    with pytest.raises(ValidationError, match="--ami needs --ami-user"):
+        settings(tmp_path, ami="127.0.0.1:5038")
+
+
+async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
+    daemon: Services, fake: FakeAmi
+) -> None:
+    async with aiohttp.ClientSession(base(daemon)) as http:
+        async with http.put(
+            f"/client/{CLIENT}/call_control_group/", json=REFERENCE, headers=AUTH
+        ) as r:
+            assert r.status == 200
+        await eventually(lambda: bool(fake.received("CoreShowChannels")))
+        async with http.get("/readyz") as response:
+            assert (await response.json())["ami"] == "up"
+
+        # The FastAGI handler's part after an allowed eavesdrop 100 -> 101 (policy version 1):
+        daemon.spy_grants.note_allowed(
+            CLIENT, Action.EAVESDROP, "100", "101", "1795723209.17", "PJSIP/acme_100-00000011", 1
+        )
+        await fake.start_spy("PJSIP/acme_100-00000011", "1795723209.17", "PJSIP/acme_101-1", "1.1")
+        withdrawn = {k: v for k, v in REFERENCE.items() if k != "eavesdrop_100"}
+        await eventually(
+            lambda: bool(
+                daemon.metrics.registry.get_sample_value(
+                    "callgate_spy_sessions_active", {"client": CLIENT, "mode": "eavesdrop"}
+                )
+            )
+        )
+        async with http.put(
+            f"/client/{CLIENT}/call_control_group/", json=withdrawn, headers=AUTH
+        ) as r:
+            assert r.status == 200
+        hangup = await fake.wait_for(lambda a: a.name == "Hangup")
+        assert hangup.get("Channel") == "PJSIP/acme_100-00000011"
+
+        await fake.drop()
+        await fake.close()
+        await eventually(lambda: daemon.ami_status() != "up")
+        async with http.get("/readyz") as response:
+            assert response.status == 200
+            assert (await response.json())["ami"] == "down"
