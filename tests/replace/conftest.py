@@ -3,19 +3,23 @@ the audit sink (fakes, not mocks: they keep what they were given and tests read 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+from callgate.agi.server import AgiConfig, AgiServer
 from callgate.audit import AuditEvent
+from callgate.metrics import Metrics
 from callgate.policy import compile_policy, parse_document
 from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.replace.agi_flow import ReplaceFlow
 from callgate.replace.lockout import LockoutRules
 from callgate.replace.pins import PinHasher, ScryptParams
-from callgate.replace.service import ReplaceService
+from callgate.replace.service import LiveAstDb, ReplaceService, utc_now
 from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
 
@@ -100,34 +104,32 @@ def audit() -> FakeAudit:
     return FakeAudit()
 
 
-@pytest.fixture
-def registry() -> PolicyRegistry:
-    registry = PolicyRegistry()
-    registry.load(client_policy(REFERENCE_DOCUMENT, 1))
-    return registry
-
-
-@pytest.fixture
-def manager_astdb() -> FakeAstDb:
-    return FakeAstDb()
-
-
-@pytest.fixture
-def service(
+def make_service(
     repo: ReplaceRepository,
     registry: PolicyRegistry,
     audit: FakeAudit,
-    clock: Clock,
-    manager_astdb: FakeAstDb,
+    live_astdb: LiveAstDb = lambda: None,
+    clock: Callable[[], datetime] = utc_now,
 ) -> ReplaceService:
-    svc = ReplaceService(
+    """The service as the daemon builds it (cheap scrypt), listening to ``registry``."""
+    service = ReplaceService(
         repo,
         registry,
         audit,
         hasher=PinHasher(FAST_SCRYPT),
         rules=LockoutRules(),
-        live_astdb=lambda: manager_astdb,
+        live_astdb=live_astdb,
         clock=clock,
     )
-    registry.subscribe(svc.on_policy_change)
-    return svc
+    registry.subscribe(service.on_policy_change)
+    return service
+
+
+def agi_server(
+    service: ReplaceService, registry: PolicyRegistry, audit: FakeAudit, metrics: Metrics
+) -> AgiServer:
+    """A FastAGI server on a free loopback port with the handler table as daemon.py builds it."""
+    recorder = DecisionRecorder(audit, metrics)
+    flow = ReplaceFlow(service, metrics)
+    routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
+    return AgiServer(AgiConfig(host="127.0.0.1", port=0), AgiDispatcher(routes, recorder), metrics)

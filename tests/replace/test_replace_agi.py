@@ -16,19 +16,23 @@ from pathlib import Path
 
 import pytest
 
-from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
-from callgate.agi.server import AgiConfig, AgiServer
+from callgate.agi.server import AgiServer
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
-from callgate.replace.agi_flow import ReplaceFlow
-from callgate.replace.lockout import LockoutRules
-from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
 from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
 from fake_asterisk import FakeChannel, call, request_environment
 
-from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAstDb, FakeAudit
+from .conftest import (
+    CLIENT,
+    REFERENCE_DOCUMENT,
+    Clock,
+    FakeAstDb,
+    FakeAudit,
+    agi_server,
+    make_service,
+)
 from .conftest import client_policy as make_policy
 
 PIN = "4321"
@@ -77,6 +81,10 @@ class ManagerDb(FakeAstDb):
         super().__init__()
         self._asterisk = asterisk
         self.connected = True
+
+    def live(self) -> ManagerDb | None:
+        """``live_astdb``: this Manager while ``connected``."""
+        return self if self.connected else None
 
     async def put(self, family: str, key: str, value: str) -> None:
         await super().put(family, key, value)
@@ -155,23 +163,9 @@ async def start_rig(
         registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     audit = FakeAudit()
     manager = ManagerDb(asterisk)
-    service = ReplaceService(
-        repo,
-        registry,
-        audit,
-        hasher=PinHasher(FAST_SCRYPT),
-        rules=LockoutRules(),
-        live_astdb=lambda: manager if manager.connected else None,
-        clock=clock,
-    )
-    registry.subscribe(service.on_policy_change)
+    service = make_service(repo, registry, audit, manager.live, clock)
     metrics = Metrics()
-    flow = ReplaceFlow(service, metrics)
-    # the handler table as daemon.py builds it
-    recorder = DecisionRecorder(audit, metrics)
-    routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
-    dispatcher = AgiDispatcher(routes, recorder)
-    server = AgiServer(AgiConfig(host="127.0.0.1", port=0), dispatcher, metrics)
+    server = agi_server(service, registry, audit, metrics)
     await server.start()
     return Rig(asterisk, service, repo, registry, audit, clock, server, db, manager, metrics)
 

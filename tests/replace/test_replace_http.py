@@ -15,13 +15,18 @@ from callgate.http.app import HttpDeps, build_app
 from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
-from callgate.replace.lockout import LockoutRules
-from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
 from callgate.store import Store, open_store
 from callgate.store.replace import Replacement
 
-from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAstDb, FakeAudit
+from .conftest import (
+    CLIENT,
+    REFERENCE_DOCUMENT,
+    Clock,
+    FakeAstDb,
+    FakeAudit,
+    make_service,
+)
 from .conftest import client_policy as make_policy
 
 ADMIN_TOKEN = "admin-token-for-replace-tests"
@@ -58,15 +63,7 @@ async def http(store: Store, clock: Clock) -> AsyncIterator[Http]:
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     manager, audit = FakeAstDb(), FakeAudit()
-    service = ReplaceService(
-        store.replace,
-        registry,
-        audit,
-        hasher=PinHasher(FAST_SCRYPT),
-        rules=LockoutRules(),
-        live_astdb=lambda: manager,
-        clock=clock,
-    )
+    service = make_service(store.replace, registry, audit, lambda: manager, clock)
     client: TestClient[object, object] = TestClient(build(store, registry, service))
     await client.start_server()
     yield Http(client, store, service, manager, audit)

@@ -12,12 +12,18 @@ import pytest
 from callgate.ami.client import ManagerClient, ManagerConfig, ManagerState
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.manager_astdb import ManagerAstDb, manager_astdb
-from callgate.replace.pins import PinHasher
-from callgate.replace.service import AstDbError, ReplaceService
+from callgate.replace.service import AstDbError
 from callgate.store.replace import Replacement, ReplaceRepository
 from fake_ami import FakeAmi, ReceivedAction, render
 
-from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, Clock, FakeAstDb, FakeAudit
+from .conftest import (
+    CLIENT,
+    REFERENCE_DOCUMENT,
+    Clock,
+    FakeAstDb,
+    FakeAudit,
+    make_service,
+)
 from .conftest import client_policy as make_policy
 
 
@@ -89,15 +95,7 @@ async def test_revocation_deletes_both_keys_over_the_manager(
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     audit = FakeAudit()
-    service = ReplaceService(
-        repo,
-        registry,
-        audit,
-        hasher=PinHasher(FAST_SCRYPT),
-        live_astdb=manager_astdb(manager),
-        clock=clock,
-    )
-    registry.subscribe(service.on_policy_change)
+    service = make_service(repo, registry, audit, manager_astdb(manager), clock)
     ami.astdb.update({"callgate/acme/acting/100": "101", "callgate/acme/device/101": "100"})
     await repo.start_replacement(Replacement(CLIENT, "100", "100", "101", clock()))
 
@@ -139,10 +137,7 @@ async def test_revocation_does_not_hold_up_the_other_listeners(
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     stalled = StalledManager()
-    service = ReplaceService(
-        repo, registry, FakeAudit(), hasher=PinHasher(FAST_SCRYPT), live_astdb=lambda: stalled
-    )
-    registry.subscribe(service.on_policy_change)
+    service = make_service(repo, registry, FakeAudit(), lambda: stalled)
     later: list[int] = []
 
     async def next_listener(old: ClientPolicy, new: ClientPolicy) -> None:

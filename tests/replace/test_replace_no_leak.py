@@ -11,19 +11,14 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
-from callgate.agi.server import AgiConfig, AgiServer
 from callgate.http.app import HttpDeps, build_app
 from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
-from callgate.replace.agi_flow import ReplaceFlow
-from callgate.replace.pins import PinHasher
-from callgate.replace.service import ReplaceService
 from callgate.store import open_store
 from fake_asterisk import FakeChannel, call, request_environment
 
-from .conftest import CLIENT, FAST_SCRYPT, REFERENCE_DOCUMENT, FakeAstDb, FakeAudit
+from .conftest import CLIENT, REFERENCE_DOCUMENT, FakeAstDb, FakeAudit, agi_server, make_service
 from .conftest import client_policy as make_policy
 
 PIN = "80417263"
@@ -40,17 +35,11 @@ async def test_the_pin_appears_nowhere(tmp_path: Path, caplog: pytest.LogCapture
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     metrics, audit, manager = Metrics(), FakeAudit(), FakeAstDb()
-    service = ReplaceService(
-        store.replace, registry, audit, hasher=PinHasher(FAST_SCRYPT), live_astdb=lambda: manager
-    )
-    registry.subscribe(service.on_policy_change)
+    service = make_service(store.replace, registry, audit, lambda: manager)
     app = build_app(HttpDeps(store, registry, metrics, ADMIN_TOKEN))
     app[REPLACE_SERVICE] = service
     http: TestClient[object, object] = TestClient(TestServer(app, host="127.0.0.1"))
-    recorder = DecisionRecorder(audit, metrics)
-    flow = ReplaceFlow(service, metrics)
-    routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
-    agi = AgiServer(AgiConfig(host="127.0.0.1", port=0), AgiDispatcher(routes, recorder), metrics)
+    agi = agi_server(service, registry, audit, metrics)
     await http.start_server()
     await agi.start()
     bodies: list[str] = []
