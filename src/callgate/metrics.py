@@ -53,6 +53,13 @@ class Metrics:
         self.ami_connected = Gauge(
             "callgate_ami_connected", "1 while the Manager connection is logged in", registry=r
         )
+        self.ami_state = Gauge(
+            "callgate_ami_state",
+            "Manager connection state: 1 for the current one (connected, disconnected,"
+            " auth_failed)",
+            ["state"],
+            registry=r,
+        )
         self.spy_sessions = Gauge(
             "callgate_spy_sessions_active",
             "Listen/whisper sessions in progress",

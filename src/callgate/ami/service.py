@@ -90,6 +90,9 @@ class LiveEnforcement:
 
     def _on_state(self, state: ManagerState) -> None:
         self._metrics.ami_connected.set(1 if state is ManagerState.CONNECTED else 0)
+        for each in ManagerState:
+            if each is not ManagerState.NOT_CONFIGURED:
+                self._metrics.ami_state.labels(each.value).set(1 if each is state else 0)
 
     async def _housekeep(self) -> None:
         last_reconcile = time.monotonic()
