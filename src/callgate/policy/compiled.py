@@ -8,11 +8,10 @@ A decision then costs a few dict and set look-ups. ``policy.md``'s sets map onto
 - the replace peers of ``A``: the union of the ``phone_replace_groups`` that contain ``A``.
 
 Compiling has to stay cheap for the largest document (20,000 extensions, 40,000 grants), so:
-extensions granted the same list of groups share one ``Reach``, and one union is computed per
-distinct set of groups; tables are filled with C-level bulk operations (``dict.fromkeys``, set
-algebra) wherever extensions do not overlap; and what only some requests need (the sorted target
-tuples, the target -> decision tables, the combined reach of group listen) is built on first use
-and kept.
+extensions granted the same list of groups share one ``Reach``; the per-extension tables are filled
+with C-level bulk operations (``dict.fromkeys``, set algebra) wherever extensions do not overlap;
+and the reach of a grant, and what a ``Reach`` answers (its union, sorted targets, target ->
+decision table), are built the first time a request needs them, then kept.
 """
 
 from __future__ import annotations
@@ -20,30 +19,39 @@ from __future__ import annotations
 from bisect import bisect_left
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 
 from callgate.policy.document import PolicyDocument
 from callgate.policy.types import Decision, Reason
 
 
 class Reach:
-    """The extensions an ordered list of groups covers, and the first group covering each."""
+    """The extensions an ordered list of groups covers, and the first group covering each.
 
-    __slots__ = ("_grants", "_sorted", "groups", "member_sets", "members")
+    Only the list is fixed when compiling; the union, its sorted tuple and the target -> decision
+    tables are made the first time a request needs them, and kept.
+    """
 
-    def __init__(
-        self,
-        groups: tuple[str, ...],
-        member_sets: tuple[frozenset[str], ...],
-        members: frozenset[str],
-    ) -> None:
+    __slots__ = ("_grants", "_members", "_sorted", "groups", "member_sets")
+
+    def __init__(self, groups: tuple[str, ...], member_sets: tuple[frozenset[str], ...]) -> None:
         self.groups = groups
         self.member_sets = member_sets
-        self.members = members
+        self._members: frozenset[str] | None = None
         self._sorted: tuple[str, ...] | None = None
         self._grants: dict[Reason, dict[str, Decision]] = {}
 
-    def grant(self, target: str, reason: Reason) -> Decision | None:
-        """Allow ``reason`` naming the first group that contains ``target``; None if none does."""
+    @property
+    def members(self) -> frozenset[str]:
+        members = self._members
+        if members is None:
+            sets = self.member_sets
+            members = sets[0] if len(sets) == 1 else frozenset().union(*sets)
+            self._members = members
+        return members
+
+    def decisions(self, reason: Reason) -> Mapping[str, Decision]:
+        """member -> allow ``reason``, naming the first group (in document order) that has it."""
         table = self._grants.get(reason)
         if table is None:
             table = self._grants[reason] = {}
@@ -51,17 +59,17 @@ class Reach:
                 reversed(self.groups), reversed(self.member_sets), strict=True
             ):
                 table.update(dict.fromkeys(members, Decision(True, reason, (), group)))
-        return table.get(target)
+        return table
 
     def targets_without(self, ext: str) -> tuple[str, ...]:
         """The members except ``ext``, sorted."""
         ordered = self._sorted
         if ordered is None:
             ordered = self._sorted = tuple(sorted(self.members))
-        if ext not in self.members:
-            return ordered
         at = bisect_left(ordered, ext)
-        return ordered[:at] + ordered[at + 1 :]
+        if at < len(ordered) and ordered[at] == ext:
+            return ordered[:at] + ordered[at + 1 :]
+        return ordered
 
     def first_group_without(self, ext: str) -> str | None:
         """The first group, in document order, with a member other than ``ext``."""
@@ -71,85 +79,34 @@ class Reach:
         return None
 
 
-EMPTY_REACH = Reach((), (), frozenset())
+EMPTY_REACH = Reach((), ())
+_NOTHING: Mapping[str, Decision] = MappingProxyType({})
 
 
-@dataclass(frozen=True, slots=True)
-class CompiledPolicy:
-    """Immutable look-up tables for ``decide()``; build with ``compile_policy``."""
-
-    allow_all: bool
-    pickup_all: bool
-    share: Mapping[str, Reach]
-    """extension -> share(A)"""
-    replace: Mapping[str, Reach]
-    """extension -> the members of the phone replace groups it is in"""
-    grant_lists: Mapping[str, tuple[str, ...]]
-    """the document's ``eavesdrop_{ext}`` / ``whisper_{ext}`` keys -> their group lists"""
-    reaches: Mapping[tuple[str, ...], Reach]
-    """every distinct group list of ``grant_lists`` -> its reach"""
-    _listen: dict[tuple[Reach, Reach], Reach] = field(default_factory=dict, compare=False)
-
-    def grant(self, key: str) -> Reach:
-        """The reach of a grant, ``eavesdrop_{ext}`` or ``whisper_{ext}``; empty if none."""
-        names = self.grant_lists.get(key)
-        return EMPTY_REACH if names is None else self.reaches[names]
-
-    def listen(self, ext: str) -> Reach:
-        """What the group form of listen reaches: the eavesdrop and the whisper grant together."""
-        eavesdrop = self.grant("eavesdrop_" + ext)
-        whisper = self.grant("whisper_" + ext)
-        if whisper is EMPTY_REACH:
-            return eavesdrop
-        if eavesdrop is EMPTY_REACH:
-            return whisper
-        combined = self._listen.get((eavesdrop, whisper))
-        if combined is None:
-            combined = Reach(
-                eavesdrop.groups + whisper.groups,
-                eavesdrop.member_sets + whisper.member_sets,
-                eavesdrop.members | whisper.members,
-            )
-            self._listen[eavesdrop, whisper] = combined
-        return combined
-
-
-class _Builder:
-    """Builds ``Reach`` values: one per distinct list of groups, one union per distinct set."""
+class Reaches:
+    """One ``Reach`` per distinct list of groups, made when first asked for and kept."""
 
     def __init__(self, groups: Mapping[str, Iterable[str]]) -> None:
         self._members = {name: frozenset(exts) for name, exts in groups.items()}
         self._by_list: dict[tuple[str, ...], Reach] = {}
-        self._by_set: dict[frozenset[str], frozenset[str]] = {}
 
-    def reach(self, names: tuple[str, ...]) -> Reach:
+    def of(self, names: tuple[str, ...]) -> Reach:
         found = self._by_list.get(names)
         if found is None:
             ordered = tuple(dict.fromkeys(names))
             found = self._by_list.get(ordered)
             if found is None:
-                found = self._by_list[ordered] = self._new(ordered)
+                members = tuple(self._members[name] for name in ordered)
+                found = self._by_list[ordered] = Reach(ordered, members)
             self._by_list[names] = found
         return found
-
-    def _new(self, ordered: tuple[str, ...]) -> Reach:
-        member_sets = tuple(self._members[name] for name in ordered)
-        key = frozenset(ordered)
-        union = self._by_set.get(key)
-        if union is None:
-            union = member_sets[0] if len(member_sets) == 1 else frozenset().union(*member_sets)
-            self._by_set[key] = union
-        return Reach(ordered, member_sets, union)
-
-    def reaches(self, lists: Iterable[tuple[str, ...]]) -> dict[tuple[str, ...], Reach]:
-        return {names: self.reach(names) for names in set(lists)}
 
     def containing(self, names: Iterable[str]) -> dict[str, Reach]:
         """For each extension in any of ``names``: the reach of those of ``names`` it is in."""
         ordered = tuple(dict.fromkeys(names))
         table: dict[str, Reach] = {}
         for name in ordered:
-            table.update(dict.fromkeys(self._members[name], self.reach((name,))))
+            table.update(dict.fromkeys(self._members[name], self.of((name,))))
         if len(table) == sum(len(self._members[name]) for name in ordered):
             return table  # no extension is in two of the groups: done
         seen: set[str] = set()
@@ -162,18 +119,58 @@ class _Builder:
             for ext in self._members[name] & shared:
                 lists[ext].append(name)
         for ext, names_of in lists.items():
-            table[ext] = self.reach(tuple(names_of))
+            table[ext] = self.of(tuple(names_of))
         return table
 
 
+@dataclass(frozen=True, slots=True, eq=False)
+class CompiledPolicy:
+    """Look-up tables for ``decide()``; build with ``compile_policy``, never change.
+
+    (``reaches`` and ``_granted`` fill as requests come: memos of what the document already fixes.)
+    """
+
+    allow_all: bool
+    pickup_all: bool
+    share: Mapping[str, Reach]
+    """extension -> share(A)"""
+    replace: Mapping[str, Reach]
+    """extension -> the members of the phone replace groups it is in"""
+    grant_lists: Mapping[str, tuple[str, ...]]
+    """the document's ``eavesdrop_{ext}`` / ``whisper_{ext}`` keys -> their group lists"""
+    reaches: Reaches
+    _granted: dict[str, Mapping[str, Decision]] = field(default_factory=dict)
+
+    def grant(self, key: str) -> Reach:
+        """The reach of a grant, ``eavesdrop_{ext}`` or ``whisper_{ext}``; empty if none."""
+        names = self.grant_lists.get(key)
+        return EMPTY_REACH if names is None else self.reaches.of(names)
+
+    def granted(self, key: str) -> Mapping[str, Decision]:
+        """target -> the allowing decision, for the grant ``key`` (``eavesdrop_{ext}`` ...)."""
+        table = self._granted.get(key)
+        if table is None:
+            if key not in self.grant_lists:
+                return _NOTHING  # not kept: the keys asked for are not bounded by the document
+            reason = Reason.EAVESDROP_GROUP if key.startswith("e") else Reason.WHISPER_GROUP
+            table = self._granted[key] = self.grant(key).decisions(reason)
+        return table
+
+    def listen(self, ext: str) -> Reach:
+        """What the group form of listen reaches: the eavesdrop and the whisper grant together."""
+        names = self.grant_lists.get("eavesdrop_" + ext, ()) + self.grant_lists.get(
+            "whisper_" + ext, ()
+        )
+        return self.reaches.of(names) if names else EMPTY_REACH
+
+
 def compile_policy(document: PolicyDocument) -> CompiledPolicy:
-    builder = _Builder(document.groups)
-    grant_lists = dict(document.model_extra or {})
+    reaches = Reaches(document.groups)
     return CompiledPolicy(
         allow_all=document.allow_all,
         pickup_all=document.pickup_all,
-        share=builder.containing(document.pickup_share_groups),
-        replace=builder.containing(document.phone_replace_groups),
-        grant_lists=grant_lists,
-        reaches=builder.reaches(grant_lists.values()),
+        share=reaches.containing(document.pickup_share_groups),
+        replace=reaches.containing(document.phone_replace_groups),
+        grant_lists=dict(document.model_extra or {}),
+        reaches=reaches,
     )

@@ -69,7 +69,7 @@ def _pickup(policy: CompiledPolicy, ext: str, target: str) -> Decision:
     if policy.pickup_all:
         return _PICKUP_ALL
     reach = policy.share.get(ext)
-    return (reach is not None and reach.grant(target, _SHARE)) or _NO_PICKUP
+    return (reach is not None and reach.decisions(_SHARE).get(target)) or _NO_PICKUP
 
 
 def _group_pickup(policy: CompiledPolicy, ext: str, _: str) -> Decision:
@@ -85,12 +85,12 @@ def _group_pickup(policy: CompiledPolicy, ext: str, _: str) -> Decision:
 
 def _eavesdrop(policy: CompiledPolicy, ext: str, target: str) -> Decision:
     """A whisper grant includes listening: whispering includes hearing the call."""
-    found = policy.grant("eavesdrop_" + ext).grant(target, _EAVESDROP)
-    return found or policy.grant("whisper_" + ext).grant(target, _WHISPER) or _NO_EAVESDROP
+    found = policy.granted("eavesdrop_" + ext).get(target)
+    return found or policy.granted("whisper_" + ext).get(target) or _NO_EAVESDROP
 
 
 def _whisper(policy: CompiledPolicy, ext: str, target: str) -> Decision:
-    return policy.grant("whisper_" + ext).grant(target, _WHISPER) or _NO_WHISPER
+    return policy.granted("whisper_" + ext).get(target) or _NO_WHISPER
 
 
 def _group_eavesdrop(policy: CompiledPolicy, ext: str, _: str) -> Decision:
@@ -117,7 +117,7 @@ def _group_whisper(policy: CompiledPolicy, ext: str, _: str) -> Decision:
 
 def _replace(policy: CompiledPolicy, ext: str, target: str) -> Decision:
     reach = policy.replace.get(ext)
-    return (reach is not None and reach.grant(target, _REPLACE)) or _NO_REPLACE
+    return (reach is not None and reach.decisions(_REPLACE).get(target)) or _NO_REPLACE
 
 
 def _restore(_policy: CompiledPolicy, _ext: str, _target: str) -> Decision:
