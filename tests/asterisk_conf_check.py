@@ -546,7 +546,29 @@ def check_dialplan(plan: Dialplan) -> list[Finding]:
         findings += check_flow(ext)
         for step in ext.steps:
             findings += _check_step(ext, step)
+    for context in sorted(plan.contexts - {"callgate"}):
+        clients = tenant_clients(plan, context)
+        if len(clients) > 1:
+            where = next(s.where for e in plan.in_context(context) for s in e.steps)
+            findings.append(
+                Finding("tenant", where, f"[{context}] acts for several clients: {sorted(clients)}")
+            )
     return findings
+
+
+def gosub_client(step: Step) -> str | None:
+    """The client a ``Gosub(callgate,<sub>,1(<client>,...))`` passes; None for other steps."""
+    target = split_args(step.data) if step.app_lower == "gosub" else []
+    if not target or target[0].strip() != "callgate":
+        return None
+    call = re.match(r"^\s*\w+\s*\((?P<args>.*)\)\s*$", ",".join(target[2:]))
+    return split_args(call["args"])[0].strip() if call else ""
+
+
+def tenant_clients(plan: Dialplan, context: str) -> set[str]:
+    """The clients a tenant context passes to the ``[callgate]`` subroutines."""
+    found = (gosub_client(step) for ext in plan.in_context(context) for step in ext.steps)
+    return {client for client in found if client is not None}
 
 
 _CALLER_ID_READ = re.compile(r"\$\{CALLERID(\(|NUM\b|NAME\b|\})", re.IGNORECASE)
@@ -577,20 +599,20 @@ def _check_step(ext: Extension, step: Step) -> list[Finding]:
                         f"CHANNELS({pattern}) is not anchored as ^...-[0-9a-f]+$",
                     )
                 )
-    if step.app_lower == "gosub":
-        target = split_args(step.data)
-        if target[0].strip() == "callgate":
-            call = re.match(r"^\s*\w+\s*\((?P<args>.*)\)\s*$", ",".join(target[2:]))
-            client = split_args(call["args"])[0].strip() if call else ""
-            # [callgate] passes its own ARG1 on; every other caller fixes the client.
-            if ext.context != "callgate" and not re.fullmatch(r"[A-Za-z0-9_]+", client):
-                findings.append(
-                    Finding(
-                        "tenant",
-                        step.where,
-                        f"callgate subroutine without a literal client: {step.text}",
-                    )
-                )
+    client = gosub_client(step)
+    # [callgate] passes its own ARG1 on; every other caller fixes the client.
+    if (
+        client is not None
+        and ext.context != "callgate"
+        and not re.fullmatch(r"[A-Za-z0-9_]+", client)
+    ):
+        findings.append(
+            Finding(
+                "tenant",
+                step.where,
+                f"callgate subroutine without a literal client: {step.text}",
+            )
+        )
     return findings
 
 
@@ -695,9 +717,11 @@ def check_endpoints(sections: list[Section], plan: Dialplan | None = None) -> li
         for key in ("named_call_group", "named_pickup_group"):
             if value(section, key) != client:
                 problem(f"{key} is not {client}")
-        context = value(section, "context")
+        context = value(section, "context") or ""
         if plan is not None and context not in plan.contexts:
             problem(f"context {context!r} is not in the dialplan")
+        elif plan is not None and tenant_clients(plan, context) != {client}:
+            problem(f"context {context} does not act for client {client}")
     return findings
 
 
