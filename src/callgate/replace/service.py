@@ -22,9 +22,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from enum import StrEnum
 from typing import Protocol
 
 from callgate.audit import AuditEvent, AuditSink
@@ -90,9 +92,8 @@ class ReplaceRequest:
 
 @dataclass(frozen=True, slots=True)
 class PinChallenge:
-    """The policy allowed the request and a PIN is set: ask the caller for it."""
+    """The policy (of ``version``) allowed the request and a PIN is set: ask for it."""
 
-    policy: Decision
     version: int
 
 
@@ -104,11 +105,9 @@ class Outcome:
     version: int
 
 
-class EndReason:
-    """Why a replacement ended (``end_reason`` in the audit)."""
+class ReplacementEnd(StrEnum):
+    """Why a replacement ended other than by the phone's own restore (audit ``end_reason``)."""
 
-    RESTORED = "restored"
-    """The phone dialed restore."""
     API = "api"
     """``DELETE /client/{id}/replacements/{phone}``."""
     REVOKED = "revoked"
@@ -140,10 +139,6 @@ class ReplaceService:
         """Whether AstDB deletions may be owed (checked in the store when the Manager is up)."""
         self._background: set[asyncio.Task[None]] = set()
 
-    @property
-    def rules(self) -> LockoutRules:
-        return self._rules
-
     # -- PINs (HTTP) -----------------------------------------------------------------------
 
     async def set_pin(self, client_id: str, ext: str, pin: str) -> None:
@@ -164,10 +159,10 @@ class ReplaceService:
         try:
             decision = self._authorize(policy, req)
             if decision.allowed:
-                outcome = await self._pin_gate(req, policy.version)
-                if outcome is None:
-                    return PinChallenge(decision, policy.version)
-                decision = outcome
+                denial = await self._pin_gate(req)
+                if denial is None:
+                    return PinChallenge(policy.version)
+                decision = denial
         except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
             decision = _failure(exc, req)
         self._record(Action.REPLACE, req, decision, policy.version)
@@ -193,7 +188,7 @@ class ReplaceService:
             return Decision.deny(Reason.SELF_TARGET)
         return decide(policy.compiled, Action.REPLACE, req.acting, req.target)
 
-    async def _pin_gate(self, req: ReplaceRequest, version: int) -> Decision | None:
+    async def _pin_gate(self, req: ReplaceRequest) -> Decision | None:
         assert req.target is not None  # decide() denied the group form
         if await self._repo.pin_hash(req.client_id, req.target) is None:
             return Decision.deny(Reason.NO_REPLACE_PIN)
@@ -244,7 +239,7 @@ class ReplaceService:
                 await astdb.delete(*device_key(req.client_id, takeover.previous.to_ext))
             for other in takeover.displaced:
                 await astdb.delete(*acting_key(req.client_id, other.phone))
-                self._record_end(other, EndReason.DISPLACED, policy.version)
+                self._record_end(other, ReplacementEnd.DISPLACED, policy.version)
             await astdb.put(*acting_key(req.client_id, req.phone), req.target)
             await astdb.put(*device_key(req.client_id, req.target), req.phone)
         except BaseException:
@@ -290,7 +285,7 @@ class ReplaceService:
         ended = await self._repo.end_replacement(client_id, phone)
         if ended is not None:
             await self._clear_live(ended)
-            self._record_end(ended, EndReason.API, self._registry.get(client_id).version)
+            self._record_end(ended, ReplacementEnd.API, self._registry.get(client_id).version)
         return ended
 
     # -- revocation --------------------------------------------------------------------------
@@ -322,7 +317,7 @@ class ReplaceService:
                 decision.reason,
             )
             self._spawn(self._clear_live(ended))
-            self._record_end(ended, EndReason.REVOKED, new.version)
+            self._record_end(ended, ReplacementEnd.REVOKED, new.version)
 
     def _spawn(self, work: Coroutine[object, object, None]) -> None:
         task = asyncio.create_task(work)
@@ -399,13 +394,13 @@ class ReplaceService:
             " version=%s uniqueid=%s",
             req.client_id,
             action,
-            req.phone,
-            req.acting,
-            req.target,
+            _shown(req.phone),
+            _shown(req.acting),
+            _shown(req.target),
             decision.verdict,
             decision.reason,
             version,
-            req.uniqueid,
+            _shown(req.uniqueid),
         )
         self._audit.record(
             AuditEvent(
@@ -423,7 +418,7 @@ class ReplaceService:
             )
         )
 
-    def _record_end(self, ended: Replacement, end_reason: str, version: int) -> None:
+    def _record_end(self, ended: Replacement, end: ReplacementEnd, version: int) -> None:
         self._audit.record(
             AuditEvent(
                 time=self._clock(),
@@ -438,7 +433,7 @@ class ReplaceService:
                     ("phone", ended.phone),
                     ("from_ext", ended.from_ext),
                     ("started", ended.since.isoformat()),
-                    ("end_reason", end_reason),
+                    ("end_reason", end.value),
                 ),
             )
         )
@@ -451,6 +446,19 @@ def _keys_of(ended: Replacement) -> tuple[AstDbKey, AstDbKey]:
 async def _clear_astdb(astdb: AstDb, ended: Replacement) -> None:
     for key in _keys_of(ended):
         await astdb.delete(*key)
+
+
+def _shown(value: str | None) -> str:
+    """Request text for a log line: as is when it is a plain extension or uniqueid, else escaped
+    (values come from the AGI environment and may hold any byte)."""
+    if value is None:
+        return "-"
+    if _PLAIN.fullmatch(value):
+        return value
+    return ascii(value[:64])
+
+
+_PLAIN = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
 
 
 def _locked_out(state: LockState, req: ReplaceRequest) -> Decision:
@@ -471,7 +479,7 @@ def _failure(exc: Exception, req: ReplaceRequest) -> Decision:
         "replace/restore failed closed (%s): client %s phone %s",
         reason,
         req.client_id,
-        req.phone,
+        _shown(req.phone),
         exc_info=exc,
     )
     return Decision.deny(reason)
