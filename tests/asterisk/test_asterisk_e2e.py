@@ -304,7 +304,7 @@ async def test_replace_with_a_wrong_pin_is_denied(ami: Ami, api: Api) -> None:
 async def test_fail_closed_when_callgate_is_stopped(ami: Ami, api: Api, pbx: Pbx) -> None:
     await api.put_policy("acme", POLICY)
     target = await ring(ami, "acme", "101")
-    pbx.callgate.stop()
+    await asyncio.to_thread(pbx.callgate.stop)
     try:
         mark = await dial(ami, "acme_100", "**101")
         await ami.wait_event(varset("acme_100", "AGISTATUS", "FAILURE"), mark)
