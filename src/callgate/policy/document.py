@@ -27,6 +27,7 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
+from callgate.policy.errors import Location
 from callgate.policy.syntax import (
     DYNAMIC_KEY_PATTERN,
     EAVESDROP_PREFIX,
@@ -46,7 +47,8 @@ Members = Annotated[tuple[Extension, ...], Field(max_length=MAX_GROUP_SIZE)]
 MISSING_GROUP = "missing_group"
 """The pydantic error type of a reference to a group that ``groups`` does not define."""
 
-Location = tuple[str | int, ...]
+REFERENCING_FIELDS = ("pickup_share_groups", "phone_replace_groups")
+"""The fixed fields that name groups; the ``eavesdrop_*`` and ``whisper_*`` keys do too."""
 
 
 class PolicyDocument(BaseModel):
@@ -100,13 +102,15 @@ class PolicyDocument(BaseModel):
 
     @model_validator(mode="after")
     def _check_references(self) -> Self:
+        named = set(self.pickup_share_groups).union(
+            self.phone_replace_groups, *(self.__pydantic_extra__ or {}).values()
+        )
+        if named <= self.groups.keys():
+            return self  # the usual case, checked in bulk; the loop below finds the culprits
         missing = missing_groups(self.groups, self.references())
         if missing:
             raise ValidationError.from_exception_data(type(self).__name__, missing)
         return self
-
-
-REFERENCING_FIELDS = ("pickup_share_groups", "phone_replace_groups")
 
 
 def find_references(items: Iterable[tuple[object, object]]) -> Iterator[tuple[Location, str]]:
