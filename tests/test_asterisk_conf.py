@@ -239,6 +239,17 @@ def test_feature_codes_call_the_documented_subroutines() -> None:
     }
 
 
+def test_readme_feature_code_table_matches_the_dialplan() -> None:
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("### Feature codes") :].split("\n\n")[1]
+    documented = {
+        "_" + code.replace("<ext>", "X.") if "<ext>" in code else code
+        for code in re.findall(r"^\| `([^`]+)` \|", table, re.MULTILINE)
+    }
+    plan = check.read_dialplan(check.read_conf(CONF / "extensions_callgate_tenants.conf"))
+    assert documented == {e.name for e in plan.in_context("callgate-acme")}
+
+
 def test_agi_calls_match_the_fastagi_contract() -> None:
     sections = check.read_conf(CONF / "extensions_callgate.conf")
     plan = check.read_dialplan(sections)

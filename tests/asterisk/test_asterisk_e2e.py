@@ -298,6 +298,12 @@ async def test_replace_with_a_wrong_pin_is_denied(ami: Ami, api: Api) -> None:
     assert await astdb(ami, "callgate/acme/acting", "100") is None
 
 
+async def test_restore_of_a_phone_that_replaced_nothing_is_denied(ami: Ami) -> None:
+    mark = await dial(ami, "acme_100", "*40")
+    assert await answer_of(ami, "acme_100", mark) == ("DENY", "not_replaced")
+    await ended(ami, "acme_100", mark)
+
+
 # ------------------------------------------------------------------------------ fail closed
 
 
