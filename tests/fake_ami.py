@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import itertools
 import time
 from collections.abc import Callable
@@ -47,9 +48,13 @@ def recorded(
     event: str, index: int = 0, name: str = "chanspy-listen-whisper-and-hangup.txt"
 ) -> Headers:
     """The ``index``-th recorded block of ``event``."""
-    blocks = [parse_block(b) for b in transcript_blocks(name)]
-    found = [b for b in blocks if ("Event", event) in b]
-    return found[index]
+    return list(_recorded_blocks(name, event)[index])
+
+
+@functools.cache
+def _recorded_blocks(name: str, event: str) -> tuple[tuple[tuple[str, str], ...], ...]:
+    blocks = (parse_block(b) for b in transcript_blocks(name))
+    return tuple(tuple(b) for b in blocks if ("Event", event) in b)
 
 
 def splice(headers: Headers, **values: str) -> Headers:

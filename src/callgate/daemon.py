@@ -160,15 +160,13 @@ _READYZ_AMI = {
 }
 
 
-async def _start_ami(services: Services, store: Store) -> None:
-    """Live enforcement: the Manager connection that ends sessions a policy change withdraws."""
+def _build_ami(services: Services, store: Store) -> LiveEnforcement | None:
+    """Live enforcement, built (and subscribed to policy changes) before the other listeners:
+    the registry calls its listeners one after the other, and a Hangup must not wait behind
+    another listener's store round trip. It connects later, in ``_start_ami``."""
     settings = services.settings
     if settings.ami_address is None:
-        log.warning(
-            "live enforcement is off (no --ami): decisions are made, but a policy change"
-            " cannot end a listen/whisper session already in progress"
-        )
-        return
+        return None
     host, port = settings.ami_address
     # Settings refuses `ami` without a user and a secret.
     assert settings.ami_user is not None
@@ -192,10 +190,22 @@ async def _start_ami(services: Services, store: Store) -> None:
         grants=services.spy_grants,
         reconcile_interval=settings.ami_reconcile_interval,
     )
-    live.start()
-    log.info("live enforcement: connecting to the Asterisk Manager at %s:%s", host, port)
     services.ami_status = lambda: _READYZ_AMI.get(live.status(), AmiStatus.DOWN)
     services.manager_astdb = manager_astdb(live.client)
+    return live
+
+
+async def _start_ami(services: Services, live: LiveEnforcement | None) -> None:
+    """Connect to the Manager: from then on a withdrawn right ends the session it allowed."""
+    if live is None:
+        log.warning(
+            "live enforcement is off (no --ami): decisions are made, but a policy change"
+            " cannot end a listen/whisper session already in progress"
+        )
+        return
+    live.start()
+    host, port = services.settings.ami_address or ("?", 0)
+    log.info("live enforcement: connecting to the Asterisk Manager at %s:%s", host, port)
     services.stoppers.append(live.stop)
 
 
@@ -207,10 +217,11 @@ async def start(settings: Settings) -> Services:
         store = services.store = await open_store(settings.db_target)
         services.stoppers.append(store.close)
         await load_policies(store, services.registry)
+        live = _build_ami(services, store)
         await _start_replace(services, store)
         await _start_agi(services, store)
         await _start_http(services, store)
-        await _start_ami(services, store)
+        await _start_ami(services, live)
     except BaseException:
         await services.stop()
         raise
