@@ -22,6 +22,7 @@ from callgate.agi.server import AgiConfig, AgiServer
 from callgate.ami.client import ManagerConfig, ManagerState
 from callgate.ami.service import LiveEnforcement
 from callgate.ami.tracker import SpyGrants
+from callgate.audit import AuditFanOut
 from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
@@ -98,7 +99,10 @@ async def load_policies(store: Store, registry: PolicyRegistry) -> None:
 
 async def _start_agi(services: Services, store: Store) -> None:
     """The FastAGI listener; its handler table routes each action (unknown ones are denied)."""
-    recorder = DecisionRecorder(store.audit, services.metrics)
+    # Every allowed eavesdrop/whisper decision also becomes a grant that live enforcement
+    # matches with its ChanSpyStart (SpyerUniqueid = agi_uniqueid).
+    audit = AuditFanOut(store.audit, services.spy_grants)
+    recorder = DecisionRecorder(audit, services.metrics)
     routes = policy_routes(services.registry, recorder)
     if services.replace is not None:
         flow = ReplaceFlow(services.replace, services.metrics)

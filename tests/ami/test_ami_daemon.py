@@ -14,8 +14,8 @@ from pydantic import SecretStr, ValidationError
 
 from callgate.config import Settings
 from callgate.daemon import Services, start
-from callgate.policy import Action
 from fake_ami import FakeAmi
+from fake_asterisk import call, environment_with, load_transcript
 
 from .conftest import CLIENT, REFERENCE, eventually
 
@@ -90,10 +90,19 @@ async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
         async with http.get("/readyz") as response:
             assert (await response.json())["ami"] == "up"
 
-        # The FastAGI handler's part after an allowed eavesdrop 100 -> 101 (policy version 1):
-        daemon.spy_grants.note_allowed(
-            CLIENT, Action.EAVESDROP, "100", "101", "1795723209.17", "PJSIP/acme_100-00000011", 1
+        # A real FastAGI session asks for eavesdrop 100 -> 101 and is allowed; then the dialplan
+        # runs ChanSpy on that same channel, and Asterisk announces it.
+        _, agi_port = daemon.settings.agi_address
+        environment = environment_with(
+            load_transcript("commands-and-replies.txt"),
+            agi_network_script="eavesdrop",
+            agi_request="agi://127.0.0.1:4573/eavesdrop",
+            agi_uniqueid="1795723209.17",
+            agi_channel="PJSIP/acme_100-00000011",
+            args=(CLIENT, "100", "101"),  # type: ignore[arg-type]
         )
+        channel = await call(agi_port, environment)
+        assert channel.variables["CALLGATE_DECISION"] == "ALLOW"
         await fake.start_spy("PJSIP/acme_100-00000011", "1795723209.17", "PJSIP/acme_101-1", "1.1")
         withdrawn = {k: v for k, v in REFERENCE.items() if k != "eavesdrop_100"}
         await eventually(
@@ -109,6 +118,24 @@ async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
             assert r.status == 200
         hangup = await fake.wait_for(lambda a: a.name == "Hangup")
         assert hangup.get("Channel") == "PJSIP/acme_100-00000011"
+        assert len(fake.received("Hangup")) == 1
+
+        # One audit row: the FastAGI decision, completed with the session's start and end.
+        await eventually(
+            lambda: (
+                not daemon.metrics.registry.get_sample_value(
+                    "callgate_spy_sessions_active", {"client": CLIENT, "mode": "eavesdrop"}
+                )
+            )
+        )
+        assert daemon.store is not None
+        await daemon.store.audit.flush()
+        async with http.get(f"/client/{CLIENT}/audit?action=eavesdrop", headers=AUTH) as r:
+            (row,) = (await r.json())["events"]
+        assert (row["ext"], row["target"], row["decision"]) == ("100", "101", "allow")
+        assert (row["uniqueid"], row["policy_version"]) == ("1795723209.17", 1)
+        assert row["started"] is not None
+        assert (row["end_reason"], row["revoked_by_version"]) == ("revoked", "2")
 
         await fake.drop()
         await fake.close()
