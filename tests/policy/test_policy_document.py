@@ -119,6 +119,17 @@ def test_a_dynamic_key_needs_a_valid_extension(key: str, form: int) -> None:
     assert key in message
 
 
+@pytest.mark.parametrize("form", [0, 1], ids=["dict", "json"])
+def test_only_the_key_is_reported_when_the_key_is_wrong(form: int) -> None:
+    """What was under a mistyped key cannot be judged: its value and references are not."""
+    data = both_forms({"eavesdrp_100": "night", "whisper_": ["night"], "eavesdrop_1 0": [7]})[form]
+    assert [loc for loc, _ in errors_of(data)] == [
+        ("eavesdrp_100",),
+        ("whisper_",),
+        ("eavesdrop_1 0",),
+    ]
+
+
 def test_the_dynamic_key_check_holds_on_json_input() -> None:
     """pydantic < 2.14.2 skipped typed extra keys on JSON input; this is why we require it."""
     text = '{"groups": {"g": ["1"]}, "eavesdrop_1": ["g"], "eavesdrp_1": ["g"], "whisper_": []}'
@@ -292,10 +303,16 @@ def test_issues_have_a_json_form_and_a_readable_line() -> None:
     assert issue.to_json() == {"loc": ["groups", "sales", 3], "message": issue.message}
     assert str(issue) == "groups.sales[3]: '1 00' is not a valid extension."
     assert str(PolicyIssue((), "Not an object.")) == "(document): Not an object."
+    # a sentence that starts with its own location is not prefixed twice
+    assert str(PolicyIssue(("allow_all",), "allow_all must be true or false.")) == (
+        "allow_all must be true or false."
+    )
 
 
 def test_the_exception_summarises_its_errors() -> None:
-    with pytest.raises(PolicyValidationError, match=r"2 error\(s\): allow_all: .*pickup_all: "):
+    with pytest.raises(
+        PolicyValidationError, match=r"2 error\(s\): allow_all must .*; pickup_all must"
+    ):
         parse_document({"allow_all": 1, "pickup_all": 0})
 
 

@@ -18,8 +18,16 @@ class PolicyIssue:
         return {"loc": list(self.loc), "message": self.message}
 
     def __str__(self) -> str:
-        where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in self.loc)
-        return f"{where.lstrip('.') or '(document)'}: {self.message}"
+        where = format_location(self.loc)
+        if self.message.startswith(f"{where} "):
+            return self.message  # the sentence already says where
+        return f"{where}: {self.message}"
+
+
+def format_location(loc: Location) -> str:
+    """``("groups", "sales", 3)`` -> ``groups.sales[3]``; the document itself is ``(document)``."""
+    where = "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in loc)
+    return where.removeprefix(".") or "(document)"
 
 
 class PolicyValidationError(ValueError):

@@ -11,6 +11,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from callgate.policy.document import (
     MISSING_GROUP,
@@ -19,7 +20,7 @@ from callgate.policy.document import (
     missing_group_message,
     missing_groups,
 )
-from callgate.policy.errors import Location, PolicyIssue, PolicyValidationError
+from callgate.policy.errors import Location, PolicyIssue, PolicyValidationError, format_location
 from callgate.policy.syntax import (
     DYNAMIC_KEY_PATTERN,
     EAVESDROP_PREFIX,
@@ -65,11 +66,23 @@ def _loads(text: str | bytes | bytearray) -> object:
         return None
 
 
-def _rejected(errors: list[Any], raw: object) -> PolicyValidationError:
-    issues = [_issue(error) for error in errors]
+def _rejected(errors: list[ErrorDetails], raw: object) -> PolicyValidationError:
+    # What is under a key that is itself wrong cannot be judged: only the key is reported.
+    bad_keys = {error["loc"][0] for error in errors if _is_key_error(error)}
+    issues = [
+        _issue(error)
+        for error in errors
+        if not error["loc"] or error["loc"][0] not in bad_keys or _is_key_error(error)
+    ]
     if isinstance(raw, Mapping) and not any(e["type"] == MISSING_GROUP for e in errors):
-        issues.extend(_missing_groups(raw))
+        issues.extend(i for i in _missing_groups(raw) if i.loc[0] not in bad_keys)
     return PolicyValidationError(tuple(issues))
+
+
+def _is_key_error(error: ErrorDetails) -> bool:
+    """An ``eavesdrp_100``: a key that is neither a field nor ``eavesdrop_``/``whisper_<ext>``."""
+    pattern = error.get("ctx", {}).get("pattern")
+    return len(error["loc"]) == 1 and pattern == DYNAMIC_KEY_PATTERN
 
 
 def _missing_groups(raw: Mapping[Any, object]) -> list[PolicyIssue]:
@@ -83,12 +96,12 @@ def _missing_groups(raw: Mapping[Any, object]) -> list[PolicyIssue]:
     ]
 
 
-def _issue(error: Any) -> PolicyIssue:
+def _issue(error: ErrorDetails) -> PolicyIssue:
     loc: Location = tuple(part for part in error["loc"] if part != "[key]")
     return PolicyIssue(loc, _message(error, loc))
 
 
-def _message(error: Any, loc: Location) -> str:
+def _message(error: ErrorDetails, loc: Location) -> str:
     kind = error["type"]
     value = error.get("input")
     field = str(loc[0]) if loc else ""
@@ -103,9 +116,9 @@ def _message(error: Any, loc: Location) -> str:
             return f"groups must be an object of arrays of extensions, not {_json_kind(value)}."
         case "list_type" | "tuple_type":
             what = "extensions" if field == "groups" else "group names"
-            return f"{_name(loc)} must be an array of {what}, not {_json_kind(value)}."
+            return f"{format_location(loc)} must be an array of {what}, not {_json_kind(value)}."
         case "string_type":
-            return f"{_name(loc)} must be a string, not {_json_kind(value)}."
+            return f"{format_location(loc)} must be a string, not {_json_kind(value)}."
         case "too_long" if len(loc) == 1:
             count = len(value) if isinstance(value, Mapping) else "more"
             return f"groups has {count} groups; at most {MAX_GROUPS} are allowed."
@@ -113,11 +126,11 @@ def _message(error: Any, loc: Location) -> str:
             count = len(value) if isinstance(value, list | tuple) else "more"
             return f"Group '{loc[1]}' has {count} extensions; at most {MAX_GROUP_SIZE} are allowed."
         case "string_pattern_mismatch":
-            return _pattern_message(error["ctx"]["pattern"], loc, value)
-    return f"{_name(loc)}: {error['msg']}."
+            return _pattern_message(error.get("ctx", {}).get("pattern"), value)
+    return f"{format_location(loc)}: {error['msg']}."
 
 
-def _pattern_message(pattern: str, loc: Location, value: object) -> str:
+def _pattern_message(pattern: object, value: object) -> str:
     if pattern == EXTENSION_PATTERN:
         return f"{value!r} is not a valid extension ({EXTENSION_RULE})."
     if pattern == GROUP_NAME_PATTERN:
@@ -136,10 +149,6 @@ def _key_message(key: str) -> str:
         f"Unknown key '{key}': a policy document has only {known},"
         f" eavesdrop_<extension> and whisper_<extension>."
     )
-
-
-def _name(loc: Location) -> str:
-    return str(PolicyIssue(loc, "")).removesuffix(": ")
 
 
 def _json_kind(value: object) -> str:
