@@ -59,6 +59,7 @@ PHONES = (
 )
 
 Message = Mapping[str, str]
+Popen = subprocess.Popen[bytes]
 
 
 # ------------------------------------------------------------------------------ finding Asterisk
@@ -160,6 +161,31 @@ def log_tail(path: Path, lines: int = 60) -> str:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
     except OSError:
         return "(no log)"
+
+
+def spawn(command: list[str], log: Path, env: Mapping[str, str] | None = None) -> Popen:
+    """Start ``command`` in its own session, output appended to ``log``."""
+    with log.open("ab") as out:
+        return subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+
+
+def terminate(process: Popen | None, grace: float) -> None:
+    """SIGTERM, then SIGKILL after ``grace`` seconds."""
+    if process is None or process.poll() is not None:
+        return
+    process.send_signal(signal.SIGTERM)
+    try:
+        process.wait(grace)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait(5)
 
 
 # ------------------------------------------------------------------------------ Asterisk
@@ -285,7 +311,7 @@ class Asterisk:
     binary: Path
     root: Path
     ports: PbxPorts
-    process: subprocess.Popen[bytes] | None = None
+    process: Popen | None = None
 
     @property
     def log(self) -> Path:
@@ -343,15 +369,10 @@ class Asterisk:
         )
 
     def start(self) -> None:
-        out = self.log.open("wb")
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [str(self.binary), "-C", str(self.root / "asterisk.conf"), "-f", "-n", "-vvv"],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
+            self.log,
         )
-        out.close()
         try:
             wait_for_tcp(self.ports.ami, 30, lambda: self.alive)
         except (RuntimeError, TimeoutError) as exc:
@@ -363,15 +384,7 @@ class Asterisk:
         return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, grace=10)
         self.process = None
 
 
@@ -386,7 +399,7 @@ class Callgate:
     agi_port: int
     http_port: int
     ami_port: int
-    process: subprocess.Popen[bytes] | None = None
+    process: Popen | None = None
 
     @property
     def log(self) -> Path:
@@ -404,8 +417,7 @@ class Callgate:
             "CALLGATE_AMI_SECRET": AMI_CALLGATE_SECRET,
             "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT / "src"), env.get("PYTHONPATH")])),
         }
-        out = self.log.open("ab")
-        self.process = subprocess.Popen(
+        self.process = spawn(
             [
                 sys.executable,
                 "-m",
@@ -422,13 +434,9 @@ class Callgate:
                 "--ami-user",
                 "callgate",
             ],
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=env,
-            start_new_session=True,
+            self.log,
+            env,
         )
-        out.close()
         try:
             self._wait_ready(within=30, require_ami=require_ami)
         except (RuntimeError, TimeoutError) as exc:
@@ -456,15 +464,7 @@ class Callgate:
         raise TimeoutError(f"/readyz after {within}s: {last}")
 
     def stop(self) -> None:
-        if self.process is None:
-            return
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(5)
+        terminate(self.process, grace=15)  # callgate finishes its sessions first
         self.process = None
 
 
