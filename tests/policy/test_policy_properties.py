@@ -6,6 +6,7 @@ precomputation: if the compiled tables ever disagree with it, one of them misrea
 
 from __future__ import annotations
 
+import random
 import re
 from typing import Any
 
@@ -175,3 +176,28 @@ def test_every_request_among_the_documents_extensions(doc: dict[str, Any]) -> No
                 decision = decide(policy, action, ext, target)
                 got = (decision.verdict, str(decision.reason), decision.targets, decision.group)
                 assert got == naive_decide(doc, action, ext, target), (action, ext, target)
+
+
+def test_a_document_at_the_limits_agrees_with_the_naive_rules() -> None:
+    """100 groups of 200 drawn from 3,000 extensions: extensions in many groups, long lists."""
+    rng = random.Random(7)
+    pool = [f"{n}" for n in range(1000, 4000)]
+    groups = {f"g{g}": rng.sample(pool, 200) for g in range(100)}
+    names = list(groups)
+    doc: dict[str, Any] = {
+        "pickup_all": False,
+        "groups": groups,
+        "pickup_share_groups": rng.sample(names, 50),
+        "phone_replace_groups": rng.sample(names, 30),
+    }
+    for ext in rng.sample(pool, 300):
+        doc[f"{rng.choice(['eavesdrop', 'whisper'])}_{ext}"] = rng.sample(names, rng.randint(1, 4))
+    policy = compile_policy(parse_document(doc))
+    granted = [key.partition("_")[2] for key in doc if key.startswith(("eavesdrop_", "whisper_"))]
+    for _ in range(1500):
+        action = rng.choice(ACTIONS)
+        ext = rng.choice(granted) if rng.random() < 0.5 else rng.choice(pool)
+        target = rng.choice([None, rng.choice(pool)])
+        decision = decide(policy, action, ext, target)
+        got = (decision.verdict, str(decision.reason), decision.targets, decision.group)
+        assert got == naive_decide(doc, action, ext, target), (action, ext, target)
