@@ -281,3 +281,22 @@ async def test_an_invalid_token_request_is_422(
 async def test_token_request_malformed_json_is_400(api: Harness) -> None:
     response = await api.client.post("/tokens", data=b"{nope", headers=ADMIN)
     assert response.status == 400
+
+
+async def test_a_short_admin_token_is_warned_about(
+    make_api: Callable[[str | None], Awaitable[Harness]], caplog: pytest.LogCaptureFixture
+) -> None:
+    await make_api("short")
+    assert "shorter than 16 characters" in caplog.text
+    caplog.clear()
+    await make_api("x" * 32)
+    assert "shorter" not in caplog.text
+
+
+async def test_each_policy_change_is_logged_with_its_author(
+    api: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="callgate.http.policy_routes")
+    token = await create_token(api, "night-ops", CLIENT)
+    await api.client.put(POLICY_URL, json={}, headers=bearer(token))
+    assert "client acme: policy version 1 by night-ops" in caplog.text

@@ -54,6 +54,7 @@ from callgate.store import Store
 log = logging.getLogger(__name__)
 
 MAX_BODY = 2 * 1024 * 1024
+MIN_ADMIN_TOKEN = 16
 
 RouteModule = Callable[[Api], None]
 
@@ -113,6 +114,12 @@ def build_app(deps: HttpDeps) -> web.Application:
     for register in ROUTE_MODULES:
         register(api)
     app[OPENAPI] = api.openapi.document()
+    if deps.admin_token is not None and len(deps.admin_token) < MIN_ADMIN_TOKEN:
+        log.warning(
+            "the admin token is shorter than %d characters: anyone who can reach the HTTP"
+            " listener may guess it. Use CALLGATE_ADMIN_TOKEN=$(openssl rand -hex 32).",
+            MIN_ADMIN_TOKEN,
+        )
     if deps.admin_token is None:
         log.warning(
             "no admin token configured: every authenticated HTTP route answers 401."

@@ -6,6 +6,7 @@ registry, and only then answered: the next FastAGI request, and the next ``check
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection
 
 from aiohttp import web
@@ -31,6 +32,8 @@ from callgate.policy import (
 )
 from callgate.registry import ClientPolicy
 from callgate.store import StoredPolicy, VersionConflictError
+
+log = logging.getLogger(__name__)
 
 BASE = "/client/{client_id}/call_control_group/"
 WRAPPER_KEY = "call_control_groups"
@@ -116,6 +119,7 @@ async def _store_and_publish(
             f"If-Match does not match: the current version is {exc.current}.",
             headers=[("ETag", etag(exc.current))],
         ) from None
+    log.info("client %s: policy version %d by %s", client_id, stored.version, stored.changed_by)
     await request.app[REGISTRY].publish(
         ClientPolicy(
             client_id=client_id,
