@@ -43,15 +43,6 @@ WORKED_EXAMPLE = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("action", "ext", "target", "decision", "reason", "targets"), WORKED_EXAMPLE
-)
-def test_worked_example(
-    action: str, ext: str, target: str | None, decision: str, reason: str, targets: tuple[str, ...]
-) -> None:
-    assert verdict(compiled(), action, ext, target) == (decision, reason, targets)
-
-
 # The same document with pickup_all: false: directed pickup only within share(A).
 PICKUP_ALL_FALSE = [
     ("pickup", "100", "103", "deny", "pickup_not_permitted", ()),
@@ -62,16 +53,6 @@ PICKUP_ALL_FALSE = [
     ("pickup", "999", "100", "deny", "pickup_not_permitted", ()),
     *WORKED_EXAMPLE[1:],
 ]
-
-
-@pytest.mark.parametrize(
-    ("action", "ext", "target", "decision", "reason", "targets"), PICKUP_ALL_FALSE
-)
-def test_worked_example_with_pickup_all_false(
-    action: str, ext: str, target: str | None, decision: str, reason: str, targets: tuple[str, ...]
-) -> None:
-    policy = compiled(pickup_all=False)
-    assert verdict(policy, action, ext, target) == (decision, reason, targets)
 
 
 # The groups that granted a request, for logs and audit: the first one in document order.
@@ -112,16 +93,6 @@ DEFAULT_DOCUMENT = [
 ]
 
 
-@pytest.mark.parametrize(
-    ("action", "ext", "target", "decision", "reason", "targets"), DEFAULT_DOCUMENT
-)
-def test_default_document(
-    action: str, ext: str, target: str | None, decision: str, reason: str, targets: tuple[str, ...]
-) -> None:
-    policy = compile_policy(PolicyDocument())
-    assert verdict(policy, action, ext, target) == (decision, reason, targets)
-
-
 # allow_all: everything between any two extensions; group forms answer everyone as "*".
 ALLOW_ALL = [
     ("pickup", "103", "102", "allow", "allow_all", ()),
@@ -141,11 +112,34 @@ ALLOW_ALL = [
 ]
 
 
-@pytest.mark.parametrize(("action", "ext", "target", "decision", "reason", "targets"), ALLOW_ALL)
-def test_allow_all(
-    action: str, ext: str, target: str | None, decision: str, reason: str, targets: tuple[str, ...]
+TABLES = {
+    "worked example": ({}, WORKED_EXAMPLE),
+    "pickup_all false": ({"pickup_all": False}, PICKUP_ALL_FALSE),
+    "allow_all": ({"allow_all": True}, ALLOW_ALL),
+    "default document": (None, DEFAULT_DOCUMENT),
+}
+
+
+@pytest.mark.parametrize(
+    ("changes", "action", "ext", "target", "decision", "reason", "targets"),
+    [
+        pytest.param(changes, *row, id=f"{name}: {row[0]} {row[1]} {row[2]}")
+        for name, (changes, rows) in TABLES.items()
+        for row in rows
+    ],
+)
+def test_decision_tables(
+    changes: dict[str, object] | None,
+    action: str,
+    ext: str,
+    target: str | None,
+    decision: str,
+    reason: str,
+    targets: tuple[str, ...],
 ) -> None:
-    assert verdict(compiled(allow_all=True), action, ext, target) == (decision, reason, targets)
+    """``changes`` to the reference example; None: no document stored (the default one)."""
+    policy = compile_policy(PolicyDocument()) if changes is None else compiled(**changes)
+    assert verdict(policy, action, ext, target) == (decision, reason, targets)
 
 
 @pytest.mark.parametrize("action", ["pickup", "eavesdrop", "whisper", "replace", "restore"])
