@@ -119,7 +119,7 @@ class ReplaceFlow:
         phone = await session.get_variable(OWN_EXTENSION_VARIABLE)
         if not phone:
             log.warning(
-                "%s is not set on channel %s: the endpoint needs set_var=%s=<its extension>",
+                "%s is not set on channel %r: the endpoint needs set_var=%s=<its extension>",
                 OWN_EXTENSION_VARIABLE,
                 env.channel,
                 OWN_EXTENSION_VARIABLE,
