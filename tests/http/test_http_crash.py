@@ -15,10 +15,12 @@ import os
 import random
 import signal
 import socket
+import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO
 
 import aiohttp
 import pytest
@@ -58,7 +60,15 @@ class ClientState:
 
 
 async def start_daemon(data_dir: Path, http_port: int, agi_port: int) -> asyncio.subprocess.Process:
+    """Start ``callgate serve``; its log is appended to ``<data_dir>/serve.log``."""
     env = {**os.environ, "CALLGATE_ADMIN_TOKEN": TOKEN, "CALLGATE_LOG_LEVEL": "WARNING"}
+    with (data_dir / "serve.log").open("ab") as log:
+        return await _spawn(data_dir, http_port, agi_port, env, log)
+
+
+async def _spawn(
+    data_dir: Path, http_port: int, agi_port: int, env: dict[str, str], log: BinaryIO
+) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
@@ -72,8 +82,8 @@ async def start_daemon(data_dir: Path, http_port: int, agi_port: int) -> asyncio
         f"127.0.0.1:{agi_port}",
         env=env,
         stdin=asyncio.subprocess.DEVNULL,
-        stdout=asyncio.subprocess.DEVNULL,
-        stderr=asyncio.subprocess.DEVNULL,
+        stdout=log,
+        stderr=log,
     )
 
 
@@ -197,6 +207,11 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         proc.kill()
         await proc.wait()
     elapsed = time.monotonic() - started
+    with sqlite3.connect(tmp_path / "callgate.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    db.close()
+    server_log = (tmp_path / "serve.log").read_text()
+    assert "Traceback" not in server_log, server_log[-4000:]
     print(
         f"\n{ITERATIONS} kills in {elapsed:.1f}s: {acknowledged_total} acknowledged writes kept,"
         f" {in_flight_committed} in-flight writes found committed after the kill"
