@@ -12,7 +12,9 @@ enforces ``access`` before the handler runs and puts the caller in ``request[PRI
 To add a module (replace PINs, replacements, audit, ...): write ``callgate/http/<name>_routes.py``
 with ``register``, append it to ``ROUTE_MODULES`` below (one line). State it needs: declare its
 own ``web.AppKey`` in that module and let ``daemon.py`` set ``app[KEY] = value`` on the
-application ``build_app`` returns, before ``start_http``.
+application ``build_app`` returns, before ``start_http``. Route modules import what they build
+on from ``callgate.http.api`` (``Api``, the AppKeys, ``principal``), never from this module,
+which imports them.
 """
 
 from __future__ import annotations
