@@ -154,7 +154,10 @@ async def _start_http(services: Services, store: Store) -> None:
     )
     if services.replace is not None:
         app[REPLACE_SERVICE] = services.replace
-    runner = services.http_runner = await start_http(app, *services.settings.http_address)
+    host, port = services.settings.http_address
+    runner = services.http_runner = await start_http(
+        app, host, port, shutdown_grace=services.settings.shutdown_grace
+    )
     services.stoppers.append(runner.cleanup)
 
 

@@ -131,9 +131,17 @@ def build_app(deps: HttpDeps) -> web.Application:
     return app
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
-    """Open the listener; the caller owns ``runner.cleanup()``."""
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+async def start_http(
+    app: web.Application, host: str, port: int, *, shutdown_grace: float = 10.0
+) -> web.AppRunner:
+    """Open the listener; the caller owns ``runner.cleanup()``.
+
+    ``cleanup`` stops accepting, then lets requests in flight finish for ``shutdown_grace``
+    seconds at most.
+    """
+    runner = web.AppRunner(
+        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_grace
+    )
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
