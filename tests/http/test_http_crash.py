@@ -217,3 +217,29 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         f" {in_flight_committed} in-flight writes found committed after the kill"
     )
     assert acknowledged_total > ITERATIONS  # the kills really landed in a stream of writes
+
+
+async def test_sigterm_exits_0_and_closes_the_store_cleanly(tmp_path: Path) -> None:
+    http_port, agi_port = free_port(), free_port()
+    base = f"http://127.0.0.1:{http_port}"
+    url = f"{base}/client/alpha/call_control_group/"
+    proc = await start_daemon(tmp_path, http_port, agi_port)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await wait_ready(session, base, proc)
+            async with session.put(url, json=document_for(7), headers=AUTH) as response:
+                assert response.status == 200
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), timeout=20) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+    # a clean close checkpoints the write-ahead log into the database file
+    wal = tmp_path / "callgate.sqlite3-wal"
+    assert not wal.exists() or wal.stat().st_size == 0
+    with sqlite3.connect(tmp_path / "callgate.sqlite3") as db:
+        rows = db.execute("SELECT client_id, version FROM policy_versions").fetchall()
+    db.close()
+    assert rows == [("alpha", 1)]
+    assert "Traceback" not in (tmp_path / "serve.log").read_text()
