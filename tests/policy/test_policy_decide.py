@@ -249,3 +249,19 @@ def test_values_that_are_not_strings_are_invalid_requests(odd: object) -> None:
         else ("deny", "invalid_request", ())
     )
     assert verdict(policy, odd, "100", "101") == ("deny", "invalid_request", ())  # type: ignore[arg-type]
+
+
+def test_requests_for_unknown_extensions_leave_no_trace() -> None:
+    """The tables built on first use are bounded by the document, not by what callers ask."""
+    policy = compiled()
+    for action in ("pickup", "eavesdrop", "whisper", "replace"):
+        for target in (None, "101"):
+            decide(policy, action, "100", target)
+            decide(policy, action, "101", target)
+    grants, reaches = len(policy._granted), len(policy.reaches._by_list)
+    for n in range(500):
+        for action in ("pickup", "eavesdrop", "whisper", "replace"):
+            decide(policy, action, f"x{n}", "101")
+            decide(policy, action, f"x{n}", None)
+            decide(policy, action, "100", f"y{n}")
+    assert (len(policy._granted), len(policy.reaches._by_list)) == (grants, reaches)
