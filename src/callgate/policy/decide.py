@@ -14,17 +14,16 @@ This is the hot path of every FastAGI request, hence the tables and the prebuilt
 
 from __future__ import annotations
 
-import re
 from collections.abc import Callable
 from typing import Final
 
 from callgate.policy.compiled import EMPTY_REACH, CompiledPolicy
-from callgate.policy.syntax import EXTENSION_PATTERN
+from callgate.policy.syntax import EXTENSION_RE
 from callgate.policy.types import ALL_TARGETS, Decision, Reason
 
 Rule = Callable[[CompiledPolicy, str, str], Decision]
 
-_is_extension: Final = re.compile(EXTENSION_PATTERN[1:-1]).fullmatch
+_is_extension: Final = EXTENSION_RE.fullmatch
 
 _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _SELF: Final = Decision.deny(Reason.SELF_TARGET)

@@ -25,13 +25,13 @@ EXTENSION_RULE: Final = "1 to 32 characters of A-Z a-z 0-9 _ - . +"
 GROUP_NAME_RULE: Final = "1 to 64 characters, no control characters"
 
 # fullmatch, not match: "$" in Python also matches before a final newline.
-_EXTENSION = re.compile(EXTENSION_PATTERN[1:-1])
+EXTENSION_RE: Final = re.compile(EXTENSION_PATTERN[1:-1])
 _CLIENT_ID = re.compile(CLIENT_ID_PATTERN[1:-1])
 
 
 def is_valid_extension(value: object) -> bool:
     """True for 1 to 32 characters of ``A-Z a-z 0-9 _ - . +``."""
-    return isinstance(value, str) and _EXTENSION.fullmatch(value) is not None
+    return isinstance(value, str) and EXTENSION_RE.fullmatch(value) is not None
 
 
 def is_valid_client_id(value: object) -> bool:
