@@ -168,8 +168,10 @@ class ManagerClient:
         within: float | None = None,
     ) -> tuple[Message, ...]:
         limit = self._config.action_timeout if within is None else within
+        # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation.
         try:
-            return await asyncio.wait_for(asyncio.shield(future), limit)
+            async with asyncio.timeout(limit):
+                return await asyncio.shield(future)
         except TimeoutError:
             future.cancel()
             raise ActionTimeoutError(f"{action}: no answer from Asterisk in {limit}s") from None
@@ -177,7 +179,8 @@ class ManagerClient:
     def _write(
         self, action: str, headers: Iterable[tuple[str, str]], list_complete: str | None
     ) -> asyncio.Future[tuple[Message, ...]]:
-        assert self._writer is not None
+        if self._writer is None:
+            raise ManagerUnavailableError(f"{action}: the Manager connection is closed")
         action_id = f"cg-{next(self._ids)}"
         data = format_action(action, action_id, headers)
         future: asyncio.Future[tuple[Message, ...]] = asyncio.get_running_loop().create_future()
@@ -236,6 +239,12 @@ class ManagerClient:
                     delay,
                 )
                 await asyncio.sleep(delay)
+            except Exception:
+                # A bug must not end live enforcement for good: log it and connect again.
+                self._set_state(ManagerState.DISCONNECTED)
+                log.exception("Asterisk Manager connection failed unexpectedly")
+                await asyncio.sleep(self._backoff(failures))
+                failures += 1
 
     def _report_auth_failure(self, message: str) -> None:
         cfg = self._config
@@ -259,9 +268,8 @@ class ManagerClient:
     async def _connect_once(self) -> None:
         """One connection, from TCP connect to its end; always ends by raising why it ended."""
         cfg = self._config
-        reader, writer = await asyncio.wait_for(
-            asyncio.open_connection(cfg.host, cfg.port, limit=2**16), cfg.connect_timeout
-        )
+        async with asyncio.timeout(cfg.connect_timeout):
+            reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
         self._writer = writer
         banner: asyncio.Future[Banner] = asyncio.get_running_loop().create_future()
         reader_task = asyncio.create_task(self._read(reader, writer, banner), name="ami-reader")
@@ -348,8 +356,10 @@ class ManagerClient:
             await asyncio.sleep(cfg.ping_interval)
             future = self._write("Ping", (), None)
             try:
-                await asyncio.wait_for(future, cfg.ping_timeout)
+                async with asyncio.timeout(cfg.ping_timeout):
+                    await future
             except TimeoutError:
+                future.cancel()
                 raise ManagerError(
                     f"no answer to Ping in {cfg.ping_timeout}s: connection presumed dead"
                 ) from None

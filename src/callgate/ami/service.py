@@ -77,7 +77,10 @@ class LiveEnforcement:
             "CoreShowChannels", list_complete="CoreShowChannelsComplete"
         )
         if not response.is_success:
-            raise ManagerError(f"CoreShowChannels refused: {response.get('Message')}")
+            raise ManagerError(
+                f"CoreShowChannels refused ({response.get('Message')}): the Manager user needs"
+                " write=reporting to rebuild the sessions after a reconnect"
+            )
         adopted = self.tracker.rebuild(rows, asked_at=asked_at)
         if adopted:
             log.info("adopted %d spy session(s) found running after (re)connecting", len(adopted))
