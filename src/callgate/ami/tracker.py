@@ -347,7 +347,7 @@ class SessionTracker:
         by_channel = {row.get("Channel"): row for row in rows}
         spying = {u for u, row in by_uniqueid.items() if row.get("Application") == "ChanSpy"}
         for session in list(self._sessions.values()):
-            if session.uniqueid in spying or session.started_at >= asked_at:
+            if session.uniqueid in spying or session.started_at > asked_at:
                 continue  # still spying, or started after the snapshot was taken
             if session.spyee_uniqueid is not None and session.spyee_uniqueid not in by_uniqueid:
                 self._gone.setdefault(session.spyee_uniqueid, self._clock())
