@@ -145,9 +145,12 @@ class ManagerClient:
 
         Raises ``ManagerUnavailableError`` when not logged in: nothing is queued for later.
         """
-        if self._writer is None or not (self._logged_in or action == "Login"):
+        if not self._logged_in:
             raise ManagerUnavailableError(f"{action}: not connected to the Asterisk Manager")
-        return self._write(action, headers, list_complete)
+        try:
+            return self._write(action, headers, list_complete)
+        except ProtocolError as exc:
+            raise ManagerError(str(exc)) from exc
 
     async def send_action(
         self,
@@ -195,7 +198,11 @@ class ManagerClient:
         pending = self._pending.get(action_id) if action_id is not None else None
         if pending is None:
             if message.event is not None:
-                self._on_event(message)
+                try:
+                    self._on_event(message)
+                except Exception:
+                    # A handler's bug must not cost the connection (and a reconnect storm).
+                    log.exception("handling Manager event %s failed", message.event)
             return
         if pending.future.done():
             return
