@@ -9,10 +9,12 @@ from typing import Any
 import pytest
 
 from callgate.agi import variables
-from callgate.agi.handlers import AgiDispatcher
+from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
 from callgate.agi.protocol import AgiEnvironment, Reply
+from callgate.agi.server import AgiServer
 from callgate.agi.session import AgiChannelDead, AgiCommandFailed, AgiSession
 from callgate.metrics import Metrics
+from callgate.registry import PolicyRegistry
 from fake_asterisk import (
     FakeChannel,
     call,
@@ -22,7 +24,7 @@ from fake_asterisk import (
     request_environment,
 )
 
-from .conftest import FakeAuditSink, StartServer, sample
+from .conftest import TEST_CONFIG, FakeAuditSink, StartServer, sample
 
 CALLER_NAME = 'Ünïcode "Name" \\, with comma'
 
@@ -334,3 +336,23 @@ async def test_values_needing_escapes_fall_back_to_set_variable(start_server: St
         b'SET VARIABLE B "say \\"hi\\""',
         b"SET VARIABLE C plain",
     ]
+
+
+def test_the_server_runs_on_uvloop(registry: PolicyRegistry, audit: FakeAuditSink) -> None:
+    """``callgate serve`` prefers uvloop, whose transports are no asyncio.Transport subclass."""
+    uvloop = pytest.importorskip("uvloop")
+
+    async def scenario() -> dict[str, str]:
+        recorder = DecisionRecorder(audit, Metrics())
+        handler = AgiDispatcher(policy_routes(registry, recorder), recorder)
+        server = AgiServer(TEST_CONFIG, handler, Metrics())
+        await server.start()
+        try:
+            channel = await call(server.port, request_environment("pickup", "acme", "101"))
+        finally:
+            await server.stop()
+        return verdict(channel)
+
+    assert uvloop.run(scenario()) == expected(
+        "ALLOW", "pickup_share_group", "100&102", pickup="acme/100@PICKUPMARK&acme/102@PICKUPMARK"
+    )

@@ -24,6 +24,7 @@ The rules, as Asterisk 22's ``res/res_agi.c`` applies them (``protocol-notes.md`
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from enum import Enum
@@ -44,7 +45,8 @@ class AgiProtocolError(Exception):
 
 # --------------------------------------------------------------------------- the environment
 
-_KEY = re.compile(r"agi_[A-Za-z0-9_]+")
+_LINE = re.compile(r"agi_[A-Za-z0-9_]+: [^\n]*")
+_BLOCK = re.compile(r"(?:agi_[A-Za-z0-9_]+: [^\n]*\n)*agi_[A-Za-z0-9_]+: [^\n]*")
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,17 +110,20 @@ def action_of(script: str) -> str:
 def parse_environment(block: bytes) -> AgiEnvironment:
     """Parse the environment lines (the block without its final empty line)."""
     text = block.decode("utf-8", "surrogateescape")
+    if "\r" in text:  # never sent by Asterisk; tolerated at the very end of a line only
+        text = text.replace("\r\n", "\n").removesuffix("\r")
+    if _BLOCK.fullmatch(text) is None:  # one pass in C, then no per-line checks
+        bad = next(line for line in text.split("\n") if _LINE.fullmatch(line) is None)
+        raise AgiProtocolError(f"not an environment line: {_excerpt(bad)}")
+    lines = text.split("\n")
     values: dict[str, str] = {}
-    duplicates: list[str] = []
-    for raw in text.split("\n"):
-        line = raw[:-1] if raw.endswith("\r") else raw
-        key, sep, value = line.partition(": ")
-        if not sep or _KEY.fullmatch(key) is None:
-            raise AgiProtocolError(f"not an environment line: {_excerpt(line)}")
-        if key in values:
-            duplicates.append(key)
-        else:
-            values[key] = value
+    for line in reversed(lines):  # reversed: the first occurrence of a key wins
+        key, _, value = line.partition(": ")
+        values[key] = value
+    duplicates: tuple[str, ...] = ()
+    if len(values) != len(lines):
+        counts = Counter(line.partition(": ")[0] for line in lines)
+        duplicates = tuple(key for key, count in counts.items() if count > 1)
     args: list[str] = []
     while (arg := values.get(f"agi_arg_{len(args) + 1}")) is not None:
         args.append(arg)
@@ -128,7 +133,7 @@ def parse_environment(block: bytes) -> AgiEnvironment:
         # Asterisk omits agi_network_script when the URL has nothing after the host.
         _, _, rest = values.get("agi_request", "").partition("://")
         action = action_of(rest.partition("/")[2])
-    return AgiEnvironment(MappingProxyType(values), tuple(args), action, tuple(duplicates))
+    return AgiEnvironment(MappingProxyType(values), tuple(args), action, duplicates)
 
 
 # --------------------------------------------------------------------------- replies

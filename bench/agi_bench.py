@@ -1,0 +1,459 @@
+"""FastAGI load: callgate against the Python floor and panoramisk, measured from outside.
+
+    .venv/bin/python bench/agi_bench.py [--seconds 4] [--quick]
+
+Three servers, each in its own process, under asyncio's default loop and under uvloop:
+
+- callgate: the real daemon (``callgate.daemon.run``: SQLite store, audit log, HTTP API, one log
+  line per decision to a file), with a realistic policy stored through the HTTP API (1,000
+  extensions in 50 teams of 20, every team a pickup share group, 50 supervisors with eavesdrop
+  and whisper grants). Each session is a group pickup by 105: a real decision whose answer names
+  19 targets and their Pickup() argument, all five CALLGATE_* variables in one EXEC MSet.
+- bare: a minimal asyncio-streams FastAGI server (read the environment, send one SET VARIABLE,
+  read its reply, close), with no limits, no timeouts, no decision: the Python floor.
+- panoramisk: ``panoramisk.fast_agi.Application`` with one route sending one SET VARIABLE.
+
+The load generator is this process (always on uvloop, so the client is the same for every
+server). It speaks like Asterisk: the recorded environment block (commands-and-replies.txt with
+the URL and arguments of a pickup), one reply per command, ``HANGUP`` when the server closes.
+Two loads: 50 sessions in flight back to back (throughput), and a fixed 1,000 sessions/s (latency
+at a realistic rate). Latency is connect to close, seen by the client; server CPU is the server
+process's user+system time (``/proc/<pid>/stat``) over the measured window, divided by the
+sessions completed. Prints a table; asserts nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+from typing import cast
+
+ROOT = Path(__file__).resolve().parent.parent
+TRANSCRIPT = ROOT / "tests" / "transcripts" / "agi" / "commands-and-replies.txt"
+TOKEN = "bench-admin-token"  # noqa: S105 (a throwaway token for a loopback daemon)
+CLIENT, EXT = "acme", "105"
+CONCURRENCY = 50
+RATE = 1000
+SERVERS = ("callgate", "callgate-agi", "callgate-floor", "bare", "panoramisk")
+
+
+# --------------------------------------------------------------------------- what is sent
+
+
+def environment(port: int) -> bytes:
+    """The recorded environment, asking agi://127.0.0.1:<port>/pickup with acme,105 (group)."""
+    lines: list[bytes] = []
+    for raw in TRANSCRIPT.read_bytes().splitlines():
+        if not raw.startswith(b"< ") or raw == b"< ":
+            if lines and raw.startswith(b"> "):
+                break
+            continue
+        key = raw[2:].partition(b": ")[0]
+        if key.startswith(b"agi_arg_"):
+            continue
+        if key == b"agi_network_script":
+            raw = b"< agi_network_script: pickup"
+        elif key == b"agi_request":
+            raw = f"< agi_request: agi://127.0.0.1:{port}/pickup".encode()
+        lines.append(raw[2:] + b"\n")
+    lines += [f"agi_arg_1: {CLIENT}\n".encode(), f"agi_arg_2: {EXT}\n".encode(), b"agi_arg_3: \n"]
+    return b"".join(lines) + b"\n"
+
+
+def realistic_policy() -> dict[str, object]:
+    teams = {f"team-{t:02}": [str(100 + t * 20 + n) for n in range(20)] for t in range(50)}
+    names = list(teams)
+    document: dict[str, object] = {
+        "allow_all": False,
+        "pickup_all": True,
+        "groups": teams,
+        "pickup_share_groups": names,
+        "phone_replace_groups": names[:10],
+    }
+    for index, name in enumerate(names):
+        supervisor = teams[name][0]
+        document[f"eavesdrop_{supervisor}"] = [name, names[(index + 1) % len(names)]]
+        document[f"whisper_{supervisor}"] = [name]
+    return document
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str) -> None:
+    """Run one server in this (child) process until SIGTERM."""
+    if kind == "callgate":
+        from callgate.config import load_settings
+        from callgate.daemon import run
+
+        settings = load_settings(
+            {
+                "agi": f"127.0.0.1:{port}",
+                "http": f"127.0.0.1:{http_port}",
+                "data_dir": Path(data_dir),
+            }
+        )
+        import logging
+
+        logging.basicConfig(
+            filename=Path(data_dir) / "callgate.log",
+            level="INFO",
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        main = run(settings)
+    elif kind in ("callgate-agi", "callgate-floor"):
+        main = _serve_callgate_agi(port, data_dir, decide=kind == "callgate-agi")
+    elif kind == "bare":
+        main = _serve_bare(port)
+    else:
+        main = _serve_panoramisk(port)
+    if loop == "uvloop":
+        import uvloop
+
+        uvloop.run(main)
+    else:
+        asyncio.run(main)
+
+
+async def _serve_callgate_agi(port: int, data_dir: str, *, decide: bool) -> None:
+    """callgate's FastAGI server alone: the decision, its log line and audit event (kept in
+    memory, no store), or with ``decide=False`` one SET VARIABLE like ``bare``."""
+    import logging
+
+    from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+    from callgate.agi.server import AgiConfig, AgiServer, SessionHandler
+    from callgate.agi.session import AgiSession
+    from callgate.audit import AuditEvent
+    from callgate.metrics import Metrics
+    from callgate.policy import compile_policy, parse_document
+    from callgate.registry import ClientPolicy, PolicyRegistry
+
+    class MemoryAudit:
+        def __init__(self) -> None:
+            self.events: list[AuditEvent] = []
+
+        def record(self, event: AuditEvent) -> None:
+            self.events.append(event)
+            if len(self.events) > 10_000:
+                self.events.clear()
+
+    metrics = Metrics()
+    handler: SessionHandler
+    if decide:
+        logging.basicConfig(
+            filename=Path(data_dir) / "callgate.log",
+            level="INFO",
+            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        )
+        registry = PolicyRegistry()
+        document = parse_document(realistic_policy())
+        registry.load(ClientPolicy(CLIENT, 1, document, compile_policy(document)))
+        recorder = DecisionRecorder(MemoryAudit(), metrics)
+        handler = AgiDispatcher(policy_routes(registry, recorder), recorder)
+    else:
+
+        async def set_one(session: AgiSession) -> None:
+            await session.set_variable("CALLGATE_DECISION", "ALLOW")
+
+        handler = set_one
+    server = AgiServer(AgiConfig(host="127.0.0.1", port=port), handler, metrics)
+    await server.start()
+    print("ready", flush=True)
+    await asyncio.Event().wait()
+
+
+async def _serve_bare(port: int) -> None:
+    async def session(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.readuntil(b"\n\n")
+        writer.write(b"SET VARIABLE CALLGATE_DECISION ALLOW\n")
+        await reader.readline()
+        writer.close()
+
+    server = await asyncio.start_server(session, "127.0.0.1", port, backlog=1024)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
+async def _serve_panoramisk(port: int) -> None:
+    from panoramisk.fast_agi import Application, Request
+
+    async def pickup(request: Request) -> None:
+        await request.send_command("SET VARIABLE CALLGATE_DECISION ALLOW")
+
+    app = Application(loop=asyncio.get_running_loop())
+    app.add_route("pickup", pickup)
+    server = await asyncio.start_server(app.handler, "127.0.0.1", port, backlog=1024)
+    print("ready", flush=True)
+    await server.serve_forever()
+
+
+@dataclass
+class Server:
+    kind: str
+    loop: str
+    process: subprocess.Popen[bytes]
+    port: int
+    http_port: int
+    data_dir: Path
+
+    def cpu_seconds(self) -> float:
+        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rpartition(")")[2].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        try:
+            self.process.wait(15)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_server(kind: str, loop: str, data_dir: Path) -> Server:
+    port, http_port = free_port(), free_port()
+    env = {**os.environ, "CALLGATE_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(ROOT / "src")}
+    command = [sys.executable, __file__, "--serve", kind, "--loop", loop]
+    command += ["--port", str(port), "--http-port", str(http_port), "--data-dir", str(data_dir)]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    server = Server(kind, loop, process, port, http_port, data_dir)
+    try:
+        if kind == "callgate":
+            # Probe the HTTP port, which opens after FastAGI, not the FastAGI port itself: a
+            # connect-and-close probe sends panoramisk's reader into an endless loop.
+            wait_for_port(process, http_port)
+            request = urllib.request.Request(
+                f"http://127.0.0.1:{http_port}/client/{CLIENT}/call_control_group/",
+                data=json.dumps(realistic_policy()).encode(),
+                method="PUT",
+                headers={"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:  # noqa: S310 (loopback)
+                response.read()
+        else:
+            assert process.stdout is not None
+            if process.stdout.readline() != b"ready\n":
+                raise RuntimeError(f"{kind} server did not start")
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def wait_for_port(process: subprocess.Popen[bytes], port: int) -> None:
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            if process.poll() is not None:
+                raise RuntimeError(f"the server exited with {process.returncode}") from None
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+# --------------------------------------------------------------------------- the client
+
+
+class _Call(asyncio.Protocol):
+    """One AGI() as Asterisk runs it: environment, one reply per command, HANGUP at the end."""
+
+    def __init__(self, env: bytes, done: asyncio.Future[bool]) -> None:
+        self._env = env
+        self._done = done
+        self._buffer = bytearray()
+        self._transport: asyncio.Transport | None = None
+        self.allowed = False
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)  # uvloop's is no subclass
+        self._transport.write(self._env)
+
+    def data_received(self, data: bytes) -> None:
+        assert self._transport is not None
+        self._buffer += data
+        while (end := self._buffer.find(b"\n")) >= 0:
+            line = bytes(self._buffer[:end])
+            del self._buffer[: end + 1]
+            if b"ALLOW" in line:
+                self.allowed = True
+            reply = b"200 result=1\n" if line.startswith(b"SET VARIABLE") else b"200 result=0\n"
+            self._transport.write(reply)
+
+    def eof_received(self) -> bool | None:
+        assert self._transport is not None
+        self._transport.write(b"HANGUP\n")
+        return None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if not self._done.done():
+            self._done.set_result(self.allowed)
+
+
+@dataclass
+class Result:
+    sessions: int
+    errors: int
+    seconds: float
+    cpu: float
+    latencies: list[float]
+
+    @property
+    def rate(self) -> float:
+        return self.sessions / self.seconds
+
+    @property
+    def cpu_us(self) -> float:
+        return self.cpu / self.sessions * 1e6 if self.sessions else float("nan")
+
+    def percentile(self, q: float) -> float:
+        if len(self.latencies) < 2:
+            return float("nan")
+        return statistics.quantiles(self.latencies, n=1000)[int(q * 1000) - 1] * 1000
+
+
+async def one_session(port: int, env: bytes, latencies: list[float]) -> bool:
+    loop = asyncio.get_running_loop()
+    started = time.perf_counter()  # uvloop's loop.time() ticks in whole milliseconds
+    done: asyncio.Future[bool] = loop.create_future()
+    try:
+        await loop.create_connection(lambda: _Call(env, done), "127.0.0.1", port)
+        allowed = await asyncio.wait_for(done, 10)
+    except (OSError, TimeoutError):
+        return False
+    latencies.append(time.perf_counter() - started)
+    return allowed
+
+
+async def closed_loop(server: Server, env: bytes, seconds: float) -> Result:
+    """``CONCURRENCY`` sessions in flight, each followed at once by the next."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    counts = [0, 0]
+
+    async def worker(until: float) -> None:
+        while loop.time() < until:
+            ok = await one_session(server.port, env, latencies)
+            counts[0 if ok else 1] += 1
+
+    warm = loop.time() + min(0.5, seconds / 4)
+    await asyncio.gather(*(worker(warm) for _ in range(CONCURRENCY)))
+    latencies.clear()
+    counts[:] = [0, 0]
+    cpu, started = server.cpu_seconds(), loop.time()
+    await asyncio.gather(*(worker(started + seconds) for _ in range(CONCURRENCY)))
+    elapsed = loop.time() - started
+    return Result(counts[0], counts[1], elapsed, server.cpu_seconds() - cpu, latencies)
+
+
+async def fixed_rate(server: Server, env: bytes, seconds: float) -> Result:
+    """A new session every 1/RATE s whatever the server does (an open loop)."""
+    loop = asyncio.get_running_loop()
+    latencies: list[float] = []
+    total = int(RATE * seconds)
+    cpu, started = server.cpu_seconds(), loop.time()
+    tasks: list[asyncio.Task[bool]] = []
+    for index in range(total):
+        delay = started + index / RATE - loop.time()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(loop.create_task(one_session(server.port, env, latencies)))
+    results = await asyncio.gather(*tasks)
+    elapsed = loop.time() - started
+    ok = sum(results)
+    return Result(ok, total - ok, elapsed, server.cpu_seconds() - cpu, latencies)
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
+    parser.add_argument("--quick", action="store_true", help="1 s per measurement")
+    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--loop", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
+    parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--data-dir", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.serve:
+        serve(args.serve, args.loop, args.port, args.http_port, args.data_dir)
+        return
+    import uvloop
+
+    seconds = 1.0 if args.quick else args.seconds
+    rows: list[tuple[str, str, str, Result]] = []
+    with tempfile.TemporaryDirectory(prefix="agi-bench-") as tmp:
+        for loop_name in ("asyncio", "uvloop"):
+            for kind in SERVERS:
+                data_dir = Path(tmp) / f"{kind}-{loop_name}"
+                data_dir.mkdir()
+                server = start_server(kind, loop_name, data_dir)
+                try:
+                    env = environment(server.port)
+                    for load, measure in (
+                        (f"{CONCURRENCY} in flight", closed_loop),
+                        (f"{RATE}/s", fixed_rate),
+                    ):
+                        result = uvloop.run(measure(server, env, seconds))
+                        rows.append((kind, loop_name, load, result))
+                        print(
+                            f"  {kind:10} {loop_name:7} {load:12} {result.rate:8.0f}/s"
+                            f" {result.cpu_us:6.0f} us CPU  p99 {result.percentile(0.99):6.2f} ms",
+                            file=sys.stderr,
+                        )
+                finally:
+                    server.stop()
+                if kind in ("callgate", "callgate-agi"):
+                    log = data_dir / "callgate.log"
+                    lines = sum(1 for line in log.open() if " decision client=" in line)
+                    print(f"  callgate logged {lines} decision lines", file=sys.stderr)
+    print_table(rows, seconds)
+
+
+def print_table(rows: list[tuple[str, str, str, Result]], seconds: float) -> None:
+    print(f"\nFastAGI sessions, {seconds:g} s per measurement, server CPU per completed session")
+    print(
+        "\n| server | loop | load | sessions/s | server CPU µs/session | p50 ms | p99 ms | errors |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|---:|")
+    for kind, loop_name, load, r in rows:
+        print(
+            f"| {kind} | {loop_name} | {load} | {r.rate:,.0f} | {r.cpu_us:,.0f} |"
+            f" {r.percentile(0.50):.2f} | {r.percentile(0.99):.2f} | {r.errors} |"
+        )
+    cpu = {(k, lp, ld): r.cpu_us for k, lp, ld, r in rows}
+    print("\nCPU per session: relative to bare (lower is better), panoramisk's relative to it")
+    print("\n| server | loop | load | / bare | panoramisk / server |")
+    print("|---|---|---|---:|---:|")
+    for kind, loop_name, load, _ in rows:
+        if not kind.startswith("callgate"):
+            continue
+        ours = cpu[(kind, loop_name, load)]
+        print(
+            f"| {kind} | {loop_name} | {load} | {ours / cpu[('bare', loop_name, load)]:.2f}x |"
+            f" {cpu[('panoramisk', loop_name, load)] / ours:.2f}x |"
+        )
+
+
+if __name__ == "__main__":
+    main()
