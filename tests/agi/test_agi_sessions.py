@@ -24,7 +24,7 @@ from fake_asterisk import (
     request_environment,
 )
 
-from .conftest import TEST_CONFIG, FakeAuditSink, StartServer, sample
+from .conftest import TEST_CONFIG, FakeAuditSink, StartServer, client_policy, sample
 
 CALLER_NAME = 'Ünïcode "Name" \\, with comma'
 
@@ -356,3 +356,33 @@ def test_the_server_runs_on_uvloop(registry: PolicyRegistry, audit: FakeAuditSin
     assert uvloop.run(scenario()) == expected(
         "ALLOW", "pickup_share_group", "100&102", pickup="acme/100@PICKUPMARK&acme/102@PICKUPMARK"
     )
+
+
+async def test_an_answer_too_long_for_one_command_is_a_denial(
+    start_server: StartServer,
+    dispatcher: Callable[..., AgiDispatcher],
+    registry: PolicyRegistry,
+    audit: FakeAuditSink,
+) -> None:
+    """200 targets of 32 characters: Pickup()'s argument cannot fit in 8,190 bytes."""
+    members = [f"{n:032d}" for n in range(200)]
+    document = {"groups": {"big": members}, "pickup_share_groups": ["big"]}
+    registry.load(client_policy("big", document, 3))
+    server = await start_server(dispatcher())
+    channel = await call(server.port, request_environment("pickup", "big", members[0]))
+    assert verdict(channel) == expected("DENY", "internal_error", version="3")
+    (event,) = audit.events  # recorded once, as answered
+    assert (event.decision, event.reason) == ("deny", "internal_error")
+
+
+async def test_untrusted_values_are_escaped_in_the_log_line(
+    start_server: StartServer,
+    dispatcher: Callable[..., AgiDispatcher],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level("INFO", logger="callgate.agi.handlers")
+    server = await start_server(dispatcher())
+    await call(server.port, request_environment("pickup", "acme", "1 0\x1b[2J", "é"))
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision ")]
+    assert "ext='1 0\\x1b[2J' target='\\xe9'" in line
+    assert "reason=invalid_request" in line

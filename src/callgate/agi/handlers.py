@@ -22,7 +22,7 @@ from typing import Final
 from prometheus_client import Counter
 
 from callgate.agi import variables
-from callgate.agi.protocol import AgiEnvironment
+from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
 from callgate.agi.session import AgiSession, AgiSessionError
 from callgate.audit import AuditEvent, AuditSink
 from callgate.metrics import Metrics
@@ -160,8 +160,15 @@ class PolicyRoute:
         except Exception:
             log.exception("decision failed for %s", _printable(request.uniqueid or "-"))
             decision, pickup = _INTERNAL_ERROR, ""
-        self._recorder.record(request, decision, version)
-        await answer(session, decision, version, pickup)
+        try:
+            try:
+                await answer(session, decision, version, pickup)
+            except AgiProtocolError:
+                log.exception("the answer for %s does not fit in one AGI command", request.uniqueid)
+                decision = _INTERNAL_ERROR
+                await answer(session, decision, version)
+        finally:  # recorded once, as answered (or as decided, if the caller went away)
+            self._recorder.record(request, decision, version)
         return decision
 
 
