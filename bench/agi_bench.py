@@ -1,14 +1,18 @@
 """FastAGI load: callgate against the Python floor and panoramisk, measured from outside.
 
-    .venv/bin/python bench/agi_bench.py [--seconds 4] [--quick]
+    .venv/bin/python bench/agi_bench.py [--seconds 3] [--quick]
 
-Three servers, each in its own process, under asyncio's default loop and under uvloop:
+Five servers, each in its own process, under asyncio's default loop and under uvloop:
 
 - callgate: the real daemon (``callgate.daemon.run``: SQLite store, audit log, HTTP API, one log
   line per decision to a file), with a realistic policy stored through the HTTP API (1,000
   extensions in 50 teams of 20, every team a pickup share group, 50 supervisors with eavesdrop
   and whisper grants). Each session is a group pickup by 105: a real decision whose answer names
   19 targets and their Pickup() argument, all five CALLGATE_* variables in one EXEC MSet.
+- callgate-agi: callgate's FastAGI server alone, same decision and answer, the decision log line
+  to a file, audit events kept in memory (no store): what the FastAGI side itself costs.
+- callgate-floor: callgate's FastAGI server answering one SET VARIABLE without a decision, like
+  bare: the server and protocol layer (limits, deadlines, parsing, metrics) against the floor.
 - bare: a minimal asyncio-streams FastAGI server (read the environment, send one SET VARIABLE,
   read its reply, close), with no limits, no timeouts, no decision: the Python floor.
 - panoramisk: ``panoramisk.fast_agi.Application`` with one route sending one SET VARIABLE.
@@ -19,7 +23,8 @@ the URL and arguments of a pickup), one reply per command, ``HANGUP`` when the s
 Two loads: 50 sessions in flight back to back (throughput), and a fixed 1,000 sessions/s (latency
 at a realistic rate). Latency is connect to close, seen by the client; server CPU is the server
 process's user+system time (``/proc/<pid>/stat``) over the measured window, divided by the
-sessions completed. Prints a table; asserts nothing.
+sessions completed. Last, for each server, the CPU it burns in the second after one client
+connected and closed without sending anything. Prints tables; asserts nothing.
 """
 
 from __future__ import annotations
@@ -382,6 +387,16 @@ async def fixed_rate(server: Server, env: bytes, seconds: float) -> Result:
     return Result(ok, total - ok, elapsed, server.cpu_seconds() - cpu, latencies)
 
 
+def cpu_after_connect_and_close(server: Server) -> float:
+    """What a peer that connects and closes at once leaves behind, in CPU seconds per second."""
+    time.sleep(0.2)  # let the load's last sessions finish
+    socket.create_connection(("127.0.0.1", server.port)).close()
+    time.sleep(0.1)
+    before = server.cpu_seconds()
+    time.sleep(1.0)
+    return server.cpu_seconds() - before
+
+
 # --------------------------------------------------------------------------- the run
 
 
@@ -402,6 +417,7 @@ def main() -> None:
 
     seconds = 1.0 if args.quick else args.seconds
     rows: list[tuple[str, str, str, Result]] = []
+    idle: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="agi-bench-") as tmp:
         for loop_name in ("asyncio", "uvloop"):
             for kind in SERVERS:
@@ -421,6 +437,7 @@ def main() -> None:
                             f" {result.cpu_us:6.0f} us CPU  p99 {result.percentile(0.99):6.2f} ms",
                             file=sys.stderr,
                         )
+                    idle[(kind, loop_name)] = cpu_after_connect_and_close(server)
                 finally:
                     server.stop()
                 if kind in ("callgate", "callgate-agi"):
@@ -428,6 +445,11 @@ def main() -> None:
                     lines = sum(1 for line in log.open() if " decision client=" in line)
                     print(f"  callgate logged {lines} decision lines", file=sys.stderr)
     print_table(rows, seconds)
+    print("\nServer CPU in the second after one client connected and closed without a word")
+    print("\n| server | loop | CPU seconds per second |")
+    print("|---|---|---:|")
+    for (kind, loop_name), busy in idle.items():
+        print(f"| {kind} | {loop_name} | {busy:.2f} |")
 
 
 def print_table(rows: list[tuple[str, str, str, Result]], seconds: float) -> None:
