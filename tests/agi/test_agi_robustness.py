@@ -12,7 +12,7 @@ import pytest
 from callgate.agi import variables
 from callgate.agi.handlers import AgiDispatcher
 from callgate.agi.server import AgiServer
-from callgate.agi.session import AgiSession
+from callgate.agi.session import AgiSession, AgiSessionError
 from callgate.metrics import Metrics
 from fake_asterisk import FakeChannel, call, load_transcript, request_environment
 
@@ -207,3 +207,17 @@ async def test_shutdown_cancels_what_outlives_the_grace(
     assert channel.variables == {}
     assert sample(metrics, "callgate_agi_sessions_total", outcome="cancelled") == 1
     assert server.active == 0
+
+
+async def test_a_handler_that_swallows_the_failure_is_still_counted_as_one(
+    start_server: StartServer, metrics: Metrics
+) -> None:
+    async def stubborn(session: AgiSession) -> None:
+        with contextlib.suppress(AgiSessionError):
+            await session.set_variable("X", "1")
+
+    server = await start_server(stubborn, reply_timeout=0.1)
+    await call(server.port, ALLOWING, FakeChannel(silent_after=0))
+    await wait_until(lambda: server.active == 0)
+    assert sample(metrics, "callgate_agi_sessions_total", outcome="timeout") == 1
+    assert sample(metrics, "callgate_agi_sessions_total", outcome="completed") == 0

@@ -340,6 +340,8 @@ class _Link(asyncio.Protocol):
             log.exception("FastAGI %s: session handler failed", self._peer())
         finally:
             self._close()
+            if outcome is Outcome.COMPLETED and self._failure is not None:
+                outcome = self._failure  # the handler went on after the peer failed
             if not self._done:
                 self._done = True
                 self._server.forget(self, outcome)
