@@ -164,7 +164,8 @@ class PolicyRoute:
             try:
                 await answer(session, decision, version, pickup)
             except AgiProtocolError:
-                log.exception("the answer for %s does not fit in one AGI command", request.uniqueid)
+                uniqueid = _printable(request.uniqueid)
+                log.exception("the answer for %s does not fit in one AGI command", uniqueid)
                 decision = _INTERNAL_ERROR
                 await answer(session, decision, version)
         finally:  # recorded once, as answered (or as decided, if the caller went away)
