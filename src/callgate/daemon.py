@@ -163,6 +163,7 @@ async def _start_http(services: Services, store: Store) -> None:
 
 _READYZ_AMI = {
     ManagerState.CONNECTED: AmiStatus.UP,
+    ManagerState.AUTH_FAILED: AmiStatus.AUTH_FAILED,
     ManagerState.NOT_CONFIGURED: AmiStatus.NOT_CONFIGURED,
 }
 

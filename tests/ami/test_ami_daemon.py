@@ -73,6 +73,24 @@ async def test_without_ami_it_decides_and_says_live_enforcement_is_off(
     assert "live enforcement is off (no --ami)" in caplog.text
 
 
+async def test_refused_credentials_show_on_readyz_as_auth_failed(
+    tmp_path: Path, fake: FakeAmi
+) -> None:
+    services = await start(
+        settings(tmp_path, ami=f"127.0.0.1:{fake.port}", ami_user="callgate", ami_secret="wrong")
+    )
+    try:
+        await eventually(lambda: services.ami_status() == "auth_failed")
+        async with (
+            aiohttp.ClientSession(base(services)) as http,
+            http.get("/readyz") as response,
+        ):
+            assert response.status == 200
+            assert (await response.json())["ami"] == "auth_failed"
+    finally:
+        await services.stop()
+
+
 def test_ami_without_credentials_is_a_configuration_error(tmp_path: Path) -> None:
     with pytest.raises(ValidationError, match="--ami needs --ami-user"):
         settings(tmp_path, ami="127.0.0.1:5038")

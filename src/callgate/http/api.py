@@ -26,6 +26,8 @@ class AmiStatus(StrEnum):
 
     UP = "up"
     DOWN = "down"
+    AUTH_FAILED = "auth_failed"
+    """Asterisk refused the Manager credentials: fix ``ami_user``/``ami_secret``."""
     NOT_CONFIGURED = "not_configured"
 
 

@@ -40,8 +40,11 @@ _READINESS: JsonObject = {
         "policies_loaded": {"type": "boolean"},
         "ami": {
             "type": "string",
-            "enum": ["up", "down", "not_configured"],
-            "description": "live enforcement over the Asterisk Manager: up, down, not configured",
+            "enum": ["up", "down", "auth_failed", "not_configured"],
+            "description": (
+                "live enforcement over the Asterisk Manager: up, down (reconnecting),"
+                " auth_failed (Asterisk refused the credentials), not configured"
+            ),
         },
     },
 }
