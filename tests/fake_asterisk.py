@@ -235,6 +235,10 @@ class FakeChannel:
     """The caller hangs up after this many commands: Asterisk sends ``HANGUP`` at once."""
     dtmf: list[str] = field(default_factory=list)
     """What the caller types at each GET DATA (``""``: nothing, a timeout)."""
+    sounds: frozenset[str] | None = None
+    """The prompts Asterisk can play (``None``: all). GET DATA with any other prompt answers
+    ``200 result=-1`` at once, before reading a digit, and the channel stays up (a real
+    Asterisk 22.10.1 without core sounds, ``agent-pass``); an empty prompt plays nothing."""
     reply_delay: float = 0.0
     """Seconds before each reply (a busy Asterisk)."""
     silent_after: int | None = None
@@ -368,6 +372,8 @@ def _run(channel: FakeChannel, names: tuple[str, ...], args: list[str]) -> str |
         case ("GET", "DATA"):
             if not args:
                 return None
+            if args[0] and channel.sounds is not None and args[0] not in channel.sounds:
+                return "200 result=-1"
             return f"200 result={channel.dtmf.pop(0) if channel.dtmf else ''}"
         case ("HANGUP",):
             channel.dead = True

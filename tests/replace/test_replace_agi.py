@@ -129,12 +129,14 @@ class Rig:
         *,
         phone: str | None = "100",
         keypad: tuple[str, ...] = (),
+        sounds: frozenset[str] | None = None,
     ) -> Call:
         args = (CLIENT, acting) if target is None else (CLIENT, acting, target)
         channel = FakeChannel(
             variables={} if phone is None else {"CALLGATE_EXT": phone},
             astdb=self.asterisk.db,
             dtmf=list(keypad),
+            sounds=sounds,
         )
         if HANGUP in keypad:
             channel.hangup_after = COMMANDS_BEFORE_GET_DATA + 1
@@ -295,6 +297,35 @@ async def test_hangup_during_get_data(rig: Rig) -> None:
     assert await rig.counted_failures() == 0
     call = await rig.call("replace", "100", "101", keypad=(PIN,))
     assert call.decision == ("ALLOW", "phone_replace_group")
+
+
+async def test_a_prompt_that_cannot_be_played_still_collects_the_pin(rig: Rig) -> None:
+    # Asterisk without core sounds answers GET DATA agent-pass with 200 result=-1 at once and no
+    # HANGUP line (seen on a real Asterisk 22.10.1): that is not a hangup, the PIN is asked again
+    # without a prompt.
+    no_sounds: frozenset[str] = frozenset()
+    call = await rig.call("replace", "100", "101", keypad=(PIN,), sounds=no_sounds)
+    assert call.decision == ("ALLOW", "phone_replace_group")
+    assert [c for c in call.commands if c.startswith("GET DATA")] == [
+        "GET DATA agent-pass 6000 12",
+        'GET DATA "" 6000 12',
+    ]
+    assert not call.dead
+    assert rig.asterisk.astdb == {f"{ACTING}/100": "101", f"{DEVICE}/101": "100"}
+
+    # a wrong PIN typed without the prompt is a wrong PIN: denied and counted
+    call = await rig.call("replace", "100", "101", keypad=("0000",), sounds=no_sounds)
+    assert call.decision == ("DENY", "bad_pin")
+    assert await rig.counted_failures() == 1
+
+
+async def test_hangup_during_an_unplayable_prompt_is_a_hangup(rig: Rig) -> None:
+    # -1 and then HANGUP: no second prompt is answered (the channel is dead), nothing is counted.
+    call = await rig.call("replace", "100", "101", keypad=(HANGUP,), sounds=frozenset())
+    assert call.decision == ("DENY", "bad_pin")
+    assert call.dead
+    assert await rig.counted_failures() == 0
+    assert rig.sessions("completed") == 1
 
 
 async def test_sixth_attempt_is_locked_out_across_sessions_and_restart(

@@ -18,9 +18,11 @@
 The service writes the decision's log line and audit event (with the phone, which the generic
 ``DecisionRecorder`` does not know); this module counts it in ``callgate_decisions``.
 
-A hangup while the caller types (``200 result=-1``, a ``HANGUP`` line) is a denial that does not
-count towards the lockout; the variables are still set (``SET VARIABLE`` works on a dead
-channel) and the session ends normally.
+A prompt Asterisk cannot play (no sound file) is answered ``200 result=-1`` like a hangup, but
+without the ``HANGUP`` line: the PIN is then asked again without a prompt (``GET DATA ""``), which a
+hung-up channel answers 511. A hangup while the caller types (``200 result=-1``, a ``HANGUP`` line)
+is a denial that does not count towards the lockout; the variables are still set (``SET VARIABLE``
+works on a dead channel) and the session ends normally.
 """
 
 from __future__ import annotations
@@ -138,12 +140,30 @@ class ReplaceFlow:
         try:
             if not session.dead:
                 await session.answer()
-            return await session.get_data(
-                self._prompt.file, self._prompt.digit_timeout_ms, MAX_PIN_DIGITS
+            try:
+                return await self._get_pin(session, self._prompt.file)
+            except AgiChannelDead:
+                if session.dead:
+                    raise
+            # ``200 result=-1`` without a HANGUP line: Asterisk answers so, at once, when the
+            # prompt cannot be played (``ast_app_getdata_full()`` returns before reading a digit
+            # when ``ast_streamfile()`` fails: no core sounds installed, another language). A
+            # caller who hung up answers the same way and Asterisk then sends HANGUP, so asking
+            # again tells the two apart: a dead channel answers 511 (AgiChannelDead).
+            log.warning(
+                "PIN prompt %r could not be played on %r (is the sound file installed?):"
+                " collecting the PIN without it",
+                self._prompt.file,
+                session.environment.channel,
             )
+            return await self._get_pin(session, "")
         except AgiChannelDead:
             log.info("caller hung up before entering a PIN (%s)", session.environment.uniqueid)
             return ""
         except AgiSessionError as exc:
             log.warning("no PIN collected: %s", exc)
             return ""
+
+    async def _get_pin(self, session: AgiSession, prompt: str) -> str:
+        """``GET DATA <prompt>`` (``""``: no prompt, digits only)."""
+        return await session.get_data(prompt, self._prompt.digit_timeout_ms, MAX_PIN_DIGITS)
