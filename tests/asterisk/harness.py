@@ -248,12 +248,16 @@ CALLGATE_AGI=127.0.0.1:{agi}
 CALLGATE_RING_SECONDS=60
 
 ; A handset receiving a call: rings, or answers when the test put sim/<endpoint>=answer in AstDB.
+; Once answered it sends audio all the time, as a real phone's RTP does: ChanSpy ends (a Hangup of
+; the spier included) only once a frame has passed through the spied-on channel, so a silent call
+; would hold a hung-up listener's channel open until that call ends.
 [sim-phone]
 exten => _[a-z].,1,GotoIf($["${{DB(sim/${{EXTEN}})}}" = "answer"]?answer)
  same => n,Ringing()
  same => n,Wait(120)
  same => n,Hangup()
  same => n(answer),Answer()
+ same => n,Playtones(440)
  same => n,Wait(120)
  same => n,Hangup()
 
