@@ -81,6 +81,9 @@ async def ami(pbx: Pbx, api: Api) -> AsyncIterator[Ami]:
             await manager.action_any("DBDelTree", Family=family)
         yield manager
     finally:
+        if not manager.connected:  # Asterisk was restarted by the test
+            await manager.close()
+            manager = await Ami.connect(pbx.asterisk.ports.ami, *AMI_TESTER)
         await hang_up_everything(manager)
         await manager.close()
 

@@ -525,6 +525,7 @@ class Ami:
     reader: asyncio.StreamReader
     writer: asyncio.StreamWriter
     events: list[Message] = field(default_factory=list)
+    _times: list[float] = field(default_factory=list)
     _pending: dict[str, asyncio.Future[Message]] = field(default_factory=dict)
     _lists: dict[str, list[Message]] = field(default_factory=dict)
     _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
@@ -581,6 +582,7 @@ class Ami:
                 self._lists[action_id].append(message)
             async with self._changed:
                 self.events.append(message)
+                self._times.append(time.monotonic())
                 self._changed.notify_all()
 
     def _send(self, name: str, headers: Mapping[str, str]) -> tuple[str, bytes]:
@@ -628,6 +630,16 @@ class Ami:
         finally:
             self._lists.pop(action_id, None)
         return [e for e in items if e.get("Event") != complete]
+
+    @property
+    def connected(self) -> bool:
+        """The connection is still read (Asterisk has not closed it, nor have we)."""
+        return self._task is not None and not self._task.done()
+
+    def received_at(self, message: Message) -> float:
+        """``time.monotonic()`` when ``message`` (an event of ``events``) was read."""
+        index = next(i for i, e in enumerate(self.events) if e is message)
+        return self._times[index]
 
     def mark(self) -> int:
         """A position in the event stream: ``wait_event(since=mark)`` looks after it."""

@@ -1,0 +1,165 @@
+"""Live enforcement against a real Asterisk: what a policy change ends while it is happening, how
+fast, and the Manager connection surviving an Asterisk restart.
+
+Runs when an Asterisk binary is found (``ASTERISK_BIN`` or ``asterisk`` on PATH)::
+
+    ASTERISK_BIN=/usr/sbin/asterisk .venv/bin/pytest tests/asterisk -ra -s
+
+``-s`` shows the measured revocation latencies. This module has its own PBX and callgate (the
+fixtures are per module), so restarting Asterisk here disturbs no other test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import statistics
+import time
+import urllib.request
+from typing import Any
+
+import pytest
+
+from .harness import AMI_TESTER, Ami, Api, Pbx, event, find_asterisk
+from .test_asterisk_e2e import POLICY, answer_of, astdb, channels, dial, ring
+
+if find_asterisk() is None:
+    pytest.skip(
+        "no Asterisk binary: set ASTERISK_BIN=/path/to/asterisk (or put asterisk on PATH) to run"
+        " the real-Asterisk suite",
+        allow_module_level=True,
+    )
+
+pytestmark = pytest.mark.asterisk
+
+LATENCY_ROUNDS = 5
+
+
+def without(key: str) -> dict[str, Any]:
+    return {k: v for k, v in POLICY.items() if k != key}
+
+
+async def spy(ami: Ami, code: str) -> str:
+    """``acme_100`` dials ``code`` (``*51<ext>``, ``*52<ext>``); its spying channel."""
+    mark = await dial(ami, "acme_100", code)
+    start = await ami.wait_event(event("ChanSpyStart", SpyerChannel="PJSIP/acme_100-*"), mark)
+    return start["SpyerChannel"]
+
+
+async def spying(ami: Ami, channel: str) -> bool:
+    row = (await channels(ami)).get(channel)
+    return row is not None and row["Application"] == "ChanSpy"
+
+
+async def test_revocation_latency_from_the_put_to_the_listeners_hangup(ami: Ami, api: Api) -> None:
+    """PUT acknowledged -> Hangup event of the listener's channel, as a Manager client sees it.
+
+    The contract's goal is 250 ms end to end; the assertion only catches "far too slow" (a loaded
+    machine must not fail it), the figures are printed."""
+    await api.put_policy("acme", POLICY)
+    await ring(ami, "acme", "101", answer=True)
+    from_ack: list[float] = []
+    from_sent: list[float] = []
+    for _ in range(LATENCY_ROUNDS):
+        await api.put_policy("acme", POLICY)
+        spier = await spy(ami, "*51101")
+        changed = ami.mark()
+        sent = time.monotonic()
+        await api.put_policy("acme", without("eavesdrop_100"))
+        acknowledged = time.monotonic()
+        hangup = await ami.wait_event(event("Hangup", Channel=spier), changed, within=5)
+        seen = ami.received_at(hangup)
+        from_ack.append(seen - acknowledged)
+        from_sent.append(seen - sent)
+    print(
+        f"\nrevocation over {LATENCY_ROUNDS} rounds, PUT acknowledged -> listener's Hangup event:"
+        f" median {statistics.median(from_ack) * 1000:.1f} ms,"
+        f" max {max(from_ack) * 1000:.1f} ms;"
+        f" PUT sent -> Hangup: median {statistics.median(from_sent) * 1000:.1f} ms,"
+        f" max {max(from_sent) * 1000:.1f} ms"
+    )
+    assert max(from_ack) < 1.0
+
+
+async def test_whisper_is_ended_by_a_whisper_change_not_by_an_eavesdrop_change(
+    ami: Ami, api: Api
+) -> None:
+    await api.put_policy("acme", POLICY)  # 100 may whisper to 102 (sales) and listen to support
+    spyee = await ring(ami, "acme", "102", answer=True)
+    spier = await spy(ami, "*52102")
+    listening_rights = ami.mark()
+
+    await api.put_policy("acme", without("eavesdrop_100"))
+    await asyncio.sleep(0.5)  # a wrong Hangup would come within milliseconds (see the latency)
+    assert ami.events_since(listening_rights, event("Hangup", Channel=spier)) == []
+    assert await spying(ami, spier)
+
+    changed = ami.mark()
+    await api.put_policy("acme", without("whisper_100"))
+    await ami.wait_event(event("Hangup", Channel=spier), changed, within=5)
+    assert spyee in await channels(ami), "the call whispered to goes on"
+
+
+async def test_a_replacement_withdrawn_by_a_policy_change_is_undone_in_astdb(
+    ami: Ami, api: Api
+) -> None:
+    await api.put_policy("acme", POLICY)
+    await api.set_pin("acme", "101", "2468")
+    mark = await dial(ami, "acme_100", "*41101", digits="2468#")
+    assert await answer_of(ami, "acme_100", mark) == ("ALLOW", "phone_replace_group")
+    assert await astdb(ami, "callgate/acme/device", "101") == "100"
+    await ami.action_any("Hangup", Channel="/^(PJSIP|Local)/")
+
+    await api.put_policy("acme", {**POLICY, "phone_replace_groups": []})
+    async with asyncio.timeout(5):
+        # AMI DBDel is written in the background after the change: poll Asterisk's AstDB.
+        while await astdb(ami, "callgate/acme/acting", "100") is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert await astdb(ami, "callgate/acme/device", "101") is None
+
+    # Calls to 101 ring 101's own phone again, and 100 acts as itself.
+    await ring(ami, "acme", "101")
+    mark = await dial(ami, "acme_100", "*40")
+    assert await answer_of(ami, "acme_100", mark) == ("DENY", "not_replaced")
+
+
+def readyz_ami(pbx: Pbx) -> str:
+    with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
+        f"{pbx.callgate.base_url}/readyz", timeout=1
+    ) as response:
+        return str(json.loads(response.read()).get("ami"))
+
+
+async def eventually_ami(pbx: Pbx, state: str, within: float) -> float:
+    """Seconds until /readyz reports the Manager connection ``state``."""
+    started = time.monotonic()
+    async with asyncio.timeout(within):
+        # callgate's state, seen over its HTTP API: no asyncio.Event to wait on.
+        while await asyncio.to_thread(readyz_ami, pbx) != state:  # noqa: ASYNC110
+            await asyncio.sleep(0.1)
+    return time.monotonic() - started
+
+
+async def test_the_manager_connection_comes_back_after_asterisk_restarts(
+    ami: Ami, api: Api, pbx: Pbx
+) -> None:
+    # The tester's own connection ``ami`` is lost with the restart (the fixture reconnects).
+    await asyncio.to_thread(pbx.asterisk.stop)
+    await eventually_ami(pbx, "down", within=10)
+    await asyncio.to_thread(pbx.asterisk.start)
+    took = await eventually_ami(pbx, "up", within=30)
+    print(f"\ncallgate's Manager connection was up again {took:.1f} s after Asterisk listened")
+
+    # The new connection works: events arrive and a Hangup is sent on it.
+    manager = await Ami.connect(pbx.asterisk.ports.ami, *AMI_TESTER)
+    try:
+        await manager.wait_event(event("FullyBooted"), since=0, within=30)
+        await api.put_policy("acme", POLICY)
+        await ring(manager, "acme", "101", answer=True)
+        spier = await spy(manager, "*51101")
+        changed = manager.mark()
+        await api.put_policy("acme", without("eavesdrop_100"))
+        await manager.wait_event(event("Hangup", Channel=spier), changed, within=5)
+    finally:
+        await manager.action_any("Hangup", Channel="/^(PJSIP|Local)/")
+        await manager.close()
