@@ -1,9 +1,13 @@
 """The audit log: what was decided and what happened, kept in the shared database.
 
-``AuditRepository`` is the daemon's ``AuditSink``: ``record()`` only puts the event on a bounded
-in-memory queue (it never blocks a phone and never raises); one background task writes queued
-events in batches, one transaction per batch. If the queue is full or the store fails, events are
-dropped and counted (``lost``) with a log line: the decision itself has already been answered.
+``AuditRepository`` is the daemon's ``AuditSink``: ``record()`` only appends the event to a
+bounded in-memory list (it never blocks a phone and never raises). The events are written in
+batches, one transaction (``executemany``) per batch: a write starts ``flush_interval`` seconds
+after the first unwritten event, or at once when ``batch_size`` are waiting, so under load one
+durable COMMIT carries many decisions instead of one each. ``flush()`` and ``close()`` write
+everything recorded so far; a clean stop loses nothing, a crash at most the last
+``flush_interval`` seconds. If the list is full or the store fails, events are dropped and
+counted (``lost``) with a log line: the decision itself has already been answered.
 
 Listen/whisper sessions: the Manager side records a session's start and end as events with
 ``started`` / ``ended`` + ``end_reason`` set. They do not become rows of their own: they complete
@@ -15,12 +19,12 @@ as a row of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 
 from callgate.audit import AuditEvent, EndReason
 from callgate.store.db import Database
@@ -134,65 +138,94 @@ def _record(row: sqlite3.Row) -> AuditRecord:
 class AuditRepository:
     """The audit log on the shared database; also the daemon's ``AuditSink``."""
 
-    def __init__(self, db: Database, *, queue_size: int = 10_000, batch_size: int = 500) -> None:
+    def __init__(
+        self,
+        db: Database,
+        *,
+        queue_size: int = 10_000,
+        batch_size: int = 500,
+        flush_interval: float = 0.05,
+    ) -> None:
         self._db = db
-        self._queue: asyncio.Queue[AuditEvent] = asyncio.Queue(queue_size)
+        self._pending: list[AuditEvent] = []
+        self._queue_size = queue_size
         self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
         self.lost = 0
-        """Events dropped (queue full, store error, or recorded after close)."""
+        """Events dropped (list full, store error, or recorded after close)."""
 
     # ---------------------------------------------------------------- AuditSink
 
     def record(self, event: AuditEvent) -> None:
-        """Queue ``event`` for writing; never blocks, never raises."""
+        """Keep ``event`` for the next batch; never blocks, never raises."""
         if self._closed:
             self.lost += 1
             log.warning("audit event recorded after close, dropped: %s", event)
             return
-        try:
-            self._queue.put_nowait(event)
-            if self._writer is None:
-                self._writer = asyncio.get_running_loop().create_task(
-                    self._write_forever(), name="audit-writer"
-                )
-        except Exception:
+        pending = self._pending
+        if len(pending) >= self._queue_size:
             self.lost += 1
-            log.exception("audit event dropped (%d lost so far): %s", self.lost, event)
+            log.error("audit queue full, event dropped (%d lost so far): %s", self.lost, event)
+            return
+        pending.append(event)
+        if self._writer is not None:
+            return  # the running write schedules the next one
+        try:
+            if len(pending) >= self._batch_size:
+                self._start_writer()
+            elif self._timer is None:
+                loop = asyncio.get_running_loop()
+                self._timer = loop.call_later(self._flush_interval, self._start_writer)
+        except Exception:  # no running loop: flush() or close() will write it
+            log.exception("audit: could not schedule a write")
 
     async def flush(self) -> None:
         """Return once every event recorded so far is written (or counted as lost)."""
-        await self._queue.join()
+        while self._pending or self._writer is not None:
+            if self._writer is None:
+                self._start_writer()
+            assert self._writer is not None
+            # Shielded: a cancelled caller must not cancel a batch half-way to the store.
+            await asyncio.shield(self._writer)
 
     async def close(self) -> None:
-        """Write what is queued, then stop the writer; later events are dropped."""
+        """Write what is pending; later events are dropped."""
         self._closed = True
         await self.flush()
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            writer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await writer
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
-    async def _write_forever(self) -> None:
-        queue = self._queue
-        while True:
-            batch = [await queue.get()]
-            while len(batch) < self._batch_size and not queue.empty():
-                batch.append(queue.get_nowait())
+    def _start_writer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if self._writer is None and self._pending:
+            loop = asyncio.get_running_loop()
+            self._writer = loop.create_task(self._write_pending(), name="audit-writer")
 
-            def write(conn: sqlite3.Connection, events: list[AuditEvent] = batch) -> None:
-                _insert(conn, events)
-
-            try:
-                await self._db.write(write)
-            except Exception:
-                self.lost += len(batch)
-                log.exception("audit: %d event(s) could not be written", len(batch))
-            finally:
-                for _ in batch:
-                    queue.task_done()
+    async def _write_pending(self) -> None:
+        try:
+            batch, self._pending = self._pending, []
+            for first in range(0, len(batch), self._batch_size):
+                events = batch[first : first + self._batch_size]
+                try:
+                    await self._db.write(partial(_insert, events=events))
+                except Exception:
+                    self.lost += len(events)
+                    log.exception("audit: %d event(s) could not be written", len(events))
+        finally:
+            self._writer = None
+            if self._pending and not self._closed:
+                # What arrived during the write waits for the next interval (or a full batch).
+                if len(self._pending) >= self._batch_size:
+                    self._start_writer()
+                elif self._timer is None:
+                    loop = asyncio.get_running_loop()
+                    self._timer = loop.call_later(self._flush_interval, self._start_writer)
 
     # ---------------------------------------------------------------- reading
 
@@ -238,30 +271,36 @@ _INSERT = """
 
 
 def _insert(conn: sqlite3.Connection, events: list[AuditEvent]) -> None:
+    """Insert ``events`` in order: plain decisions many at a time, session starts and ends
+    (which complete an earlier row) one by one where they come."""
+    rows: list[tuple[object, ...]] = []
     for event in events:
-        if (event.started is not None or event.ended is not None) and _complete_session(
-            conn, event
-        ):
-            continue
-        conn.execute(
-            _INSERT,
-            (
-                _us(event.time),
-                event.client_id,
-                str(event.action),
-                event.ext,
-                event.target,
-                event.decision,
-                str(event.reason),
-                event.policy_version,
-                event.uniqueid,
-                event.channel,
-                json.dumps(dict(event.extra)),
-                _us(event.started),
-                _us(event.ended),
-                event.end_reason.value if event.end_reason else None,
-            ),
-        )
+        if event.started is not None or event.ended is not None:
+            conn.executemany(_INSERT, rows)
+            rows.clear()
+            if _complete_session(conn, event):
+                continue
+        rows.append(_row(event))
+    conn.executemany(_INSERT, rows)
+
+
+def _row(event: AuditEvent) -> tuple[object, ...]:
+    return (
+        _us(event.time),
+        event.client_id,
+        str(event.action),
+        event.ext,
+        event.target,
+        event.decision,
+        str(event.reason),
+        event.policy_version,
+        event.uniqueid,
+        event.channel,
+        json.dumps(dict(event.extra)) if event.extra else "{}",
+        _us(event.started),
+        _us(event.ended),
+        event.end_reason.value if event.end_reason else None,
+    )
 
 
 def _complete_session(conn: sqlite3.Connection, event: AuditEvent) -> bool:
