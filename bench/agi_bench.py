@@ -101,7 +101,7 @@ def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str) -> Non
     """Run one server in this (child) process until SIGTERM."""
     if kind == "callgate":
         from callgate.config import load_settings
-        from callgate.daemon import run
+        from callgate.daemon import configure_logging, run
 
         settings = load_settings(
             {
@@ -110,13 +110,8 @@ def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str) -> Non
                 "data_dir": Path(data_dir),
             }
         )
-        import logging
-
-        logging.basicConfig(
-            filename=Path(data_dir) / "callgate.log",
-            level="INFO",
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        # As `callgate serve` configures it, to a file instead of stderr.
+        configure_logging(settings.log_level, Path(data_dir) / "callgate.log")
         main = run(settings)
     elif kind in ("callgate-agi", "callgate-floor"):
         main = _serve_callgate_agi(port, data_dir, decide=kind == "callgate-agi")
@@ -135,8 +130,6 @@ def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str) -> Non
 async def _serve_callgate_agi(port: int, data_dir: str, *, decide: bool) -> None:
     """callgate's FastAGI server alone: the decision, its log line and audit event (kept in
     memory, no store), or with ``decide=False`` one SET VARIABLE like ``bare``."""
-    import logging
-
     from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
     from callgate.agi.server import AgiConfig, AgiServer, SessionHandler
     from callgate.agi.session import AgiSession
@@ -157,11 +150,9 @@ async def _serve_callgate_agi(port: int, data_dir: str, *, decide: bool) -> None
     metrics = Metrics()
     handler: SessionHandler
     if decide:
-        logging.basicConfig(
-            filename=Path(data_dir) / "callgate.log",
-            level="INFO",
-            format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        )
+        from callgate.daemon import configure_logging
+
+        configure_logging("INFO", Path(data_dir) / "callgate.log")
         registry = PolicyRegistry()
         document = parse_document(realistic_policy())
         registry.load(ClientPolicy(CLIENT, 1, document, compile_policy(document)))
