@@ -17,6 +17,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import lru_cache
 from typing import Final
 
 from prometheus_client import Counter
@@ -72,7 +73,20 @@ def pickup_argument(client_id: str, decision: Decision, target: str | None) -> s
         return f"{client_id}/{target}@{variables.PICKUPMARK}"
     if decision.targets == (ALL_TARGETS,):
         return ""  # plain Pickup() within the client's own named pickup group
-    return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in decision.targets)
+    return _group_pickup_argument(client_id, decision.targets)
+
+
+# The same group answers again and again (a policy's memo tables hand out the same tuples):
+# joining tens of targets per session is worth remembering. Bounded: old entries fall out.
+@lru_cache(maxsize=4096)
+def _group_pickup_argument(client_id: str, targets: tuple[str, ...]) -> str:
+    return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in targets)
+
+
+@lru_cache(maxsize=4096)
+def _joined(targets: tuple[str, ...]) -> str:
+    """``CALLGATE_TARGETS``: the targets joined by ``&``."""
+    return "&".join(targets)
 
 
 async def answer(session: AgiSession, decision: Decision, version: int, pickup: str = "") -> None:
@@ -80,7 +94,7 @@ async def answer(session: AgiSession, decision: Decision, version: int, pickup: 
     await session.set_variables(
         (
             (variables.REASON, decision.reason.value),
-            (variables.TARGETS, "&".join(decision.targets)),
+            (variables.TARGETS, _joined(decision.targets)),
             (variables.VERSION, str(version)),
             (variables.PICKUP, pickup),
             (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
@@ -108,7 +122,7 @@ class DecisionRecorder:
             _printable(request.target or "-"),
             decision.verdict,
             decision.reason.value,
-            "&".join(decision.targets) or "-",
+            _joined(decision.targets) or "-",
             version,
             _printable(request.uniqueid or "-"),
         )

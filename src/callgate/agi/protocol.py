@@ -237,8 +237,12 @@ def encode_command(command: str, *args: str) -> bytes:
 
 # An application argument list (``MSet(a=1,b=2)``) is split on commas outside () [] and "",
 # with quotes and backslashes removed: values made of these characters pass through unchanged.
-_APP_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
-_APP_VALUE = re.compile(r"[A-Za-z0-9_\-.+*&/@:]*")
+_APP_NAME = r"[A-Za-z_][A-Za-z0-9_]*"
+_APP_VALUE = r"[A-Za-z0-9_\-.+*&/@:]*"
+_APP_PAIR = re.compile(f"{_APP_NAME}={_APP_VALUE}")
+# Names and values hold no "," and the argument has one "," between items: then one match of the
+# whole argument checks every name and value at once (a "," inside a value would add one).
+_MSET_ARGUMENT = re.compile(f"{_APP_NAME}={_APP_VALUE}(?:,{_APP_NAME}={_APP_VALUE})*")
 
 
 def format_mset(pairs: Iterable[tuple[str, str]]) -> str:
@@ -247,14 +251,14 @@ def format_mset(pairs: Iterable[tuple[str, str]]) -> str:
     Raises ``AgiProtocolError`` when a name or value would need the dialplan's own escaping; the
     caller then falls back to one ``SET VARIABLE`` per pair.
     """
-    items = []
-    for name, value in pairs:
-        if _APP_NAME.fullmatch(name) is None or _APP_VALUE.fullmatch(value) is None:
-            raise AgiProtocolError(f"{name}: value not safe inside MSet()")
-        items.append(f"{name}={value}")
+    items = [f"{name}={value}" for name, value in pairs]
     if not items:
         raise AgiProtocolError("MSet needs at least one pair")
-    return ",".join(items)
+    argument = ",".join(items)
+    if argument.count(",") != len(items) - 1 or _MSET_ARGUMENT.fullmatch(argument) is None:
+        bad = next((item for item in items if _APP_PAIR.fullmatch(item) is None), items[0])
+        raise AgiProtocolError(f"{bad.partition('=')[0]}: value not safe inside MSet()")
+    return argument
 
 
 # Commands Asterisk still runs on a dead channel (res_agi.c `commands[]`, the `dead` flag).
