@@ -2,10 +2,13 @@
 
 It sends the banner, answers Login (checking the credentials; a refusal closes the connection, as
 Asterisk does), Ping, CoreShowChannels (a list built from ``channels``) and Hangup (``Response:
-Success`` then ChanSpyStop and Hangup events spliced from the recorded blocks), and records every
-action it receives with the time it arrived. Tests push events (recorded blocks with a few values
-replaced, or raw bytes in chunks), drop every connection, or make it go silent while the TCP
-connection stays open.
+Success``, ``Message: Channel Hungup``, then ChanSpyStop, SoftHangupRequest and Hangup events
+spliced from the recorded blocks: the order a real Asterisk 22.10.1 sends them in when a spier is
+hung up), and records every action it receives with the time it arrived. ``media = False`` models a
+call on which no audio flows: Asterisk accepts the Hangup of a spier at once, but ChanSpy only
+finishes when a frame crosses the spied-on channel, so the spier's events come when that call ends.
+Tests push events (recorded blocks with a few values replaced, or raw bytes in chunks), drop every
+connection, or make it go silent while the TCP connection stays open.
 
 It parses actions on its own (CRLF, empty line) so that it does not share code with the client
 under test.
@@ -101,6 +104,11 @@ class FakeAmi:
     silent: bool = False
     """Read and record actions but answer nothing (a half-dead connection)."""
     on_action: Callable[[ReceivedAction], None] | None = None
+    media: bool = True
+    """Audio flows on the spied-on calls (real phones send RTP every 20 ms). ``False``: a spier
+    hung up by the Hangup action stays in ChanSpy until the call it spies on ends."""
+    _held: set[str] = field(default_factory=set)
+    """Spiers whose Hangup was accepted while ``media`` was off."""
     _server: asyncio.Server | None = None
     _writers: list[asyncio.StreamWriter] = field(default_factory=list)
     _logged_in: set[asyncio.StreamWriter] = field(default_factory=set)
@@ -178,14 +186,24 @@ class FakeAmi:
         if announce:
             await self.event(self._spy_event("ChanSpyStart", spyer_uniqueid))
 
-    async def hang_up(self, uniqueid: str) -> None:
-        """A channel hangs up by itself (its user put the phone down)."""
+    async def hang_up(self, uniqueid: str, *, requested: bool = False) -> None:
+        """A channel hangs up by itself (its user put the phone down), or, ``requested``, as
+        the Hangup action makes it: a SoftHangupRequest before its Hangup."""
         channel = self.channels.pop(uniqueid)
+        self._held.discard(uniqueid)
         spyers = [c for c in self.channels.values() if c.spying_on == uniqueid]
         if channel.spying_on is not None:
             await self.event(self._spy_event("ChanSpyStop", uniqueid, channel))
+        if requested:
+            await self.event(
+                splice(recorded("SoftHangupRequest"), Channel=channel.channel, Uniqueid=uniqueid)
+            )
         await self.event(splice(recorded("Hangup"), Channel=channel.channel, Uniqueid=uniqueid))
-        for spyer in spyers:  # ChanSpy's `E`: the spier leaves when its target hangs up
+        for spyer in spyers:
+            if spyer.uniqueid in self._held:  # its Hangup was accepted: ChanSpy can finish now
+                await self.hang_up(spyer.uniqueid, requested=True)
+                continue
+            # ChanSpy's `E`: the spier leaves when its target hangs up
             await self.event(self._spy_event("ChanSpyStop", spyer.uniqueid))
             spyer.spying_on = None
             spyer.application = "Hangup"
@@ -359,4 +377,8 @@ class FakeAmi:
             render([("Response", "Success"), ("ActionID", aid), ("Message", "Channel Hungup")])
         )
         await writer.drain()
-        await self.hang_up(found[0].uniqueid)
+        channel = found[0]
+        if not self.media and channel.spying_on in self.channels:
+            self._held.add(channel.uniqueid)  # still listed, still in ChanSpy
+            return
+        await self.hang_up(channel.uniqueid, requested=True)

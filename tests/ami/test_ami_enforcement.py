@@ -182,3 +182,31 @@ async def test_connection_state_is_a_metric(live: Live) -> None:
     assert live.metrics.registry.get_sample_value("callgate_ami_connected") == 1
     await live.fake.drop()
     await eventually(lambda: live.metrics.registry.get_sample_value("callgate_ami_connected") == 0)
+
+
+async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_once(
+    live: Live,
+) -> None:
+    # A real Asterisk accepts the Hangup of a spier at once and stops feeding it audio, but
+    # ChanSpy finishes only when a frame crosses the spied-on channel: on a call with no media
+    # the spier's channel stays in ChanSpy (and in CoreShowChannels) until that call ends.
+    live.fake.media = False
+    listener, uniqueid = await live.spy(Action.EAVESDROP, "100", "101", 1)
+    await eventually(lambda: sessions(live) == {listener})
+
+    await live.registry.publish(policy(2, without(REFERENCE, "eavesdrop_100")))
+    await eventually(lambda: live.audit.ends() == [(uniqueid, EndReason.REVOKED)])
+    assert live.fake.channels[uniqueid].application == "ChanSpy"
+
+    # Reconciling sees it still spying: not adopted again, not hung up again.
+    await live.service.reconcile()
+    assert sessions(live) == set()
+    assert live.hangups() == [listener]
+
+    # The call ends; ChanSpyStop, SoftHangupRequest and Hangup of the spier follow.
+    await live.fake.hang_up("1795723206.1")
+    await eventually(lambda: uniqueid not in live.fake.channels)
+    await asyncio.sleep(0.05)
+    assert live.audit.ends() == [(uniqueid, EndReason.REVOKED)]
+    assert live.hangups() == [listener]
+    assert active(live, "eavesdrop") == 0
