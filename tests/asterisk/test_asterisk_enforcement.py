@@ -126,6 +126,31 @@ async def test_a_replacement_withdrawn_by_a_policy_change_is_undone_in_astdb(
     assert await answer_of(ami, "acme_100", mark) == ("DENY", "not_replaced")
 
 
+async def test_a_withdrawn_replacement_whose_device_key_is_already_gone_is_undone(
+    ami: Ami, api: Api, pbx: Pbx
+) -> None:
+    # Asterisk 22 refuses DBDel of a missing key ("Database entry could not be deleted"): the
+    # revocation must still count it as done, not retry it for ever.
+    await api.put_policy("acme", POLICY)
+    await api.set_pin("acme", "101", "2468")
+    mark = await dial(ami, "acme_100", "*41101", digits="2468#")
+    assert await answer_of(ami, "acme_100", mark) == ("ALLOW", "phone_replace_group")
+    await ami.action("DBDel", Family="callgate/acme/device", Key="101")  # an operator did it
+    logged = pbx.callgate.log.stat().st_size
+
+    await api.put_policy("acme", {**POLICY, "phone_replace_groups": []})
+    async with asyncio.timeout(5):
+        while await astdb(ami, "callgate/acme/acting", "100") is not None:  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    await asyncio.sleep(0.2)  # the second DBDel and its DBGet check
+    with pbx.callgate.log.open("rb") as log:
+        log.seek(logged)
+        tail = log.read().decode(errors="replace")
+    assert "replacement revoked" in tail
+    assert "could not clear AstDB" not in tail, tail
+    assert "Traceback" not in tail, tail
+
+
 def readyz_ami(pbx: Pbx) -> str:
     with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
         f"{pbx.callgate.base_url}/readyz", timeout=1

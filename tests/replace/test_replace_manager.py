@@ -1,5 +1,6 @@
 """Revocation and HTTP restore reach Asterisk through the real Manager client (DBDel), against
-the shared fake Manager taught the two AstDB actions."""
+the shared fake Manager taught the AstDB actions, answering with the blocks recorded from
+Asterisk 22.10.1 in ``transcripts/ami/astdb-dbput-dbget-dbdel.txt``."""
 
 from __future__ import annotations
 
@@ -14,7 +15,15 @@ from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.manager_astdb import ManagerAstDb, manager_astdb
 from callgate.replace.service import AstDbError
 from callgate.store.replace import Replacement, ReplaceRepository
-from fake_ami import FakeAmi, ReceivedAction, render
+from fake_ami import (
+    FakeAmi,
+    Headers,
+    ReceivedAction,
+    parse_block,
+    render,
+    splice,
+    transcript_blocks,
+)
 
 from .conftest import (
     CLIENT,
@@ -27,27 +36,53 @@ from .conftest import (
 from .conftest import client_policy as make_policy
 
 
+def _recorded_answers() -> dict[str, list[Headers]]:
+    """The recorded stream's answers by the ActionID the recording used: 2 DBPut, 3 DBGet of a
+    key, 4 DBDel of it, 5 DBDel again (the key is gone), 6 DBGet of the missing key."""
+    answers: dict[str, list[Headers]] = {}
+    for block in transcript_blocks("astdb-dbput-dbget-dbdel.txt"):
+        headers = parse_block(block)
+        answers.setdefault(dict(headers).get("ActionID", ""), []).append(headers)
+    return answers
+
+
+RECORDED = _recorded_answers()
+
+
 class AstDbAmi(FakeAmi):
-    """The fake Manager, plus DBPut/DBDel on an in-memory AstDB (answers as manager.c does)."""
+    """The fake Manager, plus DBPut/DBGet/DBDel on an in-memory AstDB, answering as the recorded
+    Asterisk 22.10.1 did: ``DBDel`` of a missing key is ``Database entry could not be deleted``
+    (not the ``not found`` of DBGet and DBDelTree)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.astdb: dict[str, str] = {}
+        self.undeletable: set[str] = set()
+        """Keys whose DBDel fails although they exist (SQLite refused): same answer as missing."""
 
     async def _answer(self, action: ReceivedAction, writer: asyncio.StreamWriter) -> bool:
         aid = action.get("ActionID")
-        key = f"{action.get('Family')}/{action.get('Key')}"
+        family, key = action.get("Family"), action.get("Key")
+        path = f"{family}/{key}"
         match action.name.lower():
             case "dbput":
-                self.astdb[key] = action.get("Val")
-                reply = [("Response", "Success"), ("Message", "Updated database successfully")]
-            case "dbdel" if self.astdb.pop(key, None) is not None:
-                reply = [("Response", "Success"), ("Message", "Key deleted successfully")]
+                self.astdb[path] = action.get("Val")
+                blocks = RECORDED["2"]
+            case "dbget" if path in self.astdb:
+                response, item, complete = RECORDED["3"]
+                item = splice(item, Family=family, Key=key, Val=self.astdb[path])
+                blocks = [response, item, complete]
+            case "dbget":
+                blocks = RECORDED["6"]
+            case "dbdel" if path in self.astdb and path not in self.undeletable:
+                del self.astdb[path]
+                blocks = RECORDED["4"]
             case "dbdel":
-                reply = [("Response", "Error"), ("Message", "Database entry not found")]
+                blocks = RECORDED["5"]
             case _:
                 return await super()._answer(action, writer)
-        writer.write(render([*reply, ("ActionID", aid)]))
+        for block in blocks:
+            writer.write(render(splice(block, ActionID=aid)))
         await writer.drain()
         return True
 
@@ -87,6 +122,36 @@ async def test_put_and_delete(ami: AstDbAmi, manager: ManagerClient) -> None:
         "100",
         "101",
     )
+
+
+async def test_a_key_that_cannot_be_deleted_is_an_error(
+    ami: AstDbAmi, manager: ManagerClient
+) -> None:
+    ami.astdb["callgate/acme/acting/100"] = "101"
+    ami.undeletable.add("callgate/acme/acting/100")
+    with pytest.raises(AstDbError, match="could not be deleted"):
+        await ManagerAstDb(manager).delete("callgate/acme/acting", "100")
+    assert [a.name for a in ami.actions if a.name.startswith("DB")] == ["DBDel", "DBGet"]
+
+
+async def test_revocation_of_keys_already_gone_leaves_nothing_pending(
+    ami: AstDbAmi, manager: ManagerClient, repo: ReplaceRepository, clock: Clock
+) -> None:
+    # An operator (or a restore in a call) removed the device key first: DBDel of it is refused
+    # by Asterisk 22 ("could not be deleted"), yet the goal is reached. Nothing may stay pending:
+    # a pending key that can never be deleted would block every later deletion.
+    registry = PolicyRegistry()
+    registry.load(make_policy(REFERENCE_DOCUMENT, 1))
+    service = make_service(repo, registry, FakeAudit(), manager_astdb(manager), clock)
+    ami.astdb.update({"callgate/acme/acting/100": "101"})
+    await repo.start_replacement(Replacement(CLIENT, "100", "100", "101", clock()))
+
+    await registry.publish(make_policy({**REFERENCE_DOCUMENT, "phone_replace_groups": []}, 2))
+    await service.idle()
+
+    assert ami.astdb == {}
+    assert list(await repo.pending(None)) == []
+    assert list(await repo.replacements(CLIENT)) == []
 
 
 async def test_revocation_deletes_both_keys_over_the_manager(

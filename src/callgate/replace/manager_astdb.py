@@ -12,7 +12,7 @@ from callgate.ami.client import ManagerClient, ManagerError, ManagerState
 from callgate.replace.service import AstDb, AstDbError, LiveAstDb
 
 _NOT_FOUND: Final = "database entry not found"
-"""``DBDel``'s answer for a key that is not there: for a delete, the goal is reached."""
+"""``DBGet``'s (and ``DBDelTree``'s) answer for a key that is not there."""
 
 
 class ManagerAstDb:
@@ -21,24 +21,41 @@ class ManagerAstDb:
 
     async def put(self, family: str, key: str, value: str) -> None:
         # DBPut's value header is ``Val``, not ``Value`` (manager.c: action_dbput())
-        await self._send("DBPut", (("Family", family), ("Key", key), ("Val", value)))
+        refused = await self._send("DBPut", (("Family", family), ("Key", key), ("Val", value)))
+        if refused is not None:
+            raise AstDbError(f"DBPut refused by Asterisk: {refused}")
 
     async def delete(self, family: str, key: str) -> None:
-        await self._send("DBDel", (("Family", family), ("Key", key)), missing_ok=True)
+        """Delete the key; a key that is not there (any more) counts as deleted.
+
+        Asterisk 22's ``DBDel`` answers ``Database entry could not be deleted`` both for a key
+        that does not exist and for a failed SQLite write (``ast_db_del2()``), so a refusal is
+        checked with ``DBGet``: ``Database entry not found`` there means the goal is reached.
+        """
+        key_headers = (("Family", family), ("Key", key))
+        refused = await self._send("DBDel", key_headers)
+        if refused is None or refused.lower() == _NOT_FOUND:
+            return
+        lookup = await self._send("DBGet", key_headers, list_complete="DBGetComplete")
+        if lookup is not None and lookup.lower() == _NOT_FOUND:
+            return
+        raise AstDbError(f"DBDel refused by Asterisk: {refused}")
 
     async def _send(
-        self, action: str, headers: tuple[tuple[str, str], ...], *, missing_ok: bool = False
-    ) -> None:
+        self,
+        action: str,
+        headers: tuple[tuple[str, str], ...],
+        *,
+        list_complete: str | None = None,
+    ) -> str | None:
+        """``None`` when Asterisk answered Success, else its refusal's ``Message``."""
         try:
-            response, *_ = await self._client.send_action(action, headers)
+            response, *_ = await self._client.send_action(
+                action, headers, list_complete=list_complete
+            )
         except ManagerError as exc:
             raise AstDbError(f"{action}: {exc}") from exc
-        if response.is_success:
-            return
-        message = response.get("Message")
-        if missing_ok and message.lower() == _NOT_FOUND:
-            return
-        raise AstDbError(f"{action} refused by Asterisk: {message}")
+        return None if response.is_success else response.get("Message")
 
 
 def manager_astdb(client: ManagerClient | None) -> LiveAstDb:
