@@ -24,7 +24,7 @@ import logging
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import partial
+from functools import lru_cache, partial
 
 from callgate.audit import AuditEvent, EndReason
 from callgate.store.db import Database
@@ -144,7 +144,7 @@ class AuditRepository:
         *,
         queue_size: int = 10_000,
         batch_size: int = 500,
-        flush_interval: float = 0.05,
+        flush_interval: float = 0.1,
     ) -> None:
         self._db = db
         self._pending: list[AuditEvent] = []
@@ -266,22 +266,39 @@ class AuditRepository:
 _INSERT = """
     INSERT INTO audit_events (time_us, client_id, action, ext, target, decision, reason,
         policy_version, uniqueid, channel, extra, started_us, ended_us, end_reason)
-    VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)
-"""
+    VALUES """
+_VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
 def _insert(conn: sqlite3.Connection, events: list[AuditEvent]) -> None:
-    """Insert ``events`` in order: plain decisions many at a time, session starts and ends
-    (which complete an earlier row) one by one where they come."""
-    rows: list[tuple[object, ...]] = []
+    """Insert ``events`` in order: plain decisions many rows to one statement, session starts and
+    ends (which complete an earlier row) one by one where they come."""
+    rows: list[AuditEvent] = []
     for event in events:
         if event.started is not None or event.ended is not None:
-            conn.executemany(_INSERT, rows)
+            _insert_rows(conn, rows)
             rows.clear()
             if _complete_session(conn, event):
                 continue
-        rows.append(_row(event))
-    conn.executemany(_INSERT, rows)
+        rows.append(event)
+    _insert_rows(conn, rows)
+
+
+_ROWS_PER_STATEMENT = 100
+
+
+def _insert_rows(conn: sqlite3.Connection, events: list[AuditEvent]) -> None:
+    # One multi-row INSERT instead of executemany: sqlite3 then releases and takes back the GIL
+    # once per statement rather than once per row, which under load made the event loop thread
+    # hand the GIL over hundreds of times per batch.
+    for first in range(0, len(events), _ROWS_PER_STATEMENT):
+        chunk = events[first : first + _ROWS_PER_STATEMENT]
+        conn.execute(_insert_statement(len(chunk)), [v for e in chunk for v in _row(e)])
+
+
+@lru_cache(maxsize=_ROWS_PER_STATEMENT)
+def _insert_statement(rows: int) -> str:
+    return _INSERT + ",".join([_VALUES] * rows)
 
 
 def _row(event: AuditEvent) -> tuple[object, ...]:
