@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "asterisk-conf"
@@ -74,6 +75,16 @@ def find_asterisk() -> Path | None:
         "asterisk", path="/usr/sbin:/usr/local/sbin:/sbin"
     )
     return Path(found) if found else None
+
+
+def skip_without_asterisk() -> None:
+    """Skip the calling test module (with the reason ``-ra`` shows) when there is no Asterisk."""
+    if find_asterisk() is None:
+        pytest.skip(
+            "no Asterisk binary: set ASTERISK_BIN=/path/to/asterisk (or put asterisk on PATH)"
+            " to run the real-Asterisk suite",
+            allow_module_level=True,
+        )
 
 
 def _first_dir(candidates: list[Path], must_contain: str | None = None) -> Path | None:

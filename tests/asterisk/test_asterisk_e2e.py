@@ -20,14 +20,9 @@ from typing import Any
 
 import pytest
 
-from .harness import Ami, Api, Message, Pbx, event, find_asterisk
+from .harness import Ami, Api, Message, Pbx, event, skip_without_asterisk
 
-if find_asterisk() is None:
-    pytest.skip(
-        "no Asterisk binary: set ASTERISK_BIN=/path/to/asterisk (or put asterisk on PATH) to run"
-        " the real-Asterisk suite",
-        allow_module_level=True,
-    )
+skip_without_asterisk()
 
 pytestmark = pytest.mark.asterisk
 

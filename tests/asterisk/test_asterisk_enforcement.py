@@ -21,15 +21,10 @@ from typing import Any
 
 import pytest
 
-from .harness import AMI_TESTER, Ami, Api, Pbx, event, find_asterisk
+from .harness import AMI_TESTER, Ami, Api, Pbx, event, skip_without_asterisk
 from .test_asterisk_e2e import POLICY, answer_of, astdb, channels, dial, ring
 
-if find_asterisk() is None:
-    pytest.skip(
-        "no Asterisk binary: set ASTERISK_BIN=/path/to/asterisk (or put asterisk on PATH) to run"
-        " the real-Asterisk suite",
-        allow_module_level=True,
-    )
+skip_without_asterisk()
 
 pytestmark = pytest.mark.asterisk
 
