@@ -91,6 +91,11 @@ class FakeChannel:
     duration: str = "00:00:07"
     spying_on: str | None = None
     """For a spier: the spied-on channel's uniqueid."""
+    context: str | None = None
+    """Context and exten of its CoreShowChannel row (``None``: the recorded block's)."""
+    exten: str | None = None
+    variables: dict[str, str] = field(default_factory=dict)
+    """What ``Getvar`` answers (an unset variable: an empty ``Value``, as Asterisk does)."""
 
 
 @dataclass
@@ -315,6 +320,8 @@ class FakeAmi:
                 self._show_channels(aid, writer)
             case "hangup":
                 await self._hangup(action.get("Channel"), aid, writer)
+            case "getvar":
+                self._getvar(action.get("Channel"), action.get("Variable"), aid, writer)
             case _:
                 writer.write(
                     render(
@@ -341,7 +348,13 @@ class FakeAmi:
         )
         template = recorded("Newchannel")
         for channel in self.channels.values():
-            fields = splice(template, Channel=channel.channel, Uniqueid=channel.uniqueid)
+            place = {"Context": channel.context, "Exten": channel.exten}
+            fields = splice(
+                template,
+                Channel=channel.channel,
+                Uniqueid=channel.uniqueid,
+                **{name: value for name, value in place.items() if value is not None},
+            )
             writer.write(
                 render(
                     [
@@ -362,6 +375,26 @@ class FakeAmi:
                     ("ActionID", aid),
                     ("EventList", "Complete"),
                     ("ListItems", str(len(self.channels))),
+                ]
+            )
+        )
+
+    def _getvar(self, name: str, variable: str, aid: str, writer: asyncio.StreamWriter) -> None:
+        """As manager.c's action_getvar(): Success with Variable and Value, or No such channel."""
+        found = [c for c in self.channels.values() if c.channel == name]
+        if not found:
+            writer.write(
+                render([("Response", "Error"), ("ActionID", aid), ("Message", "No such channel")])
+            )
+            return
+        value = found[0].variables.get(variable, "")
+        writer.write(
+            render(
+                [
+                    ("Response", "Success"),
+                    ("ActionID", aid),
+                    ("Variable", variable),
+                    ("Value", value),
                 ]
             )
         )

@@ -210,3 +210,64 @@ async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_onc
     assert live.audit.ends() == [(uniqueid, EndReason.REVOKED)]
     assert live.hangups() == [listener]
     assert active(live, "eavesdrop") == 0
+
+
+def allowed_listener(live: Live, uniqueid: str, **variables: str) -> str:
+    """A spier of the shipped dialplan's ``listen`` that callgate allowed before it restarted:
+    in ChanSpy, with the variables callgate and the dialplan left on it, and no grant here."""
+    channel = f"PJSIP/acme_100-{int(uniqueid.rsplit('.', 1)[1]):08x}"
+    spyee = live.fake.add_channel("PJSIP/acme_101-000000ff", "1795723100.9", application="Dial")
+    spier = live.fake.add_channel(
+        channel,
+        uniqueid,
+        application="ChanSpy",
+        application_data=f"{spyee.channel},qESu",
+        spying_on=spyee.uniqueid,
+    )
+    spier.context, spier.exten = "callgate", "listen"
+    spier.variables = {
+        "CALLGATE_DECISION": "ALLOW",
+        "CALLGATE_VERSION": "1",
+        "CALLGATE_REASON": "eavesdrop_group",
+        "CG_CLIENT": CLIENT,
+        "CG_ACTING": "100",
+        "ARG2": "101",
+        **variables,
+    }
+    return channel
+
+
+async def test_a_listen_allowed_before_callgate_restarted_is_recovered_and_revocable(
+    live: Live,
+) -> None:
+    # Seen on Asterisk 22.10.1: callgate restarted while 100 listened to 101; the grant was only
+    # in memory, so the session went untracked and a policy change did not end it.
+    channel = allowed_listener(live, "1795723300.1")
+    await live.service.reconcile()
+    session = live.service.tracker.get("1795723300.1")
+    assert session is not None
+    assert (session.grant.action, session.grant.ext, session.grant.target) == (
+        Action.EAVESDROP,
+        "100",
+        "101",
+    )
+    assert live.hangups() == []
+
+    await live.registry.publish(policy(2, without(REFERENCE, "eavesdrop_100")))
+    await live.fake.wait_for(lambda a: a.name == "Hangup")
+    assert live.hangups() == [channel]
+
+
+async def test_only_chanspy_that_callgate_allowed_is_recovered(live: Live) -> None:
+    allowed_listener(live, "1795723300.1", CALLGATE_DECISION="DENY")  # cannot happen, but
+    allowed_listener(live, "1795723300.2", CG_CLIENT="")  # nothing proves callgate allowed it
+    other = allowed_listener(live, "1795723300.3")
+    live.fake.channels["1795723300.3"].context = "operators"  # an operator's own ChanSpy
+    await live.service.reconcile()
+    assert sessions(live) == set()
+    getvars = {a.get("Channel") for a in live.fake.actions if a.name == "Getvar"}
+    assert other not in getvars
+
+    await live.registry.publish(policy(2, {"groups": {}}))
+    await asyncio.sleep(0.1)
+    assert live.hangups() == []

@@ -146,6 +146,21 @@ async def test_a_withdrawn_replacement_whose_device_key_is_already_gone_is_undon
     assert "Traceback" not in tail, tail
 
 
+async def test_a_listen_going_on_while_callgate_restarts_is_still_ended_by_a_policy_change(
+    ami: Ami, api: Api, pbx: Pbx
+) -> None:
+    await api.put_policy("acme", POLICY)
+    spyee = await ring(ami, "acme", "101", answer=True)
+    spier = await spy(ami, "*51101")
+    await asyncio.to_thread(pbx.callgate.stop)
+    await asyncio.to_thread(pbx.callgate.start)  # its grants were in memory only
+
+    changed = ami.mark()
+    await api.put_policy("acme", without("eavesdrop_100"))
+    await ami.wait_event(event("Hangup", Channel=spier), changed, within=5)
+    assert spyee in await channels(ami)
+
+
 def readyz_ami(pbx: Pbx) -> str:
     with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
         f"{pbx.callgate.base_url}/readyz", timeout=1

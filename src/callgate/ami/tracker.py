@@ -36,6 +36,7 @@ from callgate.policy.types import Action, Reason
 log = logging.getLogger(__name__)
 
 SPY_ACTIONS = frozenset({Action.EAVESDROP, Action.WHISPER})
+ENDED_MEMORY = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +171,9 @@ class SpyGrants:
     def __len__(self) -> int:
         return len(self._grants)
 
+    def __contains__(self, uniqueid: object) -> bool:
+        return uniqueid in self._grants
+
     def _expire(self, now: float) -> None:
         grants = self._grants
         while grants:
@@ -203,6 +207,9 @@ class SessionTracker:
         self._by_spyee: dict[str, set[str]] = {}
         self._gone: OrderedDict[str, float] = OrderedDict()
         """Uniqueids whose Hangup we saw lately (to tell ``call_ended`` and to not adopt them)."""
+        self._ended: OrderedDict[str, None] = OrderedDict()
+        """Spiers whose session ended (the last ``ENDED_MEMORY``): never adopted again, even if
+        the channel is still in ChanSpy (a revoked listener on a call without media)."""
 
     # ---------------------------------------------------------------- queries
 
@@ -217,6 +224,10 @@ class SessionTracker:
 
     def __len__(self) -> int:
         return len(self._sessions)
+
+    def ended(self, uniqueid: str) -> bool:
+        """A session of this spier was tracked and has ended."""
+        return uniqueid in self._ended
 
     # ---------------------------------------------------------------- events
 
@@ -294,6 +305,9 @@ class SessionTracker:
         session = self._sessions.pop(uniqueid, None)
         if session is None:
             return None
+        self._ended[uniqueid] = None
+        if len(self._ended) > ENDED_MEMORY:
+            self._ended.popitem(last=False)
         self._by_client[session.client_id].discard(uniqueid)
         if not self._by_client[session.client_id]:
             del self._by_client[session.client_id]
@@ -353,7 +367,7 @@ class SessionTracker:
                 self._gone.setdefault(session.spyee_uniqueid, self._clock())
             self.close(session.uniqueid)
         adopted = []
-        for uniqueid in spying - self._sessions.keys() - self._gone.keys():
+        for uniqueid in spying - self._sessions.keys() - self._gone.keys() - self._ended.keys():
             grant = self.grants.take(uniqueid)
             if grant is None:
                 continue
