@@ -56,18 +56,23 @@ def base(services: Services) -> str:
     return f"http://{host}:{port}"
 
 
+async def readyz_ami(services: Services) -> str:
+    """What ``/readyz`` (which must answer 200) says about live enforcement."""
+    async with (
+        aiohttp.ClientSession(base(services)) as http,
+        http.get("/readyz") as response,
+    ):
+        assert response.status == 200
+        return str((await response.json())["ami"])
+
+
 async def test_without_ami_it_decides_and_says_live_enforcement_is_off(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.WARNING, logger="callgate.daemon")
     services = await start(settings(tmp_path))
     try:
-        async with (
-            aiohttp.ClientSession(base(services)) as http,
-            http.get("/readyz") as response,
-        ):
-            assert response.status == 200
-            assert (await response.json())["ami"] == "not_configured"
+        assert await readyz_ami(services) == "not_configured"
     finally:
         await services.stop()
     assert "live enforcement is off (no --ami)" in caplog.text
@@ -81,12 +86,7 @@ async def test_refused_credentials_show_on_readyz_as_auth_failed(
     )
     try:
         await eventually(lambda: services.ami_status() == "auth_failed")
-        async with (
-            aiohttp.ClientSession(base(services)) as http,
-            http.get("/readyz") as response,
-        ):
-            assert response.status == 200
-            assert (await response.json())["ami"] == "auth_failed"
+        assert await readyz_ami(services) == "auth_failed"
     finally:
         await services.stop()
 
