@@ -9,6 +9,7 @@ lines are skipped and recorded by the protocol state). Errors are ``AgiSessionEr
 from __future__ import annotations
 
 from collections.abc import Iterable
+from functools import lru_cache
 from typing import Protocol
 
 from callgate.agi.protocol import (
@@ -60,6 +61,20 @@ class CommandLink(Protocol):
     async def roundtrip(self, line: bytes, reply_within: float) -> Reply: ...
 
 
+@lru_cache(maxsize=1024)
+def _mset_command(pairs: tuple[tuple[str, str], ...]) -> bytes | None:
+    """The ``EXEC MSet`` line setting ``pairs``, or ``None`` when a value needs ``SET VARIABLE``.
+
+    Remembered: the same few answers go out again and again, and encoding one is a good part of a
+    session's own CPU. Raises ``AgiProtocolError`` when the line would be too long.
+    """
+    try:
+        argument = format_mset(pairs)
+    except AgiProtocolError:
+        return None
+    return encode_command("EXEC", "MSet", argument)
+
+
 class AgiSession:
     __slots__ = ("_link", "environment")
 
@@ -87,7 +102,11 @@ class AgiSession:
         """Send ``command`` with ``args`` quoted; a reply other than 200 raises."""
         if self._link.dead and command not in DEAD_OK_COMMANDS:
             raise AgiChannelDead(f"{command}: the channel has hung up")
-        reply = await self.command(encode_command(command, *args), reply_within=reply_within)
+        line = encode_command(command, *args)
+        return await self._exchange(command, line, reply_within)
+
+    async def _exchange(self, command: str, line: bytes, reply_within: float | None) -> Reply:
+        reply = await self.command(line, reply_within=reply_within)
         if reply.code == 200:
             return reply
         if reply.code == 511:
@@ -104,13 +123,12 @@ class AgiSession:
         none of them set; when a value needs escaping it falls back to ``SET VARIABLE`` each.
         """
         items = tuple(pairs)
-        try:
-            argument = format_mset(items)
-        except AgiProtocolError:
+        line = _mset_command(items)
+        if line is None:
             for name, value in items:
                 await self.set_variable(name, value)
             return
-        reply = await self.run("EXEC", "MSet", argument)
+        reply = await self._exchange("EXEC", line, None)  # EXEC works on a dead channel too
         if reply.result == "-2":  # the application is missing: nothing was set
             raise AgiCommandFailed("EXEC MSet", reply)
 
