@@ -174,11 +174,7 @@ class AuditRepository:
         if self._writer is not None:
             return  # the running write schedules the next one
         try:
-            if len(pending) >= self._batch_size:
-                self._start_writer()
-            elif self._timer is None:
-                loop = asyncio.get_running_loop()
-                self._timer = loop.call_later(self._flush_interval, self._start_writer)
+            self._schedule()
         except Exception:  # no running loop: flush() or close() will write it
             log.exception("audit: could not schedule a write")
 
@@ -220,12 +216,15 @@ class AuditRepository:
         finally:
             self._writer = None
             if self._pending and not self._closed:
-                # What arrived during the write waits for the next interval (or a full batch).
-                if len(self._pending) >= self._batch_size:
-                    self._start_writer()
-                elif self._timer is None:
-                    loop = asyncio.get_running_loop()
-                    self._timer = loop.call_later(self._flush_interval, self._start_writer)
+                self._schedule()  # what arrived during the write
+
+    def _schedule(self) -> None:
+        """Write now if a batch is full, else in ``flush_interval`` seconds."""
+        if len(self._pending) >= self._batch_size:
+            self._start_writer()
+        elif self._timer is None:
+            loop = asyncio.get_running_loop()
+            self._timer = loop.call_later(self._flush_interval, self._start_writer)
 
     # ---------------------------------------------------------------- reading
 

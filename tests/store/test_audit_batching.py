@@ -1,0 +1,84 @@
+"""The audit writer's batching: one transaction carries many events, a quiet period still writes
+what was recorded, and nothing recorded before a clean stop is lost."""
+
+from __future__ import annotations
+
+import asyncio
+import sqlite3
+from collections.abc import AsyncIterator, Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TypeVar
+
+import pytest
+
+from callgate.audit import AuditEvent
+from callgate.store.audit import SCHEMA, AuditRepository
+from callgate.store.db import Database
+
+T = TypeVar("T")
+
+
+class CountingDatabase(Database):
+    """The real database, counting its write transactions."""
+
+    writes = 0
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        self.writes += 1
+        return await super().write(fn)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
+    db = await CountingDatabase.open(tmp_path / "audit.sqlite3", SCHEMA)
+    assert isinstance(db, CountingDatabase)
+    yield db
+    await db.close()
+
+
+def event(n: int) -> AuditEvent:
+    return AuditEvent(
+        datetime.now(UTC), "acme", "pickup", "105", None, "allow", "pickup_all", 1, f"u{n}"
+    )
+
+
+async def test_one_transaction_carries_every_event_recorded_before_it(
+    db: CountingDatabase,
+) -> None:
+    audit = AuditRepository(db, flush_interval=60)
+    for n in range(250):
+        audit.record(event(n))
+    assert db.writes == 0  # nothing written per event
+    await audit.flush()
+    assert db.writes == 1
+    assert len(await audit.list("acme", limit=1000)) == 250
+
+
+async def test_a_quiet_period_writes_what_was_recorded_without_a_flush(
+    db: CountingDatabase,
+) -> None:
+    audit = AuditRepository(db, flush_interval=0.02)
+    audit.record(event(1))
+    async with asyncio.timeout(5):
+        while not await audit.list("acme"):  # noqa: ASYNC110 - polls the store under test
+            await asyncio.sleep(0.01)
+    assert db.writes == 1
+    await audit.close()
+
+
+async def test_a_full_batch_is_written_at_once_and_close_writes_the_rest(
+    db: CountingDatabase,
+) -> None:
+    audit = AuditRepository(db, batch_size=10, flush_interval=60)
+    for n in range(25):
+        audit.record(event(n))
+    async with asyncio.timeout(5):
+        # The tenth event started a write, no timer needed.
+        while db.writes == 0:  # noqa: ASYNC110 - polls the store under test
+            await asyncio.sleep(0.01)
+    await audit.close()
+    assert len(await audit.list("acme", limit=1000)) == 25
+    assert audit.lost == 0
+    audit.record(event(99))  # after close: dropped and counted, never raised
+    assert audit.lost == 1
