@@ -15,16 +15,7 @@ from callgate.audit import AuditEvent
 from callgate.metrics import Metrics
 from callgate.policy import compile_policy, parse_document
 from callgate.registry import ClientPolicy, PolicyRegistry
-
-REFERENCE_DOCUMENT: dict[str, object] = {
-    "allow_all": False,
-    "pickup_all": True,
-    "groups": {"support": ["100", "101"], "sales": ["102", "101"], "hr": ["100", "101", "103"]},
-    "pickup_share_groups": ["support", "sales"],
-    "phone_replace_groups": ["support"],
-    "eavesdrop_100": ["support"],
-    "whisper_101": ["sales", "hr"],
-}
+from reference_policy import REFERENCE_DOCUMENT
 
 TEST_CONFIG = AgiConfig(
     host="127.0.0.1",

@@ -16,16 +16,6 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 CLIENT = "acme"
 POLICY_URL = f"/client/{CLIENT}/call_control_group/"
 
-REFERENCE_DOCUMENT: dict[str, object] = {
-    "allow_all": False,
-    "pickup_all": True,
-    "groups": {"support": ["100", "101"], "sales": ["102", "101"], "hr": ["100", "101", "103"]},
-    "pickup_share_groups": ["support", "sales"],
-    "phone_replace_groups": ["support"],
-    "eavesdrop_100": ["support"],
-    "whisper_101": ["sales", "hr"],
-}
-
 
 def bearer(token: str) -> dict[str, str]:
     return {"Authorization": f"Bearer {token}"}

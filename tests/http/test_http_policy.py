@@ -6,9 +6,10 @@ import io
 import json
 
 import pytest
-from http_support import ADMIN, CLIENT, POLICY_URL, REFERENCE_DOCUMENT, Harness
+from http_support import ADMIN, CLIENT, POLICY_URL, Harness
 
 from callgate.policy import PolicyDocument, decide
+from reference_policy import REFERENCE_DOCUMENT
 
 DEFAULT_JSON = PolicyDocument().to_json()
 

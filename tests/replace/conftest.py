@@ -24,15 +24,6 @@ from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
 
 CLIENT = "acme"
-REFERENCE_DOCUMENT: dict[str, object] = {
-    "allow_all": False,
-    "pickup_all": True,
-    "groups": {"support": ["100", "101"], "sales": ["102", "101"], "hr": ["100", "101", "103"]},
-    "pickup_share_groups": ["support", "sales"],
-    "phone_replace_groups": ["support"],
-    "eavesdrop_100": ["support"],
-    "whisper_101": ["sales", "hr"],
-}
 # Cheap scrypt for the flow tests (the default cost is tested in test_pins.py).
 FAST_SCRYPT = ScryptParams(log2_n=10, r=8, p=1)
 

@@ -23,10 +23,10 @@ from callgate.replace.service import ReplaceService
 from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
 from fake_asterisk import FakeChannel, call, request_environment
+from reference_policy import REFERENCE_DOCUMENT
 
 from .conftest import (
     CLIENT,
-    REFERENCE_DOCUMENT,
     Clock,
     FakeAstDb,
     FakeAudit,

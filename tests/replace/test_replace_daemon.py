@@ -12,8 +12,7 @@ import aiohttp
 from callgate.config import Settings
 from callgate.daemon import Services, start
 from fake_asterisk import FakeChannel, call, request_environment
-
-from .conftest import REFERENCE_DOCUMENT
+from reference_policy import REFERENCE_DOCUMENT
 
 ADMIN = {"Authorization": "Bearer daemon-admin-token"}
 PIN = "246810"

@@ -18,10 +18,10 @@ from callgate.registry import PolicyRegistry
 from callgate.replace.service import ReplaceService
 from callgate.store import Store, open_store
 from callgate.store.replace import Replacement
+from reference_policy import REFERENCE_DOCUMENT
 
 from .conftest import (
     CLIENT,
-    REFERENCE_DOCUMENT,
     Clock,
     FakeAstDb,
     FakeAudit,

@@ -24,10 +24,10 @@ from fake_ami import (
     splice,
     transcript_blocks,
 )
+from reference_policy import REFERENCE_DOCUMENT
 
 from .conftest import (
     CLIENT,
-    REFERENCE_DOCUMENT,
     Clock,
     FakeAstDb,
     FakeAudit,

@@ -17,8 +17,9 @@ from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.store import open_store
 from fake_asterisk import FakeChannel, call, request_environment
+from reference_policy import REFERENCE_DOCUMENT
 
-from .conftest import CLIENT, REFERENCE_DOCUMENT, FakeAstDb, FakeAudit, agi_server, make_service
+from .conftest import CLIENT, FakeAstDb, FakeAudit, agi_server, make_service
 from .conftest import client_policy as make_policy
 
 PIN = "80417263"

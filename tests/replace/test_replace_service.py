@@ -11,8 +11,9 @@ from callgate.registry import PolicyRegistry
 from callgate.replace.service import AstDbError, Outcome, PinChallenge, ReplaceRequest
 from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
+from reference_policy import REFERENCE_DOCUMENT
 
-from .conftest import CLIENT, REFERENCE_DOCUMENT, Clock, FakeAstDb, FakeAudit, make_service
+from .conftest import CLIENT, Clock, FakeAstDb, FakeAudit, make_service
 from .conftest import client_policy as make_policy
 
 PIN = "13579"
