@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 import logging
 import signal
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +28,7 @@ from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
 from callgate.http.replace_routes import REPLACE_SERVICE
+from callgate.logs import LOG_FORMAT, LogFormatter
 from callgate.metrics import Metrics
 from callgate.policy import compile_policy
 from callgate.registry import ClientPolicy, PolicyRegistry
@@ -73,26 +73,6 @@ class Services:
                 await stopper()
             except Exception:
                 log.exception("error while stopping")
-
-
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
-
-
-class LogFormatter(logging.Formatter):
-    """``LOG_FORMAT`` as ``logging.Formatter`` writes it, the date computed once a second: every
-    FastAGI decision is a log line, and ``strftime`` was a tenth of its cost."""
-
-    _second = -1
-    _date = ""
-
-    def formatTime(  # noqa: N802 - the stdlib's name
-        self, record: logging.LogRecord, datefmt: str | None = None
-    ) -> str:
-        second = int(record.created)
-        if second != self._second:
-            self._date = time.strftime(self.default_time_format, self.converter(record.created))
-            self._second = second
-        return f"{self._date},{int(record.msecs):03d}"
 
 
 def configure_logging(level: str, filename: Path | None = None) -> None:
@@ -142,6 +122,7 @@ async def _start_agi(services: Services, store: Store) -> None:
     )
     await server.start()
     services.agi = server
+    services.stoppers.append(recorder.log.close)  # runs after server.stop: the last lines too
     services.stoppers.append(server.stop)
 
 

@@ -26,6 +26,7 @@ from callgate.agi import variables
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
 from callgate.agi.session import AgiSession, AgiSessionError
 from callgate.audit import AuditEvent, AuditSink
+from callgate.logs import DecisionLog
 from callgate.metrics import Metrics
 from callgate.policy import ALL_TARGETS, Action, Decision, Reason, decide, is_valid_client_id
 from callgate.registry import PolicyRegistry
@@ -105,27 +106,29 @@ async def answer(session: AgiSession, decision: Decision, version: int, pickup: 
 class DecisionRecorder:
     """One log line, one audit event and one metric per decision."""
 
-    def __init__(self, audit: AuditSink, metrics: Metrics) -> None:
+    def __init__(
+        self, audit: AuditSink, metrics: Metrics, decision_log: DecisionLog | None = None
+    ) -> None:
         self._audit = audit
         self._decisions = metrics.decisions
         self._children: dict[tuple[str, str, str], Counter] = {}
+        self.log = DecisionLog(log) if decision_log is None else decision_log
+        """The decision lines (``callgate.agi.handlers`` at INFO), written once per loop
+        iteration; ``daemon.py`` flushes it on stop."""
 
     def record(self, request: AgiRequest, decision: Decision, version: int) -> None:
         valid_client = is_valid_client_id(request.client_id)
         action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
-        log.info(
-            "decision client=%s action=%s ext=%s target=%s decision=%s reason=%s targets=%s"
-            " version=%d uniqueid=%s",
-            request.client_id if valid_client else _printable(request.client_id),
-            action if action != "invalid" else _printable(request.action),
-            _printable(request.ext),
-            _printable(request.target or "-"),
-            decision.verdict,
-            decision.reason.value,
-            _joined(decision.targets) or "-",
-            version,
-            _printable(request.uniqueid or "-"),
-        )
+        if self.log.enabled():
+            client = request.client_id if valid_client else _printable(request.client_id)
+            self.log.info(
+                f"decision client={client}"
+                f" action={action if action != 'invalid' else _printable(request.action)}"
+                f" ext={_printable(request.ext)} target={_printable(request.target or '-')}"
+                f" decision={decision.verdict} reason={decision.reason.value}"
+                f" targets={_joined(decision.targets) or '-'} version={version:d}"
+                f" uniqueid={_printable(request.uniqueid or '-')}"
+            )
         key = (request.client_id if valid_client else "-", action, decision.verdict)
         child = self._children.get(key)
         if child is None:
