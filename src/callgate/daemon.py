@@ -16,8 +16,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from aiohttp import web
-
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
 from callgate.agi.server import AgiConfig, AgiServer
 from callgate.ami.client import ManagerConfig, ManagerState
@@ -53,7 +51,6 @@ class Services:
     ready: asyncio.Event = field(default_factory=asyncio.Event)
     metrics: Metrics = field(default_factory=Metrics)
     store: Store | None = None
-    http_runner: web.AppRunner | None = None
     agi: AgiServer | None = None
     ami_status: Callable[[], AmiStatus] = ami_not_configured
     """Set by the Manager component; ``/readyz`` reports it."""
@@ -164,9 +161,7 @@ async def _start_http(services: Services, store: Store) -> None:
     if services.replace is not None:
         app[REPLACE_SERVICE] = services.replace
     host, port = services.settings.http_address
-    runner = services.http_runner = await start_http(
-        app, host, port, shutdown_grace=services.settings.shutdown_grace
-    )
+    runner = await start_http(app, host, port, shutdown_grace=services.settings.shutdown_grace)
     services.stoppers.append(runner.cleanup)
 
 

@@ -50,9 +50,6 @@ class PolicyRegistry:
         policy = self._policies.get(client_id)
         return policy if policy is not None else default_policy(client_id)
 
-    def clients(self) -> list[str]:
-        return sorted(self._policies)
-
     def load(self, policy: ClientPolicy) -> None:
         """Install a policy at start-up, without telling the listeners."""
         self._policies[policy.client_id] = policy

@@ -351,10 +351,6 @@ class AgiConnection:
         self.dead = False
         """``HANGUP`` or a ``511`` was seen: only dead-OK commands still work."""
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buffer)
-
     def receive_data(self, data: bytes) -> None:
         if not data:
             self._eof = True
