@@ -1,6 +1,6 @@
 """FastAGI load: callgate against the Python floor and panoramisk, measured from outside.
 
-    .venv/bin/python bench/agi_bench.py [--seconds 3] [--quick]
+    .venv/bin/python bench/agi_bench.py [--seconds 3] [--quick] [--servers a,b] [--loops l]
 
 Five servers, each in its own process, under asyncio's default loop and under uvloop:
 
@@ -406,6 +406,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seconds", type=float, default=3.0, help="per measurement (default 3)")
     parser.add_argument("--quick", action="store_true", help="1 s per measurement")
+    parser.add_argument(
+        "--servers",
+        default=",".join(SERVERS),
+        help="comma-separated subset to run (default: all; the ratio table needs bare and"
+        " panoramisk)",
+    )
+    parser.add_argument("--loops", default="asyncio,uvloop", help="comma-separated (default both)")
     parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -421,8 +428,8 @@ def main() -> None:
     rows: list[tuple[str, str, str, Result]] = []
     idle: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="agi-bench-") as tmp:
-        for loop_name in ("asyncio", "uvloop"):
-            for kind in SERVERS:
+        for loop_name in _choices(args.loops, ("asyncio", "uvloop")):
+            for kind in _choices(args.servers, SERVERS):
                 data_dir = Path(tmp) / f"{kind}-{loop_name}"
                 data_dir.mkdir()
                 server = start_server(kind, loop_name, data_dir)
@@ -454,6 +461,14 @@ def main() -> None:
         print(f"| {kind} | {loop_name} | {busy:.2f} |")
 
 
+def _choices(text: str, allowed: tuple[str, ...]) -> list[str]:
+    chosen = [item.strip() for item in text.split(",") if item.strip()]
+    unknown = [item for item in chosen if item not in allowed]
+    if unknown or not chosen:
+        raise SystemExit(f"choose from {', '.join(allowed)} (got {text!r})")
+    return chosen
+
+
 def print_table(rows: list[tuple[str, str, str, Result]], seconds: float) -> None:
     print(f"\nFastAGI sessions, {seconds:g} s per measurement, server CPU per completed session")
     print(
@@ -466,6 +481,7 @@ def print_table(rows: list[tuple[str, str, str, Result]], seconds: float) -> Non
             f" {r.percentile(0.50):.2f} | {r.percentile(0.99):.2f} | {r.errors} |"
         )
     cpu = {(k, lp, ld): r.cpu_us for k, lp, ld, r in rows}
+    nan = float("nan")
     print("\nCPU per session: relative to bare (lower is better), panoramisk's relative to it")
     print("\n| server | loop | load | / bare | panoramisk / server |")
     print("|---|---|---|---:|---:|")
@@ -473,10 +489,9 @@ def print_table(rows: list[tuple[str, str, str, Result]], seconds: float) -> Non
         if not kind.startswith("callgate"):
             continue
         ours = cpu[(kind, loop_name, load)]
-        print(
-            f"| {kind} | {loop_name} | {load} | {ours / cpu[('bare', loop_name, load)]:.2f}x |"
-            f" {cpu[('panoramisk', loop_name, load)] / ours:.2f}x |"
-        )
+        bare = cpu.get(("bare", loop_name, load), nan)
+        panoramisk = cpu.get(("panoramisk", loop_name, load), nan)
+        print(f"| {kind} | {loop_name} | {load} | {ours / bare:.2f}x | {panoramisk / ours:.2f}x |")
 
 
 if __name__ == "__main__":
