@@ -24,12 +24,20 @@ from prometheus_client import Counter
 
 from callgate.agi import variables
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
-from callgate.agi.session import AgiSession, AgiSessionError
+from callgate.agi.session import AgiSession, AgiSessionError, mset_command
 from callgate.audit import AuditEvent, AuditSink
 from callgate.logs import DecisionLog
 from callgate.metrics import Metrics
-from callgate.policy import ALL_TARGETS, Action, Decision, Reason, decide, is_valid_client_id
-from callgate.registry import PolicyRegistry
+from callgate.policy import (
+    ALL_TARGETS,
+    Action,
+    CompiledPolicy,
+    Decision,
+    Reason,
+    decide,
+    is_valid_client_id,
+)
+from callgate.registry import ClientPolicy, PolicyRegistry
 
 log = logging.getLogger(__name__)
 
@@ -90,17 +98,63 @@ def _joined(targets: tuple[str, ...]) -> str:
     return "&".join(targets)
 
 
-async def answer(session: AgiSession, decision: Decision, version: int, pickup: str = "") -> None:
-    """Set every ``CALLGATE_*`` variable in one command; the decision is the last pair."""
-    await session.set_variables(
-        (
-            (variables.REASON, decision.reason.value),
-            (variables.TARGETS, _joined(decision.targets)),
-            (variables.VERSION, str(version)),
-            (variables.PICKUP, pickup),
-            (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
-        )
+def answer_pairs(decision: Decision, version: int, pickup: str = "") -> tuple[tuple[str, str], ...]:
+    """Every ``CALLGATE_*`` variable and its value; the decision is the last pair."""
+    return (
+        (variables.REASON, decision.reason.value),
+        (variables.TARGETS, _joined(decision.targets)),
+        (variables.VERSION, str(version)),
+        (variables.PICKUP, pickup),
+        (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
     )
+
+
+async def answer(session: AgiSession, decision: Decision, version: int, pickup: str = "") -> None:
+    """Set every ``CALLGATE_*`` variable in one command (``answer_pairs``)."""
+    await session.set_variables(answer_pairs(decision, version, pickup))
+
+
+class Answered:
+    """A ``QuickAnswer``: the decision's one ``EXEC MSet``, recorded when the session ends."""
+
+    __slots__ = ("_decision", "_outcome", "_recorder", "_request", "_version", "line")
+
+    def __init__(
+        self,
+        line: bytes,
+        recorder: DecisionRecorder,
+        request: AgiRequest,
+        decision: Decision,
+        version: int,
+        outcome: str | None = None,
+    ) -> None:
+        self.line = line
+        self._recorder = recorder
+        self._request = request
+        self._decision = decision
+        self._version = version
+        self._outcome = outcome
+
+    def finish(self) -> None:
+        """Recorded once, as answered (or as decided, if the caller went away first)."""
+        self._recorder.record(self._request, self._decision, self._version, self._outcome)
+
+    @classmethod
+    def of(
+        cls,
+        recorder: DecisionRecorder,
+        request: AgiRequest,
+        decision: Decision,
+        version: int,
+        pickup: str = "",
+    ) -> Answered | None:
+        """The quick answer, or ``None`` when it takes more than one ``EXEC MSet`` (a value
+        needing ``SET VARIABLE``, or too long for one command): the task path handles those."""
+        try:
+            line = mset_command(answer_pairs(decision, version, pickup))
+        except AgiProtocolError:
+            return None
+        return None if line is None else cls(line, recorder, request, decision, version)
 
 
 class DecisionRecorder:
@@ -116,7 +170,10 @@ class DecisionRecorder:
         """The decision lines (``callgate.agi.handlers`` at INFO), written once per loop
         iteration; ``daemon.py`` flushes it on stop."""
 
-    def record(self, request: AgiRequest, decision: Decision, version: int) -> None:
+    def record(
+        self, request: AgiRequest, decision: Decision, version: int, outcome: str | None = None
+    ) -> None:
+        """``outcome``: ``log_outcome(decision, version)``, when the caller has it already."""
         valid_client = is_valid_client_id(request.client_id)
         action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
         if self.log.enabled():
@@ -125,8 +182,7 @@ class DecisionRecorder:
                 f"decision client={client}"
                 f" action={action if action != 'invalid' else _printable(request.action)}"
                 f" ext={_printable(request.ext)} target={_printable(request.target or '-')}"
-                f" decision={decision.verdict} reason={decision.reason.value}"
-                f" targets={_joined(decision.targets) or '-'} version={version:d}"
+                f"{outcome or log_outcome(decision, version)}"
                 f" uniqueid={_printable(request.uniqueid or '-')}"
             )
         key = (request.client_id if valid_client else "-", action, decision.verdict)
@@ -154,21 +210,52 @@ class DecisionRecorder:
 _KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
 
 
+def log_outcome(decision: Decision, version: int) -> str:
+    """The decision's part of its log line (the same for every request answered alike)."""
+    return (
+        f" decision={decision.verdict} reason={decision.reason.value}"
+        f" targets={_joined(decision.targets) or '-'} version={version:d}"
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """What a policy route answers one request under one version of a client's policy."""
+
+    compiled: CompiledPolicy
+    version: int
+    decision: Decision
+    line: bytes
+    """The encoded ``EXEC MSet``."""
+    outcome: str
+    """``log_outcome(decision, version)``."""
+
+
+ANSWER_CACHE_SIZE: Final = 65536
+"""Answers a policy route remembers (all clients); when full it starts again from empty."""
+
+
 class PolicyRoute:
     """``pickup``, ``eavesdrop``, ``whisper``: decided by the compiled policy alone."""
 
     def __init__(self, registry: PolicyRegistry, recorder: DecisionRecorder) -> None:
         self._registry = registry
         self._recorder = recorder
+        # (client, action, ext, target) -> its answer under the policy that gave it. A phone asks
+        # the same few questions again and again: the decision, the Pickup() argument and the
+        # encoded command are then a lookup. An entry counts only while the registry still holds
+        # that very compiled policy and version, so a policy change is seen by the next request.
+        self._answers: dict[tuple[str, str, str, str | None], _Answer] = {}
 
-    async def __call__(self, session: AgiSession) -> Decision:
-        request = AgiRequest.from_environment(session.environment)
+    def _decide(
+        self, request: AgiRequest, environment: AgiEnvironment, policy: ClientPolicy | None
+    ) -> tuple[Decision, int, str]:
+        """The decision, the deciding policy's version and the pickup argument."""
         version = 0
         try:
-            if session.environment.duplicate_keys or not is_valid_client_id(request.client_id):
+            if policy is None or environment.duplicate_keys:
                 decision = _INVALID
             else:
-                policy = self._registry.get(request.client_id)
                 version = policy.version
                 decision = decide(policy.compiled, request.action, request.ext, request.target)
             pickup = ""
@@ -177,6 +264,48 @@ class PolicyRoute:
         except Exception:
             log.exception("decision failed for %s", _printable(request.uniqueid or "-"))
             decision, pickup = _INTERNAL_ERROR, ""
+        return decision, version, pickup
+
+    def _policy(self, request: AgiRequest) -> ClientPolicy | None:
+        """The client's policy in force, ``None`` for a malformed client id."""
+        if not is_valid_client_id(request.client_id):
+            return None
+        return self._registry.get(request.client_id)
+
+    def prepare(self, environment: AgiEnvironment) -> Answered | None:
+        """The whole session as one command (the server's quick path), or ``None``."""
+        request = AgiRequest.from_environment(environment)
+        policy = self._policy(request)
+        if policy is None or environment.duplicate_keys:
+            decision, version, pickup = self._decide(request, environment, policy)
+            return Answered.of(self._recorder, request, decision, version, pickup)
+        key = (request.client_id, request.action, request.ext, request.target)
+        answer = self._answers.get(key)
+        if (
+            answer is None
+            or answer.compiled is not policy.compiled
+            or answer.version != (policy.version)
+        ):
+            decision, version, pickup = self._decide(request, environment, policy)
+            try:
+                line = mset_command(answer_pairs(decision, version, pickup))
+            except AgiProtocolError:
+                line = None
+            if line is None or decision is _INTERNAL_ERROR:
+                return Answered.of(self._recorder, request, decision, version, pickup)
+            outcome = log_outcome(decision, version)
+            answer = _Answer(policy.compiled, version, decision, line, outcome)
+            if len(self._answers) >= ANSWER_CACHE_SIZE:
+                self._answers.clear()
+            self._answers[key] = answer
+        return Answered(
+            answer.line, self._recorder, request, answer.decision, answer.version, answer.outcome
+        )
+
+    async def __call__(self, session: AgiSession) -> Decision:
+        request = AgiRequest.from_environment(session.environment)
+        policy = self._policy(request)
+        decision, version, pickup = self._decide(request, session.environment, policy)
         try:
             try:
                 await answer(session, decision, version, pickup)
@@ -196,6 +325,20 @@ class AgiDispatcher:
     def __init__(self, routes: Mapping[str, AgiRoute], recorder: DecisionRecorder) -> None:
         self._routes = dict(routes)
         self._recorder = recorder
+        self._quick = {
+            name: route for name, route in self._routes.items() if isinstance(route, PolicyRoute)
+        }
+
+    def prepare(self, environment: AgiEnvironment) -> Answered | None:
+        """``QuickHandler``: a policy route's one-command answer, or a denial for an action
+        without a route; ``None`` for the other routes (the server then runs ``__call__``)."""
+        action = environment.action
+        route = self._quick.get(action)
+        if route is not None:
+            return route.prepare(environment)
+        if action in self._routes:
+            return None
+        return Answered.of(self._recorder, AgiRequest.from_environment(environment), _INVALID, 0)
 
     async def __call__(self, session: AgiSession) -> None:
         route = self._routes.get(session.environment.action)

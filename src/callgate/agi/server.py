@@ -1,8 +1,16 @@
 """The FastAGI listener: limits, deadlines and lifecycle around the sans-IO protocol.
 
 One ``AgiServer`` owns the listening socket and every connection. Each connection is an
-``asyncio.Protocol`` (``_Link``) that only feeds bytes to ``AgiConnection`` and acts on its events;
-once the environment is complete, one task runs the session handler with an ``AgiSession``.
+``asyncio.Protocol`` (``_Link``) that only feeds bytes to ``AgiConnection`` and acts on its events.
+Once the environment is complete, a session takes one of two paths:
+
+- **Quick**: a handler that offers ``prepare()`` (``QuickHandler``) may answer from the
+  environment alone with one command; the link writes it at once, inside ``data_received``, and
+  when the reply arrives calls the answer's ``finish()`` and closes. No task, no coroutine, no
+  future: the policy routes (a decision from memory, answered by one ``EXEC MSet``) cost the
+  event loop nothing beyond the connection's own callbacks.
+- **Task**: otherwise (``prepare()`` returns ``None``, or the handler has none), one task runs the
+  session handler with an ``AgiSession`` for as many commands as it needs.
 
 What a misbehaving peer can cost is bounded: at most ``max_sessions`` connections (more are
 answered ``failure`` and closed at once, so the dialplan sees ``AGISTATUS=FAILURE``), the
@@ -19,7 +27,7 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import TYPE_CHECKING, Final, cast
+from typing import TYPE_CHECKING, Final, Protocol, cast, runtime_checkable
 
 from callgate.agi.protocol import (
     CLOSED,
@@ -38,6 +46,32 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SessionHandler = Callable[[AgiSession], Awaitable[None]]
+
+
+class QuickAnswer(Protocol):
+    """A session answered by one command decided from the environment alone."""
+
+    @property
+    def line(self) -> bytes:
+        """The encoded command (``encode_command``), written as soon as the environment is in."""
+        ...
+
+    def finish(self) -> None:
+        """Called exactly once when the session ends: after the reply, or when the connection
+        failed, timed out or was shut down before it. Must not raise."""
+        ...
+
+
+@runtime_checkable
+class QuickHandler(Protocol):
+    """A session handler that can also answer some sessions without a task."""
+
+    def __call__(self, session: AgiSession) -> Awaitable[None]: ...
+
+    def prepare(self, environment: AgiEnvironment) -> QuickAnswer | None:
+        """The one-command answer for ``environment``, or ``None`` to run ``__call__`` instead."""
+        ...
+
 
 OVERLOAD_REPLY: Final = b"failure\n"
 """Asterisk ends the AGI with AGISTATUS=FAILURE on a line starting ``failure``."""
@@ -87,6 +121,7 @@ class AgiServer:
     def __init__(self, config: AgiConfig, handler: SessionHandler, metrics: Metrics) -> None:
         self.config = config
         self.handler = handler
+        self.prepare = handler.prepare if isinstance(handler, QuickHandler) else None
         self._metrics = metrics
         # Resolved once: a labelled child per outcome, not a lookup per session.
         self._outcomes = {outcome: metrics.agi_sessions.labels(outcome) for outcome in Outcome}
@@ -191,6 +226,8 @@ class _Link(asyncio.Protocol):
         "_failure",
         "_linger",
         "_loop",
+        "_outgoing",
+        "_quick",
         "_server",
         "_started",
         "_task",
@@ -208,6 +245,10 @@ class _Link(asyncio.Protocol):
         self._waiter: asyncio.Future[Reply] | None = None
         self._linger: asyncio.TimerHandle | None = None
         self._task: asyncio.Task[None] | None = None
+        self._quick: QuickAnswer | None = None
+        """The quick answer, until its reply (or the end of the connection)."""
+        self._outgoing: bytes | None = None
+        """Its line, until the bytes received so far are all read (see ``_pump``)."""
         self._started = 0.0
         self._done = False
         self._failure: Outcome | None = None
@@ -291,7 +332,10 @@ class _Link(asyncio.Protocol):
         if self._linger is not None:
             self._linger.cancel()
         self._wake(AgiConnectionLost("the connection was closed"))
-        if not self._done and self._task is None:
+        if self._quick is not None:
+            log.warning("FastAGI %s: session ended early: the connection was lost", self._peer())
+            self._end_quick(Outcome.DISCONNECTED)
+        elif not self._done and self._task is None:
             self._done = True
             self._server.forget(self, Outcome.DISCONNECTED)
             log.warning("FastAGI %s: closed before the environment was complete", self._peer())
@@ -302,8 +346,13 @@ class _Link(asyncio.Protocol):
         while True:
             event = self._agi.next_event()
             if event is NEED_DATA:
+                if self._outgoing is not None:
+                    self._send_quick()
                 return
             if isinstance(event, Reply):
+                if self._quick is not None:
+                    self._quick_reply(event)
+                    return
                 waiter = self._waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
@@ -311,7 +360,14 @@ class _Link(asyncio.Protocol):
                 self._start_session(event)
             elif event is CLOSED:
                 self._wake(AgiConnectionLost("Asterisk closed the connection"))
-                if self._task is None and not self._done:
+                if self._quick is not None:
+                    log.warning(
+                        "FastAGI %s: session ended early: Asterisk closed the connection",
+                        self._peer(),
+                    )
+                    self._close()
+                    self._end_quick(Outcome.DISCONNECTED)
+                elif self._task is None and not self._done:
                     self._done = True
                     self._close()
                     self._server.forget(self, Outcome.DISCONNECTED)
@@ -322,7 +378,55 @@ class _Link(asyncio.Protocol):
     def _start_session(self, environment: AgiEnvironment) -> None:
         self.deadline = 0.0
         self._started = self._loop.time()
+        prepare = self._server.prepare
+        if prepare is not None:
+            try:
+                quick = prepare(environment)
+            except Exception:
+                log.exception("FastAGI %s: preparing the answer failed", self._peer())
+                quick = None  # the handler's __call__ still answers (and denies)
+            if quick is not None:
+                # Written once what was received with the environment is read: a line that came
+                # before the command is unsolicited (the protocol refuses it), not its reply.
+                self._quick = quick
+                self._outgoing = quick.line
+                return
         self._task = self._loop.create_task(self._run(AgiSession(self, environment)))
+
+    def _send_quick(self) -> None:
+        line, self._outgoing = self._outgoing, None
+        transport = self._transport
+        if line is None or transport is None or self._done:
+            return
+        transport.write(self._agi.send(line))
+        self.deadline = self._loop.time() + self._server.config.reply_timeout
+
+    def _quick_reply(self, reply: Reply) -> None:
+        """The reply to the quick answer: the session is over, whatever it says."""
+        self.deadline = 0.0
+        outcome = Outcome.COMPLETED
+        if reply.code != 200 or reply.result == "-2":  # as AgiSession's checks would raise
+            outcome = Outcome.DISCONNECTED
+            log.warning(
+                "FastAGI %s: session ended early: the answer got %d %s",
+                self._peer(),
+                reply.code,
+                reply.text,
+            )
+        self._close()
+        self._end_quick(outcome)
+
+    def _end_quick(self, outcome: Outcome) -> None:
+        quick, self._quick, self._outgoing = self._quick, None, None
+        if quick is None or self._done:
+            return
+        self._done = True
+        try:
+            quick.finish()
+        except Exception:
+            log.exception("FastAGI %s: finishing the session failed", self._peer())
+        self._server.forget(self, outcome)
+        self._server.observe(self._loop.time() - self._started)
 
     async def _run(self, session: AgiSession) -> None:
         outcome = Outcome.COMPLETED
@@ -353,7 +457,9 @@ class _Link(asyncio.Protocol):
             return
         log.warning("FastAGI %s: %s; connection closed", self._peer(), reason)
         self._failure = outcome
-        if self._task is None:
+        if self._quick is not None:
+            self._end_quick(outcome)
+        elif self._task is None:
             self._done = True
             self._server.forget(self, outcome)
         error: AgiSessionError = (
@@ -366,7 +472,7 @@ class _Link(asyncio.Protocol):
     def expire(self) -> None:
         """Called by the server's sweep once ``deadline`` has passed."""
         self.deadline = 0.0
-        if self._task is None:
+        if self._task is None and self._quick is None:
             timeout = self._server.config.env_timeout
             self._fail(Outcome.TIMEOUT, f"no environment within {timeout}s")
         else:
@@ -385,6 +491,8 @@ class _Link(asyncio.Protocol):
         """Shutdown after the grace period: drop the connection, cancel its session."""
         if self._task is not None and not self._task.done():
             self._task.cancel()
+        elif self._quick is not None:
+            self._end_quick(Outcome.CANCELLED)
         elif not self._done:
             self._done = True
             self._server.forget(self, Outcome.CANCELLED)

@@ -62,7 +62,7 @@ class CommandLink(Protocol):
 
 
 @lru_cache(maxsize=1024)
-def _mset_command(pairs: tuple[tuple[str, str], ...]) -> bytes | None:
+def mset_command(pairs: tuple[tuple[str, str], ...]) -> bytes | None:
     """The ``EXEC MSet`` line setting ``pairs``, or ``None`` when a value needs ``SET VARIABLE``.
 
     Remembered: the same few answers go out again and again, and encoding one is a good part of a
@@ -123,7 +123,7 @@ class AgiSession:
         none of them set; when a value needs escaping it falls back to ``SET VARIABLE`` each.
         """
         items = tuple(pairs)
-        line = _mset_command(items)
+        line = mset_command(items)
         if line is None:
             for name, value in items:
                 await self.set_variable(name, value)
