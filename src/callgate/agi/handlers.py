@@ -18,16 +18,14 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Final
-
-from prometheus_client import Counter
+from typing import Final, NamedTuple
 
 from callgate.agi import variables
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
 from callgate.agi.session import AgiSession, AgiSessionError, mset_command
 from callgate.audit import AuditEvent, AuditSink
 from callgate.logs import DecisionLog
-from callgate.metrics import Metrics
+from callgate.metrics import LoopCount, Metrics
 from callgate.policy import (
     ALL_TARGETS,
     Action,
@@ -50,8 +48,7 @@ _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _INTERNAL_ERROR: Final = Decision.deny(Reason.INTERNAL_ERROR)
 
 
-@dataclass(frozen=True, slots=True)
-class AgiRequest:
+class AgiRequest(NamedTuple):
     """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>])``."""
 
     action: str
@@ -64,13 +61,13 @@ class AgiRequest:
 
     @classmethod
     def from_environment(cls, env: AgiEnvironment) -> AgiRequest:
-        return cls(
-            action=env.action,
-            client_id=env.arg(1),
-            ext=env.arg(2),
-            target=env.arg(3) or None,
-            uniqueid=env.uniqueid or None,
-            channel=env.channel or None,
+        return cls(  # positional: this runs for every session
+            env.action,
+            env.arg(1),
+            env.arg(2),
+            env.arg(3) or None,
+            env.uniqueid or None,
+            env.channel or None,
         )
 
 
@@ -165,7 +162,7 @@ class DecisionRecorder:
     ) -> None:
         self._audit = audit
         self._decisions = metrics.decisions
-        self._children: dict[tuple[str, str, str], Counter] = {}
+        self._children: dict[tuple[str, str, str], LoopCount] = {}
         self.log = DecisionLog(log) if decision_log is None else decision_log
         """The decision lines (``callgate.agi.handlers`` at INFO), written once per loop
         iteration; ``daemon.py`` flushes it on stop."""

@@ -26,7 +26,6 @@ from __future__ import annotations
 import re
 from collections import Counter
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
 from enum import Enum
 from types import MappingProxyType
 from typing import Final, NamedTuple
@@ -147,9 +146,8 @@ def parse_environment(block: bytes) -> AgiEnvironment:
 # --------------------------------------------------------------------------- replies
 
 
-@dataclass(frozen=True, slots=True)
-class Reply:
-    """One answer to one command."""
+class Reply(NamedTuple):
+    """One answer to one command (a named tuple: one is built for every command)."""
 
     code: int
     """200 done, 510 unknown command, 511 dead channel, 520 bad syntax (with ``usage``)."""
@@ -160,7 +158,7 @@ class Reply:
     endpos: int | None = None
     text: str = ""
     """The line after the code (for errors and logs)."""
-    usage: tuple[str, ...] = field(default=())
+    usage: tuple[str, ...] = ()
     """The lines between ``520-`` and ``520 ``."""
 
     @property
