@@ -12,7 +12,8 @@ Five servers, each in its own process, under asyncio's default loop and under uv
 - callgate-agi: callgate's FastAGI server alone, same decision and answer, the decision log line
   to a file, audit events kept in memory (no store): what the FastAGI side itself costs.
 - callgate-floor: callgate's FastAGI server answering one SET VARIABLE without a decision, like
-  bare: the server and protocol layer (limits, deadlines, parsing, metrics) against the floor.
+  bare (on the quick path the policy routes take): the server and protocol layer (limits,
+  deadlines, parsing, metrics) against the floor.
 - bare: a minimal asyncio-streams FastAGI server (read the environment, send one SET VARIABLE,
   read its reply, close), with no limits, no timeouts, no decision: the Python floor.
 - panoramisk: ``panoramisk.fast_agi.Application`` with one route sending one SET VARIABLE.
@@ -139,7 +140,6 @@ async def _serve_callgate_agi(port: int, data_dir: str, *, decide: bool) -> None
     memory, no store), or with ``decide=False`` one SET VARIABLE like ``bare``."""
     from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
     from callgate.agi.server import AgiConfig, AgiServer, SessionHandler
-    from callgate.agi.session import AgiSession
     from callgate.audit import AuditEvent
     from callgate.metrics import Metrics
     from callgate.policy import compile_policy, parse_document
@@ -166,15 +166,27 @@ async def _serve_callgate_agi(port: int, data_dir: str, *, decide: bool) -> None
         recorder = DecisionRecorder(MemoryAudit(), metrics)
         handler = AgiDispatcher(policy_routes(registry, recorder), recorder)
     else:
-
-        async def set_one(session: AgiSession) -> None:
-            await session.set_variable("CALLGATE_DECISION", "ALLOW")
-
-        handler = set_one
+        handler = _SetOne()
     server = AgiServer(AgiConfig(host="127.0.0.1", port=port), handler, metrics)
     await server.start()
     print("ready", flush=True)
     await asyncio.Event().wait()
+
+
+class _SetOne:
+    """callgate-floor's handler: one SET VARIABLE from the environment alone (the quick path
+    the policy routes take), no decision, log line or audit event."""
+
+    line = b"SET VARIABLE CALLGATE_DECISION ALLOW\n"
+
+    def prepare(self, environment: object) -> _SetOne:
+        return self
+
+    def finish(self) -> None:
+        pass
+
+    async def __call__(self, session: object) -> None:
+        raise AssertionError("every session takes the quick path")
 
 
 async def _serve_bare(port: int) -> None:

@@ -4,9 +4,11 @@ Every FastAGI decision is an INFO line. Through ``logging.info`` it cost about 3
 in the daemon (a ``LogRecord`` built, filters, locks, ``%`` formatting, one write and one flush per
 line). ``DecisionLog`` keeps what that line is — the same text, the same level and logger (so the
 same handlers, formatting and destination as every other line), written promptly — and does less:
-the message is an f-string, the date is formatted once a second, and the lines decided within one
-event-loop iteration are written together, in one write, by a ``loop.call_soon`` callback at the
-end of that iteration. A line is never held longer than that.
+the message is an f-string, the date is formatted once a second, and the lines are written
+together, in one write: those of one event-loop iteration by a ``loop.call_soon`` callback at its
+end, or with ``hold`` (the FastAGI recorder holds 10 ms), all those logged within ``hold`` seconds
+of the first by one ``loop.call_later`` callback. A line is never held longer than that, and
+keeps the time it was logged at.
 
 Handlers it knows to be plain (a ``StreamHandler`` or ``FileHandler`` with
 ``LogFormatter(LOG_FORMAT)`` and no filters: what ``callgate serve`` configures) get the lines
@@ -58,11 +60,18 @@ def _msecs(created: float) -> float:
 
 
 class DecisionLog:
-    """INFO lines of one logger, written at the end of the event-loop iteration that made them."""
+    """INFO lines of one logger, written at the end of the event-loop iteration that made them, or
+    ``hold`` seconds after the first of them."""
 
-    def __init__(self, logger: logging.Logger, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        logger: logging.Logger,
+        clock: Callable[[], float] = time.time,
+        hold: float = 0.0,
+    ) -> None:
         self._logger = logger
         self._clock = clock
+        self._hold = hold
         self._pending: list[tuple[float, str]] = []
 
     def enabled(self) -> bool:
@@ -78,9 +87,14 @@ class DecisionLog:
         if len(pending) > 1:
             return  # the flush of this iteration is already scheduled
         try:
-            asyncio.get_running_loop().call_soon(self.flush)
+            loop = asyncio.get_running_loop()
         except RuntimeError:  # no running loop: nothing would call the flush later
             self.flush()
+            return
+        if self._hold:
+            loop.call_later(self._hold, self.flush)
+        else:
+            loop.call_soon(self.flush)
 
     def flush(self) -> None:
         """Write every pending line now."""

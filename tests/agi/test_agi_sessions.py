@@ -3,13 +3,19 @@ replayed byte for byte, then decisions end to end with the variables callgate se
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
 
 from callgate.agi import variables
-from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+from callgate.agi.handlers import (
+    DECISION_LOG_HOLD,
+    AgiDispatcher,
+    DecisionRecorder,
+    policy_routes,
+)
 from callgate.agi.protocol import AgiEnvironment, Reply
 from callgate.agi.server import AgiServer
 from callgate.agi.session import AgiChannelDead, AgiCommandFailed, AgiSession
@@ -137,6 +143,12 @@ async def test_replay_h_extension_dead_from_the_start(start_server: StartServer)
 # --------------------------------------------------------------------------- decisions
 
 
+async def decision_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """The decision lines, once written: the recorder holds them up to DECISION_LOG_HOLD."""
+    await asyncio.sleep(DECISION_LOG_HOLD * 2)
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision ")]
+
+
 def verdict(channel: FakeChannel) -> dict[str, str]:
     return {name: channel.variables[name] for name in variables.ALL}
 
@@ -248,7 +260,7 @@ async def test_recorded_environment_decides_and_is_audited(
         7,
     )
     assert (event.uniqueid, event.channel) == ("1795723247.21", "Local/env@agitest-0000000a;2")
-    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision ")]
+    (line,) = await decision_lines(caplog)
     assert line == (
         "decision client=acme action=pickup ext=100 target=- decision=allow"
         " reason=pickup_share_group targets=101 version=7 uniqueid=1795723247.21"
@@ -383,6 +395,6 @@ async def test_untrusted_values_are_escaped_in_the_log_line(
     caplog.set_level("INFO", logger="callgate.agi.handlers")
     server = await start_server(dispatcher())
     await call(server.port, request_environment("pickup", "acme", "1 0\x1b[2J", "é"))
-    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("decision ")]
+    (line,) = await decision_lines(caplog)
     assert "ext='1 0\\x1b[2J' target='\\xe9'" in line
     assert "reason=invalid_request" in line

@@ -168,6 +168,27 @@ async def test_lines_of_one_iteration_are_written_together_at_its_end(
     assert stream.getvalue().endswith(": decision n=5\n")
 
 
+async def test_with_a_hold_the_lines_of_several_iterations_share_one_write(
+    logger: logging.Logger,
+) -> None:
+    stream = stream_handler(logger)
+    decisions = DecisionLog(logger, hold=0.05)
+    decisions.info("decision n=0")
+    await asyncio.sleep(0)
+    decisions.info("decision n=1")  # a later iteration, within the hold
+    await asyncio.sleep(0.01)
+    assert stream.writes == 0
+    await asyncio.sleep(0.06)
+    assert stream.writes == 1
+    assert stream.getvalue().count("decision n=") == 2
+
+
+def test_the_fastagi_recorder_holds_its_lines_briefly() -> None:
+    """The daemon's recorder batches (the 1,000/s bench's 13 µs) but never for long."""
+    recorder = DecisionRecorder(Audit(), Metrics())
+    assert 0 < recorder.log._hold <= 0.05
+
+
 async def test_the_level_is_honored(logger: logging.Logger) -> None:
     stream = stream_handler(logger)
     quiet = Records()
