@@ -2,6 +2,8 @@
 
     .venv/bin/python bench/agi_bench.py [--seconds 3] [--quick] [--servers a,b] [--loops l]
 
+``--servers raw,bare`` compares the floor of callgate's raw-socket approach with asyncio's streams.
+
 Five servers, each in its own process, under asyncio's default loop and under uvloop:
 
 - callgate: the real daemon (``callgate.daemon.run``: SQLite store, audit log, HTTP API, one log
@@ -55,6 +57,10 @@ CLIENT, EXT = "acme", "105"
 CONCURRENCY = 50
 RATE = 1000
 SERVERS = ("callgate", "callgate-agi", "callgate-floor", "bare", "panoramisk")
+EXTRA_SERVERS = ("raw",)
+"""Run only when named with --servers: ``raw`` is the floor of the raw-socket approach callgate's
+server takes (read to the empty line, write one SET VARIABLE, read one line, close; no parsing,
+no limits), to say how much of callgate's cost is that approach and how much its own work."""
 SETTLE = 0.3
 """Seconds of quiet before and after each measured window, inside the CPU reading: work a server
 defers (callgate writes audit events in batches every 0.1 s) is charged to the sessions that
@@ -125,6 +131,8 @@ def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str) -> Non
         main = _serve_callgate_agi(port, data_dir, decide=kind == "callgate-agi")
     elif kind == "bare":
         main = _serve_bare(port)
+    elif kind == "raw":
+        main = _serve_raw(port)
     else:
         main = _serve_panoramisk(port)
     if loop == "uvloop":
@@ -199,6 +207,43 @@ async def _serve_bare(port: int) -> None:
     server = await asyncio.start_server(session, "127.0.0.1", port, backlog=1024)
     print("ready", flush=True)
     await server.serve_forever()
+
+
+async def _serve_raw(port: int) -> None:
+    loop = asyncio.get_running_loop()
+    listener = socket.create_server(("127.0.0.1", port), backlog=1024)
+    listener.setblocking(False)
+
+    class Connection:
+        def __init__(self, sock: socket.socket) -> None:
+            self.sock, self.buffer, self.answered = sock, b"", False
+            loop.add_reader(sock.fileno(), self.readable)
+
+        def readable(self) -> None:
+            try:
+                data = self.sock.recv(65536)
+            except BlockingIOError:
+                return
+            self.buffer += data
+            if data and not self.answered and b"\n\n" in self.buffer:
+                self.sock.send(b"SET VARIABLE CALLGATE_DECISION ALLOW\n")
+                self.answered, self.buffer = True, b""
+            elif not data or (self.answered and b"\n" in self.buffer):
+                loop.remove_reader(self.sock.fileno())
+                self.sock.close()
+
+    def accept() -> None:
+        while True:
+            try:
+                sock, _ = listener.accept()
+            except BlockingIOError:
+                return
+            sock.setblocking(False)
+            Connection(sock)
+
+    loop.add_reader(listener.fileno(), accept)
+    print("ready", flush=True)
+    await asyncio.Event().wait()
 
 
 async def _serve_panoramisk(port: int) -> None:
@@ -421,11 +466,11 @@ def main() -> None:
     parser.add_argument(
         "--servers",
         default=",".join(SERVERS),
-        help="comma-separated subset to run (default: all; the ratio table needs bare and"
-        " panoramisk)",
+        help="comma-separated servers to run (default: all but raw; the ratio table needs bare"
+        " and panoramisk)",
     )
     parser.add_argument("--loops", default="asyncio,uvloop", help="comma-separated (default both)")
-    parser.add_argument("--serve", choices=SERVERS, help=argparse.SUPPRESS)
+    parser.add_argument("--serve", choices=SERVERS + EXTRA_SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--http-port", type=int, help=argparse.SUPPRESS)
@@ -441,7 +486,7 @@ def main() -> None:
     idle: dict[tuple[str, str], float] = {}
     with tempfile.TemporaryDirectory(prefix="agi-bench-") as tmp:
         for loop_name in _choices(args.loops, ("asyncio", "uvloop")):
-            for kind in _choices(args.servers, SERVERS):
+            for kind in _choices(args.servers, SERVERS + EXTRA_SERVERS):
                 data_dir = Path(tmp) / f"{kind}-{loop_name}"
                 data_dir.mkdir()
                 server = start_server(kind, loop_name, data_dir)
