@@ -267,11 +267,11 @@ class AgiServer:
         self._metrics.agi_session_seconds.observe(seconds)
 
     def _sweep(self) -> None:
-        loop = asyncio.get_running_loop()
+        assert self._loop is not None
         now = _now()
         for link in [link for link in self._links if 0 < link.deadline <= now]:
             link.expire()
-        self._sweeper = loop.call_later(self._tick, self._sweep)
+        self._sweeper = self._loop.call_later(self._tick, self._sweep)
 
 
 async def _listen(
@@ -300,8 +300,7 @@ async def _listen(
                 raise OSError(exc.errno, f"cannot listen on {address!r}: {exc.strerror}") from exc
             sock.listen(backlog)
             sock.setblocking(False)
-            if port == 0:  # one ephemeral port for every address, as create_server would not
-                port = sock.getsockname()[1]
+            if port == 0:  # an ephemeral port (tests): the first address only
                 break
     except BaseException:
         for sock in listeners:
