@@ -10,7 +10,7 @@ from dataclasses import dataclass, field, replace
 
 import pytest
 
-from callgate.agi import variables
+from callgate.agi import handlers, variables
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, PolicyRoute
 from callgate.agi.protocol import AgiEnvironment, encode_command
 from callgate.agi.server import AgiServer, QuickAnswer
@@ -192,3 +192,37 @@ async def test_the_same_version_reloaded_is_decided_afresh(
     second = route.prepare(environment)
     assert second is not None
     assert b"CALLGATE_DECISION=DENY" in second.line
+
+
+def environment_of(client: str, action: str, ext: str, target: str) -> AgiEnvironment:
+    values = {"agi_arg_1": client, "agi_arg_2": ext, "agi_arg_3": target}
+    return AgiEnvironment(values, (client, ext, target), action)
+
+
+def test_remembered_answers_are_bounded_and_dropped_with_their_policy(
+    registry: PolicyRegistry,
+    audit: FakeAuditSink,
+    metrics: Metrics,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(handlers, "ANSWERS_PER_CLIENT", 2)
+    monkeypatch.setattr(handlers, "CLIENTS_REMEMBERED", 2)
+    route = PolicyRoute(registry, DecisionRecorder(audit, metrics))
+    asks = [("acme", "eavesdrop", "100", t) for t in ("101", "103", "102")]
+    asks += [("open", "eavesdrop", "1", "2"), ("nobody", "pickup", "1", "2")]
+
+    def fresh(ask: tuple[str, str, str, str]) -> bytes:
+        answer = PolicyRoute(registry, DecisionRecorder(audit, metrics)).prepare(
+            environment_of(*ask)
+        )
+        assert answer is not None
+        return answer.line
+
+    for _ in range(2):  # the second round from what is remembered, or not
+        lines = [route.prepare(environment_of(*ask)) for ask in asks]
+        assert [a.line if a else None for a in lines] == [fresh(ask) for ask in asks]
+        assert all(len(a.by_request) <= 2 for a in route._answers.values())
+        assert len(route._answers) <= 2
+    registry.load(client_policy("open", {"groups": {"g": ["1", "2"]}}, 3))
+    route.prepare(environment_of("open", "eavesdrop", "1", "2"))
+    assert route._answers["open"].compiled is registry.get("open").compiled

@@ -223,21 +223,31 @@ def log_outcome(decision: Decision, version: int) -> str:
     )
 
 
-@dataclass(frozen=True, slots=True)
-class _Answer:
-    """What a policy route answers one request under one version of a client's policy."""
+class _Answer(NamedTuple):
+    """What a policy route answers one request."""
 
-    compiled: CompiledPolicy
-    version: int
     decision: Decision
+    version: int
     line: bytes
     """The encoded ``EXEC MSet``."""
     outcome: str
     """``log_outcome(decision, version)``."""
 
 
-ANSWER_CACHE_SIZE: Final = 65536
-"""Answers a policy route remembers (all clients); when full it starts again from empty."""
+@dataclass(slots=True)
+class _Answers:
+    """One client's remembered answers, all given by one compiled policy."""
+
+    compiled: CompiledPolicy
+    version: int
+    by_request: dict[tuple[str, str, str | None], _Answer]
+    """(action, ext, target) -> the answer."""
+
+
+ANSWERS_PER_CLIENT: Final = 4096
+"""Answers a policy route remembers per client; when full it starts again from empty."""
+CLIENTS_REMEMBERED: Final = 4096
+"""Clients whose answers a policy route remembers; when full it starts again from empty."""
 
 
 class PolicyRoute:
@@ -246,11 +256,11 @@ class PolicyRoute:
     def __init__(self, registry: PolicyRegistry, recorder: DecisionRecorder) -> None:
         self._registry = registry
         self._recorder = recorder
-        # (client, action, ext, target) -> its answer under the policy that gave it. A phone asks
-        # the same few questions again and again: the decision, the Pickup() argument and the
-        # encoded command are then a lookup. An entry counts only while the registry still holds
-        # that very compiled policy and version, so a policy change is seen by the next request.
-        self._answers: dict[tuple[str, str, str, str | None], _Answer] = {}
+        # client -> its answers under the policy that gave them. A phone asks the same few
+        # questions again and again: the decision, the Pickup() argument and the encoded command
+        # are then a lookup. A client's answers count only while the registry still holds that
+        # very compiled policy and version: a policy change drops them, old policy and all.
+        self._answers: dict[str, _Answers] = {}
 
     def _decide(
         self, request: AgiRequest, environment: AgiEnvironment, policy: ClientPolicy | None
@@ -284,13 +294,19 @@ class PolicyRoute:
         if policy is None or environment.duplicate_keys:
             decision, version, pickup = self._decide(request, environment, policy)
             return Answered.of(self._recorder, request, decision, version, pickup)
-        key = (request.client_id, request.action, request.ext, request.target)
-        answer = self._answers.get(key)
+        answers = self._answers.get(request.client_id)
         if (
-            answer is None
-            or answer.compiled is not policy.compiled
-            or answer.version != (policy.version)
+            answers is None
+            or answers.compiled is not policy.compiled
+            or answers.version != (policy.version)
         ):
+            if answers is None and len(self._answers) >= CLIENTS_REMEMBERED:
+                self._answers.clear()
+            answers = _Answers(policy.compiled, policy.version, {})
+            self._answers[request.client_id] = answers
+        key = (request.action, request.ext, request.target)
+        answer = answers.by_request.get(key)
+        if answer is None:
             decision, version, pickup = self._decide(request, environment, policy)
             try:
                 line = mset_command(answer_pairs(decision, version, pickup))
@@ -298,11 +314,10 @@ class PolicyRoute:
                 line = None
             if line is None or decision is _INTERNAL_ERROR:
                 return Answered.of(self._recorder, request, decision, version, pickup)
-            outcome = log_outcome(decision, version)
-            answer = _Answer(policy.compiled, version, decision, line, outcome)
-            if len(self._answers) >= ANSWER_CACHE_SIZE:
-                self._answers.clear()
-            self._answers[key] = answer
+            answer = _Answer(decision, version, line, log_outcome(decision, version))
+            if len(answers.by_request) >= ANSWERS_PER_CLIENT:
+                answers.by_request.clear()
+            answers.by_request[key] = answer
         return Answered(
             answer.line, self._recorder, request, answer.decision, answer.version, answer.outcome
         )
