@@ -63,6 +63,15 @@ async def wait_until(condition: Callable[[], bool], within: float = 2.0) -> None
             await asyncio.sleep(0.005)
 
 
+async def ended_once(
+    server: AgiServer, handler: QuickOrSlow, metrics: Metrics, outcome: str
+) -> None:
+    """The one session ended, its answer finished exactly once, counted under ``outcome``."""
+    await wait_until(lambda: server.active == 0)
+    assert [a.finished for a in handler.answers] == [["finished"]]
+    assert sample(metrics, "callgate_agi_sessions_total", outcome=outcome) == 1
+
+
 async def test_a_quick_answer_runs_no_handler_and_finishes_once(
     start_server: StartServer, metrics: Metrics
 ) -> None:
@@ -71,10 +80,8 @@ async def test_a_quick_answer_runs_no_handler_and_finishes_once(
     channel = await call(server.port, ASK)
     assert channel.variables[variables.DECISION] == "QUICK"
     assert channel.commands == [LINE.removesuffix(b"\n")]
-    await wait_until(lambda: server.active == 0)
+    await ended_once(server, handler, metrics, "completed")
     assert handler.called == 0
-    assert [a.finished for a in handler.answers] == [["finished"]]
-    assert sample(metrics, "callgate_agi_sessions_total", outcome="completed") == 1
 
 
 async def test_without_a_quick_answer_the_handler_runs(start_server: StartServer) -> None:
@@ -101,9 +108,7 @@ async def test_a_quick_session_whose_reply_never_comes_times_out_and_finishes_on
     handler = QuickOrSlow()
     server = await start_server(handler, reply_timeout=0.2)
     await call(server.port, ASK, FakeChannel(silent_after=0))  # a wedged Asterisk
-    await wait_until(lambda: server.active == 0)
-    assert [a.finished for a in handler.answers] == [["finished"]]
-    assert sample(metrics, "callgate_agi_sessions_total", outcome="timeout") == 1
+    await ended_once(server, handler, metrics, "timeout")
 
 
 async def test_a_peer_that_closes_before_the_reply_finishes_the_session_once(
@@ -116,9 +121,7 @@ async def test_a_peer_that_closes_before_the_reply_finishes_the_session_once(
     assert await reader.readline() == LINE
     writer.close()
     await writer.wait_closed()
-    await wait_until(lambda: server.active == 0)
-    assert [a.finished for a in handler.answers] == [["finished"]]
-    assert sample(metrics, "callgate_agi_sessions_total", outcome="disconnected") == 1
+    await ended_once(server, handler, metrics, "disconnected")
 
 
 async def test_a_reply_sent_with_the_environment_is_refused_not_taken(
@@ -131,9 +134,7 @@ async def test_a_reply_sent_with_the_environment_is_refused_not_taken(
     writer.write(ASK + b"200 result=1\n")
     assert await asyncio.wait_for(reader.read(), 2) == b""  # no command was sent
     writer.close()
-    await wait_until(lambda: server.active == 0)
-    assert [a.finished for a in handler.answers] == [["finished"]]
-    assert sample(metrics, "callgate_agi_sessions_total", outcome="protocol_error") == 1
+    await ended_once(server, handler, metrics, "protocol_error")
 
 
 async def test_shutdown_finishes_a_quick_session_that_outlives_the_grace(
