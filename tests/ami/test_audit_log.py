@@ -13,6 +13,7 @@ from aiohttp.test_utils import TestClient, TestServer
 from callgate.ami.service import LiveEnforcement
 from callgate.audit import AuditEvent, EndReason
 from callgate.http.app import HttpDeps, build_app
+from callgate.http.audit_routes import event_json
 from callgate.metrics import Metrics
 from callgate.policy import Action
 from callgate.registry import PolicyRegistry
@@ -70,9 +71,9 @@ async def test_session_start_and_end_complete_the_allowing_decisions_row(store: 
     )
     await audit.flush()
     pickup, listen = await audit.list(CLIENT)  # newest first
-    assert pickup.to_json()["action"] == "pickup"
-    assert "end_reason" not in pickup.to_json()
-    body = listen.to_json()
+    assert event_json(pickup)["action"] == "pickup"
+    assert "end_reason" not in event_json(pickup)
+    body = event_json(listen)
     assert body["time"] == T0.isoformat()  # the decision's own time; newest first by it
     assert body["started"] == (T0 + timedelta(minutes=2)).isoformat()
     assert body["ended"] == (T0 + timedelta(minutes=5)).isoformat()

@@ -14,14 +14,44 @@ from datetime import UTC, datetime
 
 from aiohttp import web
 
+from callgate.audit import AuditEvent
 from callgate.http.api import STORE, Api
 from callgate.http.auth import Access
 from callgate.http.errors import JsonDetail, unprocessable
 from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
 from callgate.policy import Action, is_valid_extension
+from callgate.store.audit import SESSION_ACTIONS
 
 _TAG = "audit"
 MAX_LIMIT = 10_000
+
+
+def _iso(value: datetime | None) -> str | None:
+    return None if value is None else value.isoformat()
+
+
+def event_json(event: AuditEvent) -> dict[str, object]:
+    """One event as the API shows it: its ``extra`` facts flattened in; listen/whisper sessions
+    with ``started``, ``ended`` and ``end_reason``."""
+    body: dict[str, object] = dict(event.extra)
+    body.update(
+        time=_iso(event.time),
+        action=event.action,
+        ext=event.ext,
+        target=event.target,
+        decision=event.decision,
+        reason=event.reason,
+        policy_version=event.policy_version,
+        uniqueid=event.uniqueid,
+        channel=event.channel,
+    )
+    if event.action in SESSION_ACTIONS and event.decision == "allow":
+        body.update(
+            started=_iso(event.started),
+            ended=_iso(event.ended),
+            end_reason=event.end_reason.value if event.end_reason else None,
+        )
+    return body
 
 
 def _when(name: str, value: str | None, errors: list[JsonDetail]) -> datetime | None:
@@ -58,7 +88,7 @@ async def list_audit(request: web.Request) -> web.Response:
         errors.append({"loc": ["query", "action"], "message": f"{action!r} is not an action"})
     if errors:
         raise unprocessable("invalid_query", "The audit filters are not valid.", errors)
-    records = await request.app[STORE].audit.list(
+    events = await request.app[STORE].audit.list(
         request.match_info["client_id"],
         since=since,
         until=until,
@@ -66,7 +96,7 @@ async def list_audit(request: web.Request) -> web.Response:
         action=action,
         limit=limit,
     )
-    return web.json_response({"events": [record.to_json() for record in records]})
+    return web.json_response({"events": [event_json(event) for event in events]})
 
 
 _TIME: JsonObject = {"type": ["string", "null"], "format": "date-time"}

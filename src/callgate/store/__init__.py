@@ -20,14 +20,13 @@ from collections.abc import Iterable
 from dataclasses import dataclass, fields
 from typing import Protocol
 
-from callgate.store.audit import AuditRecord, AuditRepository
+from callgate.store.audit import AuditRepository
 from callgate.store.db import Database, StoreError
 from callgate.store.policies import PolicyRepository, StoredPolicy, VersionConflictError
 from callgate.store.replace import ReplaceRepository
 from callgate.store.tokens import TokenExistsError, TokenInfo, TokenRepository
 
 __all__ = [
-    "AuditRecord",
     "AuditRepository",
     "Database",
     "PolicyRepository",

@@ -22,7 +22,6 @@ import asyncio
 import json
 import logging
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 
@@ -70,54 +69,10 @@ def _dt(value: int | None) -> datetime | None:
     return None if value is None else datetime.fromtimestamp(value / 1_000_000, UTC)
 
 
-def _iso(value: datetime | None) -> str | None:
-    return None if value is None else value.isoformat()
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRecord:
-    """One row of the audit log, as the API shows it."""
-
-    time: datetime
-    client_id: str
-    action: str
-    ext: str
-    target: str | None
-    decision: str
-    reason: str
-    policy_version: int
-    uniqueid: str | None
-    channel: str | None
-    extra: tuple[tuple[str, str], ...]
-    started: datetime | None
-    ended: datetime | None
-    end_reason: EndReason | None
-
-    def to_json(self) -> dict[str, object]:
-        body: dict[str, object] = dict(self.extra)
-        body.update(
-            time=_iso(self.time),
-            action=self.action,
-            ext=self.ext,
-            target=self.target,
-            decision=self.decision,
-            reason=self.reason,
-            policy_version=self.policy_version,
-            uniqueid=self.uniqueid,
-            channel=self.channel,
-        )
-        if self.action in SESSION_ACTIONS and self.decision == "allow":
-            body.update(
-                started=_iso(self.started),
-                ended=_iso(self.ended),
-                end_reason=self.end_reason.value if self.end_reason else None,
-            )
-        return body
-
-
-def _record(row: sqlite3.Row) -> AuditRecord:
+def _event(row: sqlite3.Row) -> AuditEvent:
+    """A row read back as the event it records (session start and end included)."""
     extra = json.loads(row["extra"])
-    return AuditRecord(
+    return AuditEvent(
         time=_dt(row["time_us"]) or datetime.fromtimestamp(0, UTC),
         client_id=row["client_id"],
         action=row["action"],
@@ -237,7 +192,7 @@ class AuditRepository:
         ext: str | None = None,
         action: str | None = None,
         limit: int = 1000,
-    ) -> tuple[AuditRecord, ...]:
+    ) -> tuple[AuditEvent, ...]:
         """Newest first. ``ext`` matches the acting extension or the target."""
         where = ["client_id = ?"]
         args: list[object] = [client_id]
@@ -259,7 +214,7 @@ class AuditRepository:
         )
         args.append(limit)
         rows = await self._db.read(lambda conn: conn.execute(sql, args).fetchall())
-        return tuple(_record(row) for row in rows)
+        return tuple(_event(row) for row in rows)
 
 
 _INSERT = """
