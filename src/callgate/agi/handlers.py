@@ -114,7 +114,7 @@ async def answer(session: AgiSession, decision: Decision, version: int, pickup: 
 class Answered:
     """A ``QuickAnswer``: the decision's one ``EXEC MSet``, recorded when the session ends."""
 
-    __slots__ = ("_decision", "_outcome", "_recorder", "_request", "_version", "line")
+    __slots__ = ("_decision", "_outcome", "_recorder", "_request", "_valid", "_version", "line")
 
     def __init__(
         self,
@@ -124,6 +124,7 @@ class Answered:
         decision: Decision,
         version: int,
         outcome: str | None = None,
+        valid_client: bool | None = None,
     ) -> None:
         self.line = line
         self._recorder = recorder
@@ -131,10 +132,13 @@ class Answered:
         self._decision = decision
         self._version = version
         self._outcome = outcome
+        self._valid = valid_client
 
     def finish(self) -> None:
         """Recorded once, as answered (or as decided, if the caller went away first)."""
-        self._recorder.record(self._request, self._decision, self._version, self._outcome)
+        self._recorder.record(
+            self._request, self._decision, self._version, self._outcome, self._valid
+        )
 
     @classmethod
     def of(
@@ -176,10 +180,17 @@ class DecisionRecorder:
         ``DECISION_LOG_HOLD`` after the first of them; ``daemon.py`` flushes it on stop."""
 
     def record(
-        self, request: AgiRequest, decision: Decision, version: int, outcome: str | None = None
+        self,
+        request: AgiRequest,
+        decision: Decision,
+        version: int,
+        outcome: str | None = None,
+        valid_client: bool | None = None,
     ) -> None:
-        """``outcome``: ``log_outcome(decision, version)``, when the caller has it already."""
-        valid_client = is_valid_client_id(request.client_id)
+        """``outcome``: ``log_outcome(decision, version)`` and ``valid_client``: whether the client
+        id is well-formed, when the caller knows them already (the quick path does)."""
+        if valid_client is None:
+            valid_client = is_valid_client_id(request.client_id)
         action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
         if self.log.enabled():
             client = request.client_id if valid_client else _printable(request.client_id)
@@ -319,7 +330,13 @@ class PolicyRoute:
                 answers.by_request.clear()
             answers.by_request[key] = answer
         return Answered(
-            answer.line, self._recorder, request, answer.decision, answer.version, answer.outcome
+            answer.line,
+            self._recorder,
+            request,
+            answer.decision,
+            answer.version,
+            answer.outcome,
+            valid_client=True,  # a policy was found for it
         )
 
     async def __call__(self, session: AgiSession) -> Decision:
