@@ -85,7 +85,7 @@ class DecisionLog:
         pending = self._pending
         pending.append((self._clock(), message))
         if len(pending) > 1:
-            return  # the flush of this iteration is already scheduled
+            return  # a flush is already scheduled (end of iteration, or the hold)
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:  # no running loop: nothing would call the flush later
