@@ -23,7 +23,7 @@ class EndReason(StrEnum):
 
 class AuditEvent(NamedTuple):
     """One audit record: immutable, and a tuple because one is built for every FastAGI decision
-    (a frozen 14-field dataclass took 2.6 µs to construct, this 0.9 µs)."""
+    (a frozen dataclass sets each of its fields through ``object.__setattr__``)."""
 
     time: datetime
     client_id: str
