@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from callgate.policy import PolicyValidationError, parse_document
-from callgate.policy.syntax import MAX_GRANT_KEYS, MAX_GROUP_LIST, MAX_GROUPS, MAX_GROUP_SIZE
+from callgate.policy.syntax import MAX_GRANT_KEYS, MAX_GROUP_LIST, MAX_GROUP_SIZE, MAX_GROUPS
 
 GROUPS = {"groups": {"support": ["100", "101"]}}
 
