@@ -11,6 +11,8 @@ from callgate.policy import decide
 from callgate.store.tokens import hash_token
 from reference_policy import REFERENCE_DOCUMENT
 
+JSON = {"Content-Type": "application/json"}  # every body must say it is JSON (415)
+
 CHECK_URL = POLICY_URL + "check"
 
 
@@ -280,7 +282,7 @@ async def test_an_invalid_token_request_is_422(
 
 
 async def test_token_request_malformed_json_is_400(api: Harness) -> None:
-    response = await api.client.post("/tokens", data=b"{nope", headers=ADMIN)
+    response = await api.client.post("/tokens", data=b"{nope", headers={**ADMIN, **JSON})
     assert response.status == 400
 
 

@@ -11,6 +11,8 @@ from http_support import ADMIN, CLIENT, POLICY_URL, Harness
 from callgate.policy import PolicyDocument, decide
 from reference_policy import REFERENCE_DOCUMENT
 
+JSON = {"Content-Type": "application/json"}  # every body must say it is JSON (415)
+
 DEFAULT_JSON = PolicyDocument().to_json()
 
 
@@ -179,7 +181,7 @@ async def error_of(response: object) -> dict[str, object]:
     ids=["open", "empty", "typo", "binary", "nan", "deep", "bad-string", "empty-string"],
 )
 async def test_malformed_json_is_400(api: Harness, raw: bytes) -> None:
-    response = await api.client.put(POLICY_URL, data=raw, headers=ADMIN)
+    response = await api.client.put(POLICY_URL, data=raw, headers={**ADMIN, **JSON})
     assert response.status == 400
     assert (await error_of(response))["error"] == "malformed_json"
     assert (await api.client.get(POLICY_URL, headers=ADMIN)).headers["ETag"] == '"0"'
@@ -200,7 +202,7 @@ async def test_malformed_json_is_400(api: Harness, raw: bytes) -> None:
 async def test_a_json_value_that_is_not_an_object_is_422(
     api: Harness, body: object, loc: list[object]
 ) -> None:
-    response = await api.client.put(POLICY_URL, data=json.dumps(body), headers=ADMIN)
+    response = await api.client.put(POLICY_URL, data=json.dumps(body), headers={**ADMIN, **JSON})
     assert response.status == 422
     error = await error_of(response)
     assert error["error"] == "not_an_object"
@@ -264,7 +266,7 @@ async def test_several_errors_are_all_reported(api: Harness) -> None:
 async def test_a_body_over_2_mib_is_413(api: Harness) -> None:
     big = {"groups": {"g": ["1" * 32] * 70_000}}  # about 2.5 MB of JSON
     data = io.BytesIO(json.dumps(big).encode())
-    response = await api.client.put(POLICY_URL, data=data, headers=ADMIN)
+    response = await api.client.put(POLICY_URL, data=data, headers={**ADMIN, **JSON})
     assert response.status == 413
     assert (await error_of(response))["error"] == "payload_too_large"
 
@@ -272,7 +274,7 @@ async def test_a_body_over_2_mib_is_413(api: Harness) -> None:
 async def test_a_body_just_under_2_mib_is_read(api: Harness) -> None:
     padding = " " * (2 * 1024 * 1024 - 100)
     data = io.BytesIO((padding + "{}").encode())
-    response = await api.client.put(POLICY_URL, data=data, headers=ADMIN)
+    response = await api.client.put(POLICY_URL, data=data, headers={**ADMIN, **JSON})
     assert response.status == 200
 
 

@@ -29,6 +29,8 @@ from .conftest import (
 )
 from .conftest import client_policy as make_policy
 
+JSON = {"Content-Type": "application/json"}  # every body must say it is JSON (415)
+
 ADMIN_TOKEN = "admin-token-for-replace-tests"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 PIN_URL = f"/client/{CLIENT}/extension/101/replace_pin"
@@ -114,7 +116,7 @@ async def test_put_pin_stores_a_hash_only(http: Http, tmp_path: Path) -> None:
     ],
 )
 async def test_anything_but_a_pin_is_422(http: Http, body: object) -> None:
-    resp = await http.client.put(PIN_URL, data=json.dumps(body), headers=ADMIN)
+    resp = await http.client.put(PIN_URL, data=json.dumps(body), headers={**ADMIN, **JSON})
     assert resp.status == 422
     error = await resp.json()
     assert error["error"] == "invalid_pin"
@@ -123,7 +125,7 @@ async def test_anything_but_a_pin_is_422(http: Http, body: object) -> None:
 
 
 async def test_malformed_json_is_400_and_a_bad_extension_422(http: Http) -> None:
-    resp = await http.client.put(PIN_URL, data=b'{"pin": "1234"', headers=ADMIN)
+    resp = await http.client.put(PIN_URL, data=b'{"pin": "1234"', headers={**ADMIN, **JSON})
     assert resp.status == 400
     url = f"/client/{CLIENT}/extension/{'9' * 33}/replace_pin"
     resp = await http.client.put(url, json={"pin": "1234"}, headers=ADMIN)

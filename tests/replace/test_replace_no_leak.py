@@ -22,6 +22,8 @@ from reference_policy import REFERENCE_DOCUMENT
 from .conftest import CLIENT, FakeAstDb, FakeAudit, agi_server, make_service
 from .conftest import client_policy as make_policy
 
+JSON = {"Content-Type": "application/json"}  # every body must say it is JSON (415)
+
 PIN = "80417263"
 WRONG = "80417264"
 ADMIN_TOKEN = "admin-token-no-leak"
@@ -54,9 +56,10 @@ async def test_the_pin_appears_nowhere(tmp_path: Path, caplog: pytest.LogCapture
             {"pin": PIN, "again": PIN},
             {PIN: PIN},
         ):
-            resp = await http.put(url, data=json.dumps(body), headers=ADMIN)
+            resp = await http.put(url, data=json.dumps(body), headers={**ADMIN, **JSON})
             bodies.append(await resp.text())
-        resp = await http.put(url, data=f'{{"pin": "{PIN}"', headers=ADMIN)  # malformed JSON
+        malformed = f'{{"pin": "{PIN}"'
+        resp = await http.put(url, data=malformed, headers={**ADMIN, **JSON})
         bodies.append(await resp.text())
         assert resp.status == 400
 

@@ -1,28 +1,32 @@
 """``GET /client/{client_id}/audit``: what was decided and what happened, newest first.
 
-Filters (query string, all optional): ``since`` and ``until`` (ISO 8601 date-times, inclusive;
-without a zone they are UTC), ``ext`` (the acting extension or the target), ``action``, and
-``limit`` (1 to 10000, default 1000). Listen and whisper sessions carry ``started``, ``ended`` and
-``end_reason`` (``listener_hangup``, ``call_ended``, ``revoked``) on the row of the decision that
-allowed them; a revoked one also says which policy version withdrew it (``revoked_by_version``)
-and why (``revoked_reason``).
+Filters (query string, all optional, each at most once): ``since`` and ``until`` (ISO 8601
+date-times, inclusive; without a zone they are UTC), ``ext`` (the acting extension or the
+target), ``action``, and ``limit`` (1 to 10000, default 1000). A bad one is a 400
+``invalid_query`` naming it (``callgate.http.query``).
+
+Listen and whisper sessions carry ``started``, ``ended`` and ``end_reason`` (``listener_hangup``,
+``call_ended``, ``revoked``) on the row of the decision that allowed them; a revoked one also says
+which policy version withdrew it (``revoked_by_version``) and why (``revoked_reason``).
 """
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import datetime
 
 from aiohttp import web
 
 from callgate.audit import AuditEvent
 from callgate.http.api import STORE, Api
 from callgate.http.auth import Access
-from callgate.http.errors import JsonDetail, unprocessable
 from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
+from callgate.http.query import TIME_SCHEMA, QueryReader, integer_schema
 from callgate.policy import Action, is_valid_extension
+from callgate.policy.syntax import EXTENSION_RULE
 from callgate.store.audit import SESSION_ACTIONS
 
 _TAG = "audit"
+DEFAULT_LIMIT = 1000
 MAX_LIMIT = 10_000
 
 
@@ -54,40 +58,18 @@ def event_json(event: AuditEvent) -> dict[str, object]:
     return body
 
 
-def _when(name: str, value: str | None, errors: list[JsonDetail]) -> datetime | None:
-    if value is None:
-        return None
-    try:
-        parsed = datetime.fromisoformat(value)
-    except ValueError:
-        errors.append({"loc": ["query", name], "message": f"{value!r} is not an ISO 8601 time"})
-        return None
-    return parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
-
-
-def _limit(value: str | None, errors: list[JsonDetail]) -> int:
-    if value is None:
-        return 1000
-    if not value.isdigit() or not 1 <= int(value) <= MAX_LIMIT:
-        errors.append({"loc": ["query", "limit"], "message": f"a number from 1 to {MAX_LIMIT}"})
-        return 1000
-    return int(value)
-
-
 async def list_audit(request: web.Request) -> web.Response:
-    query = request.query
-    errors: list[JsonDetail] = []
-    since = _when("since", query.get("since"), errors)
-    until = _when("until", query.get("until"), errors)
-    limit = _limit(query.get("limit"), errors)
-    ext = query.get("ext")
+    query = QueryReader(request.query)
+    since = query.time("since")
+    until = query.time("until")
+    limit = query.integer("limit", default=DEFAULT_LIMIT, minimum=1, maximum=MAX_LIMIT)
+    ext = query.text("ext")
     if ext is not None and not is_valid_extension(ext):
-        errors.append({"loc": ["query", "ext"], "message": f"{ext!r} is not a valid extension"})
-    action = query.get("action")
+        query.add_error("ext", f"{ext[:40]!r} is not a valid extension ({EXTENSION_RULE}).")
+    action = query.text("action")
     if action is not None and action not in set(Action):
-        errors.append({"loc": ["query", "action"], "message": f"{action!r} is not an action"})
-    if errors:
-        raise unprocessable("invalid_query", "The audit filters are not valid.", errors)
+        query.add_error("action", f"{action[:40]!r} is not an action.")
+    query.raise_if_invalid("The audit filters are not valid.")
     events = await request.app[STORE].audit.list(
         request.match_info["client_id"],
         since=since,
@@ -164,8 +146,8 @@ def register(api: Api) -> None:
             "summary": "Decisions and listen/whisper sessions, newest first",
             "tags": [_TAG],
             "parameters": [
-                _param("since", "from this time on (ISO 8601)", {"type": "string"}),
-                _param("until", "up to this time (ISO 8601)", {"type": "string"}),
+                _param("since", "from this time on (ISO 8601; no zone: UTC)", TIME_SCHEMA),
+                _param("until", "up to this time (ISO 8601; no zone: UTC)", TIME_SCHEMA),
                 _param(
                     "ext",
                     "acting or target extension",
@@ -174,11 +156,17 @@ def register(api: Api) -> None:
                 _param(
                     "action", "one action", {"type": "string", "enum": [a.value for a in Action]}
                 ),
-                _param("limit", "at most this many (default 1000)", {"type": "integer"}),
+                _param(
+                    "limit",
+                    f"at most this many (default {DEFAULT_LIMIT})",
+                    integer_schema(1, MAX_LIMIT, DEFAULT_LIMIT),
+                ),
             ],
             "responses": {
                 "200": json_response("The events", ref("AuditEvents")),
-                "422": error_response(422, "A filter is not valid"),
+                "400": error_response(
+                    400, "invalid_query: a filter is not valid, or given twice; details name it"
+                ),
             },
         },
     )

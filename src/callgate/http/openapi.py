@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from callgate import __version__
 from callgate.http.auth import Access
+from callgate.policy.syntax import CLIENT_ID_PATTERN, CLIENT_ID_RULE
+from callgate.policy.syntax import EXTENSION_PATTERN as EXTENSION_PATTERN  # route modules use it
 
 JsonObject = dict[str, object]
 """A fragment of the OpenAPI document (it is JSON by nature; it never leaves this layer)."""
@@ -21,10 +23,9 @@ JsonObject = dict[str, object]
 CLIENT_ID_SCHEMA: JsonObject = {
     "type": "string",
     # "." and ".." are valid client ids in policy.md but cannot travel as a URL path segment.
-    "pattern": r"^(?!\.{1,2}$)[A-Za-z0-9_.-]{1,64}$",
-    "description": "1 to 64 characters of A-Z a-z 0-9 _ - .",
+    "pattern": r"^(?!\.{1,2}$)" + CLIENT_ID_PATTERN.removeprefix("^"),
+    "description": CLIENT_ID_RULE,
 }
-EXTENSION_PATTERN = r"^[A-Za-z0-9_.+-]{1,32}$"
 
 ERROR_SCHEMA: JsonObject = {
     "type": "object",
@@ -48,7 +49,8 @@ _ERROR_TEXT = {
     409: "Conflict",
     412: "If-Match does not match the current ETag; nothing changed",
     413: "Request body over 2 MiB",
-    422: "Invalid input: details locate each error",
+    415: "The body is not sent as JSON (Content-Type: application/json or application/*+json)",
+    422: "Invalid input (a key given twice in a JSON body included): details locate each error",
     503: "The store is unavailable",
 }
 
@@ -110,8 +112,11 @@ class OpenApi:
             responses.setdefault("401", error_response(401))
             responses.setdefault("403", error_response(403))
             responses.setdefault("503", error_response(503))
-        if "client_id" in _PATH_PARAM.findall(path):
+        if "client_id" in _PATH_PARAM.findall(path) or "requestBody" in op:
             responses.setdefault("422", error_response(422))
+        if "requestBody" in op:  # every body is read by callgate.http.body.read_json
+            for status in (400, 413, 415):
+                responses.setdefault(str(status), error_response(status))
         if not params:
             del op["parameters"]
         self._paths.setdefault(path, {})[method.lower()] = op
@@ -124,7 +129,9 @@ class OpenApi:
                 "version": __version__,
                 "description": (
                     "Call control group policies for Asterisk: pickup, listen, whisper and"
-                    " phone replace, per client. Send 'Authorization: Bearer <token>'."
+                    " phone replace, per client. Send 'Authorization: Bearer <token>'. A request"
+                    " body is JSON sent with 'Content-Type: application/json' (415 otherwise);"
+                    " an object that gives a key twice is a 422 duplicate_key."
                 ),
             },
             "tags": [{"name": n, "description": d} for n, d in self._tags.items()],

@@ -58,7 +58,7 @@ def document_from_body(data: object) -> PolicyDocument:
     if data.keys() == {WRAPPER_KEY}:
         inner = data[WRAPPER_KEY]
         if isinstance(inner, str):
-            inner = parse_json(inner, f"{WRAPPER_KEY} string")
+            inner = parse_json(inner, f"{WRAPPER_KEY} string", at=(WRAPPER_KEY,))
         if not isinstance(inner, dict):
             raise _not_object([WRAPPER_KEY], inner)
         data = inner

@@ -5,16 +5,19 @@ The token value is returned once, by ``POST``; only its hash is stored.
 
 from __future__ import annotations
 
+import re
+
 from aiohttp import web
 
 from callgate.http.api import STORE, Api
-from callgate.http.auth import ADMIN_NAME, Access
+from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
 from callgate.http.openapi import JsonObject, error_response, json_response, ref
 from callgate.policy import is_valid_client_id
+from callgate.policy.syntax import CLIENT_ID_PATTERN, CLIENT_ID_RULE
 from callgate.store import TokenExistsError, TokenInfo
-from callgate.store.tokens import NAME_PATTERN, is_valid_token_name
+from callgate.store.tokens import NAME_PATTERN, NAME_RULE, RESERVED_NAMES, is_valid_token_name
 
 
 def _token_json(info: TokenInfo) -> dict[str, object]:
@@ -39,16 +42,9 @@ def _parse_new_token(data: object) -> tuple[str, str]:
     ]
     name, client_id = data.get("name"), data.get("client_id")
     if not isinstance(name, str) or not is_valid_token_name(name):
-        errors.append(
-            {
-                "loc": ["name"],
-                "message": f"a token name is 1 to 64 of A-Z a-z 0-9 _ - . and not {ADMIN_NAME!r}",
-            }
-        )
+        errors.append({"loc": ["name"], "message": f"a token name is {NAME_RULE}"})
     if not isinstance(client_id, str) or not is_valid_client_id(client_id):
-        errors.append(
-            {"loc": ["client_id"], "message": "a client id is 1 to 64 of A-Z a-z 0-9 _ - ."}
-        )
+        errors.append({"loc": ["client_id"], "message": f"a client id is {CLIENT_ID_RULE}"})
     if errors:
         raise unprocessable("invalid_token_request", "The token request is not valid.", errors)
     assert isinstance(name, str)
@@ -99,13 +95,22 @@ _NEW_TOKEN: JsonObject = {
     },
 }
 
+
+def _any_case(word: str) -> str:
+    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
+
+
+# The name pattern, with the reserved names refused in any case (as is_valid_token_name does).
+_RESERVED = "|".join(_any_case(name) for name in sorted(RESERVED_NAMES))
+_TOKEN_NAME_PATTERN = f"^(?!(?:{_RESERVED})$){NAME_PATTERN.removeprefix('^')}"
+
 _TOKEN_REQUEST: JsonObject = {
     "type": "object",
     "required": ["name", "client_id"],
     "additionalProperties": False,
     "properties": {
-        "name": {"type": "string", "pattern": NAME_PATTERN, "not": {"const": ADMIN_NAME}},
-        "client_id": {"type": "string", "pattern": r"^[A-Za-z0-9_.-]{1,64}$"},
+        "name": {"type": "string", "pattern": _TOKEN_NAME_PATTERN, "description": NAME_RULE},
+        "client_id": {"type": "string", "pattern": CLIENT_ID_PATTERN},
     },
 }
 

@@ -1,9 +1,10 @@
 """The policy document (``policy.md``, "The document" and "Validation") as a pydantic model.
 
 Shape and syntax are declared on the fields, so pydantic checks them in one pass and reports every
-error it finds. The one rule that spans fields, "every referenced group exists", runs after that
-pass (``_check_references``); ``parse_document`` also runs it on a document that failed the first
-pass, so that a user sees all of their mistakes at once.
+error it finds. The rules that span fields, "every referenced group exists" and "at most
+``MAX_GRANT_KEYS`` grant keys of each kind", run after that pass (``_check_across_fields``);
+``parse_document`` also runs them on a document that failed the first pass, so that a user sees
+all of their mistakes at once.
 
 The ``eavesdrop_{ext}`` and ``whisper_{ext}`` keys are pydantic "extra" data whose keys and values
 are both typed: a key that does not fit ``DYNAMIC_KEY_PATTERN`` (``eavesdrp_100``) is an error
@@ -33,6 +34,8 @@ from callgate.policy.syntax import (
     EAVESDROP_PREFIX,
     EXTENSION_PATTERN,
     GROUP_NAME_PATTERN,
+    MAX_GRANT_KEYS,
+    MAX_GROUP_LIST,
     MAX_GROUP_SIZE,
     MAX_GROUPS,
     WHISPER_PREFIX,
@@ -41,11 +44,13 @@ from callgate.policy.syntax import (
 Extension = Annotated[str, StringConstraints(strict=True, pattern=EXTENSION_PATTERN)]
 GroupName = Annotated[str, StringConstraints(strict=True, pattern=GROUP_NAME_PATTERN)]
 DynamicKey = Annotated[str, StringConstraints(strict=True, pattern=DYNAMIC_KEY_PATTERN)]
-GroupList = tuple[GroupName, ...]
+GroupList = Annotated[tuple[GroupName, ...], Field(max_length=MAX_GROUP_LIST)]
 Members = Annotated[tuple[Extension, ...], Field(max_length=MAX_GROUP_SIZE)]
 
 MISSING_GROUP = "missing_group"
 """The pydantic error type of a reference to a group that ``groups`` does not define."""
+TOO_MANY_GRANTS = "too_many_grants"
+"""The pydantic error type of the first ``eavesdrop_``/``whisper_`` key past ``MAX_GRANT_KEYS``."""
 
 REFERENCING_FIELDS = ("pickup_share_groups", "phone_replace_groups")
 """The fixed fields that name groups; the ``eavesdrop_*`` and ``whisper_*`` keys do too."""
@@ -101,15 +106,14 @@ class PolicyDocument(BaseModel):
         return body
 
     @model_validator(mode="after")
-    def _check_references(self) -> Self:
-        named = set(self.pickup_share_groups).union(
-            self.phone_replace_groups, *(self.__pydantic_extra__ or {}).values()
-        )
-        if named <= self.groups.keys():
-            return self  # the usual case, checked in bulk; the loop below finds the culprits
-        missing = missing_groups(self.groups, self.references())
-        if missing:
-            raise ValidationError.from_exception_data(type(self).__name__, missing)
+    def _check_across_fields(self) -> Self:
+        extra = self.__pydantic_extra__ or {}
+        errors = too_many_grants(extra)
+        named = set(self.pickup_share_groups).union(self.phone_replace_groups, *extra.values())
+        if not named <= self.groups.keys():  # in bulk first: the loop finds the culprits
+            errors += missing_groups(self.groups, self.references())
+        if errors:
+            raise ValidationError.from_exception_data(type(self).__name__, errors)
         return self
 
 
@@ -145,3 +149,36 @@ def missing_groups(
 
 def missing_group_message(loc: Location, group: str) -> str:
     return f"Group '{group}', named in {loc[0]}, does not exist in groups."
+
+
+def too_many_grants(keys: Iterable[object]) -> list[InitErrorDetails]:
+    """One ``too_many_grants`` error per prefix whose keys pass ``MAX_GRANT_KEYS``, located at
+    the first key over the limit."""
+    keys = list(keys)
+    if len(keys) <= MAX_GRANT_KEYS:
+        return []  # the usual case: no prefix can be over the limit
+    counts = {EAVESDROP_PREFIX: 0, WHISPER_PREFIX: 0}
+    errors: list[InitErrorDetails] = []
+    for key in keys:
+        if not isinstance(key, str):
+            continue
+        prefix = EAVESDROP_PREFIX if key.startswith(EAVESDROP_PREFIX) else WHISPER_PREFIX
+        if not key.startswith(prefix):
+            continue
+        counts[prefix] += 1
+        if counts[prefix] == MAX_GRANT_KEYS + 1:
+            errors.append(_too_many_grants_error(key, prefix))
+    return errors
+
+
+def _too_many_grants_error(key: str, prefix: str) -> InitErrorDetails:
+    message = (
+        f"Too many {prefix}<extension> keys: at most {MAX_GRANT_KEYS} (one for each extension"
+        f" that {MAX_GROUPS} groups of {MAX_GROUP_SIZE} can hold); '{key}' is the first past"
+        " the limit."
+    )
+    return InitErrorDetails(
+        type=PydanticCustomError(TOO_MANY_GRANTS, "{message}", {"message": message}),
+        loc=(key,),
+        input=key,
+    )

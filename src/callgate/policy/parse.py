@@ -11,14 +11,16 @@ from collections.abc import Mapping
 from typing import Any
 
 from pydantic import ValidationError
-from pydantic_core import ErrorDetails
+from pydantic_core import ErrorDetails, InitErrorDetails, PydanticCustomError
 
 from callgate.policy.document import (
     MISSING_GROUP,
+    TOO_MANY_GRANTS,
     PolicyDocument,
     find_references,
     missing_group_message,
     missing_groups,
+    too_many_grants,
 )
 from callgate.policy.errors import Location, PolicyIssue, PolicyValidationError, format_location
 from callgate.policy.syntax import (
@@ -28,6 +30,7 @@ from callgate.policy.syntax import (
     EXTENSION_RULE,
     GROUP_NAME_PATTERN,
     GROUP_NAME_RULE,
+    MAX_GROUP_LIST,
     MAX_GROUP_SIZE,
     MAX_GROUPS,
     WHISPER_PREFIX,
@@ -74,9 +77,18 @@ def _rejected(errors: list[ErrorDetails], raw: object) -> PolicyValidationError:
         for error in errors
         if not error["loc"] or error["loc"][0] not in bad_keys or _is_key_error(error)
     ]
-    if isinstance(raw, Mapping) and not any(e["type"] == MISSING_GROUP for e in errors):
+    # The cross-field checks, where pydantic did not get as far as running them.
+    kinds = {error["type"] for error in errors}
+    if isinstance(raw, Mapping) and MISSING_GROUP not in kinds:
         issues.extend(i for i in _missing_groups(raw) if i.loc[0] not in bad_keys)
+    if isinstance(raw, Mapping) and TOO_MANY_GRANTS not in kinds:
+        issues.extend(PolicyIssue(e["loc"], _custom_message(e)) for e in too_many_grants(raw))
     return PolicyValidationError(tuple(issues))
+
+
+def _custom_message(error: InitErrorDetails) -> str:
+    kind = error["type"]
+    return kind.message() if isinstance(kind, PydanticCustomError) else str(kind)
 
 
 def _is_key_error(error: ErrorDetails) -> bool:
@@ -108,7 +120,7 @@ def _message(error: ErrorDetails, loc: Location) -> str:
     match kind:
         case "model_type" | "model_attributes_type" | "dict_type" if not loc:
             return f"The policy document must be a JSON object, not {_json_kind(value)}."
-        case "missing_group":
+        case "missing_group" | "too_many_grants":
             return str(error["msg"])
         case "bool_type":
             return f"{field} must be true or false (a JSON boolean), not {_json_kind(value)}."
@@ -119,12 +131,18 @@ def _message(error: ErrorDetails, loc: Location) -> str:
             return f"{format_location(loc)} must be an array of {what}, not {_json_kind(value)}."
         case "string_type":
             return f"{format_location(loc)} must be a string, not {_json_kind(value)}."
-        case "too_long" if len(loc) == 1:
+        case "too_long" if loc == ("groups",):
             count = len(value) if isinstance(value, Mapping) else "more"
             return f"groups has {count} groups; at most {MAX_GROUPS} are allowed."
-        case "too_long":
+        case "too_long" if field == "groups":
             count = len(value) if isinstance(value, list | tuple) else "more"
             return f"Group '{loc[1]}' has {count} extensions; at most {MAX_GROUP_SIZE} are allowed."
+        case "too_long":
+            count = len(value) if isinstance(value, list | tuple) else "more"
+            return (
+                f"{field} has {count} group names; at most {MAX_GROUP_LIST} are allowed"
+                f" (there are at most {MAX_GROUPS} groups to name)."
+            )
         case "string_pattern_mismatch":
             return _pattern_message(error.get("ctx", {}).get("pattern"), value)
     return f"{format_location(loc)}: {error['msg']}."

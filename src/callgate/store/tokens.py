@@ -26,13 +26,20 @@ SCHEMA = (
 )
 
 NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_TOKEN_NAME = re.compile(NAME_PATTERN)
+_TOKEN_NAME = re.compile(NAME_PATTERN[1:-1])
 RESERVED_NAMES = frozenset({"admin"})
-"""``admin`` names the admin token in ``changed_by``; no client token may pass for it."""
+"""``admin`` names the admin token in ``changed_by`` and the audit; no client token may pass for
+it, in any case (``Admin`` reads the same to a person). Names are ASCII (``NAME_PATTERN``), so
+no Unicode look-alike such as ``ADMİN`` gets this far."""
+NAME_RULE = "1 to 64 characters of A-Z a-z 0-9 _ - ., and not 'admin' in any case"
+
+
+def is_reserved_token_name(name: str) -> bool:
+    return name.casefold() in RESERVED_NAMES
 
 
 def is_valid_token_name(name: str) -> bool:
-    return _TOKEN_NAME.fullmatch(name) is not None and name not in RESERVED_NAMES
+    return _TOKEN_NAME.fullmatch(name) is not None and not is_reserved_token_name(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -63,7 +70,12 @@ class TokenRepository:
         self._db = db
 
     async def create(self, name: str, client_id: str) -> tuple[TokenInfo, str]:
-        """Make a new token for ``client_id``; returns its record and the token itself."""
+        """Make a new token for ``client_id``; returns its record and the token itself.
+
+        ValueError for a name that ``is_valid_token_name`` refuses (callers check it first, to
+        answer the user): no path may store a token that passes for the admin."""
+        if not is_valid_token_name(name):
+            raise ValueError(f"{name!r} is not a valid token name ({NAME_RULE})")
         token = "cg_" + secrets.token_urlsafe(32)
         info = TokenInfo(name, client_id, datetime.now(UTC))
 
