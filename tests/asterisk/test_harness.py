@@ -9,7 +9,7 @@ from pathlib import Path
 
 import aiohttp
 
-import asterisk_conf_check as check
+from callgate import asterisk_conf as check
 from fake_ami import FakeAmi, FakeChannel
 from support import free_port
 
