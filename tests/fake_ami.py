@@ -24,6 +24,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypedDict, Unpack
 
 TRANSCRIPTS = Path(__file__).parent / "transcripts" / "ami"
 BANNER = b"Asterisk Call Manager/11.0.0\r\n"
@@ -98,6 +99,18 @@ class FakeChannel:
     """What ``Getvar`` answers (an unset variable: an empty ``Value``, as Asterisk does)."""
 
 
+class ChannelFields(TypedDict, total=False):
+    """The fields of a :class:`FakeChannel` that ``add_channel`` takes as keywords."""
+
+    application: str
+    application_data: str
+    duration: str
+    spying_on: str | None
+    context: str | None
+    exten: str | None
+    variables: dict[str, str]
+
+
 @dataclass
 class FakeAmi:
     username: str = "callgate"
@@ -151,8 +164,10 @@ class FakeAmi:
 
     # ------------------------------------------------------------ what tests push
 
-    def add_channel(self, channel: str, uniqueid: str, **kw: str) -> FakeChannel:
-        fake = FakeChannel(channel, uniqueid, **kw)
+    def add_channel(
+        self, channel: str, uniqueid: str, **fields: Unpack[ChannelFields]
+    ) -> FakeChannel:
+        fake = FakeChannel(channel, uniqueid, **fields)
         self.channels[uniqueid] = fake
         return fake
 

@@ -47,7 +47,7 @@ _COMMANDS: Final = (
     (("VERBOSE",), True),
 )
 _BY_LENGTH: Final = sorted(_COMMANDS, key=lambda entry: -len(entry[0]))  # longest match first
-_USAGE: Final = {
+_USAGE: Final[dict[tuple[str, ...], str]] = {
     ("SET", "VARIABLE"): "Sets a variable to the current channel.",
 }
 

@@ -1,6 +1,6 @@
 """The shipped Asterisk configuration keeps its security rules; the checker catches breakage.
 
-Runs without Asterisk. ``asterisk_conf_check`` reads ``asterisk-conf/`` the way Asterisk does;
+Runs without Asterisk. ``callgate.asterisk_conf`` reads ``asterisk-conf/`` the way Asterisk does;
 each broken copy below must be caught by the rule named in its row, so a checker that stopped
 checking would fail here too.
 """
@@ -9,12 +9,14 @@ from __future__ import annotations
 
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
-import asterisk_conf_check as check
+from callgate import asterisk_conf as check
 
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "asterisk-conf"
@@ -309,3 +311,46 @@ def test_dockerfile_installs_this_package_on_python_311() -> None:
     assert re.search(r"^FROM python:3\.11-slim", text, re.MULTILINE)
     assert "pip install" in text
     assert re.search(r'^CMD \["callgate", "serve"', text, re.MULTILINE)
+
+
+# ------------------------------------------------------------------------------ the command
+
+CALLGATE = Path(sys.executable).with_name("callgate")  # the installed entry point
+
+
+def check_conf(*args: str | Path, cwd: Path = ROOT) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [CALLGATE, "check-conf", *args], cwd=cwd, capture_output=True, text=True, timeout=60
+    )
+
+
+def test_check_conf_passes_the_shipped_directory() -> None:
+    done = check_conf("asterisk-conf")
+    assert (done.returncode, done.stdout, done.stderr) == (0, "0 finding(s) in asterisk-conf\n", "")
+
+
+def test_check_conf_names_the_rule_a_broken_copy_breaks(conf: Path) -> None:
+    edit(conf / "manager.conf", "write = call,reporting,system", "write = all")
+    done = check_conf(conf)
+    assert done.returncode == 1
+    *lines, total = done.stdout.splitlines()
+    assert lines
+    assert all(re.match(r"^manager\.conf:\d+: \[manager\] ", line) for line in lines), lines
+    assert total == f"{len(lines)} finding(s) in {conf}"
+
+
+def test_check_conf_defaults_to_asterisk_conf_here_and_else_wants_a_directory(
+    tmp_path: Path,
+) -> None:
+    assert check_conf().stdout == "0 finding(s) in asterisk-conf\n"
+    done = check_conf(cwd=tmp_path)
+    assert done.returncode == 2
+    assert "give DIR" in done.stderr
+
+
+def test_check_conf_on_an_unreadable_directory_exits_2_without_a_traceback(conf: Path) -> None:
+    (conf / "features.conf").unlink()
+    done = check_conf(conf)
+    assert done.returncode == 2
+    assert "features.conf" in done.stderr
+    assert "Traceback" not in done.stderr

@@ -1,4 +1,5 @@
-"""The ``callgate`` command: ``serve`` runs the daemon, ``check`` answers one decision."""
+"""The ``callgate`` command: ``serve`` runs the daemon, ``check`` answers one decision,
+``check-conf`` checks an Asterisk configuration directory."""
 
 from __future__ import annotations
 
@@ -186,6 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     _serve_parser(sub)
     _check_parser(sub)
+    _check_conf_parser(sub)
     return parser
 
 
@@ -196,7 +198,57 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _run_serve(args)
         case "check":
             return _run_check(args)
+        case "check-conf":
+            return _run_check_conf(args)
     return 2  # unreachable: argparse rejects unknown commands
+
+
+_SHIPPED_CONF = Path("asterisk-conf")
+
+
+def _check_conf_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    p = sub.add_parser(
+        "check-conf",
+        help="check an Asterisk configuration directory against callgate's rules",
+        description=(
+            "Read DIR (laid out like the shipped asterisk-conf/: extensions*.conf, features.conf,"
+            " manager.conf, pjsip.conf) as Asterisk does and check the rules the dialplan, the"
+            " pickup feature, the Manager user and the phones must keep. Prints one line per"
+            " finding, each naming its rule, then the count; exits 0 without findings, 1 with"
+            " some, 2 if DIR cannot be read as Asterisk configuration."
+        ),
+    )
+    p.add_argument(
+        "directory",
+        metavar="DIR",
+        type=Path,
+        nargs="?",
+        help="the directory to check (default: ./asterisk-conf, if there is one)",
+    )
+
+
+def _run_check_conf(args: argparse.Namespace) -> int:
+    from callgate.asterisk_conf import ConfError, check_directory
+
+    directory: Path | None = args.directory
+    if directory is None:
+        # An installed package carries no asterisk-conf/: only a checkout (or a copy) has one.
+        if not _SHIPPED_CONF.is_dir():
+            print("callgate check-conf: give DIR (there is no ./asterisk-conf)", file=sys.stderr)
+            return 2
+        directory = _SHIPPED_CONF
+    if not directory.is_dir():
+        print(f"callgate check-conf: {directory} is not a directory", file=sys.stderr)
+        return 2
+    try:
+        findings = check_directory(directory)
+    except ConfError as exc:
+        print(f"callgate check-conf: {exc}", file=sys.stderr)
+        return 2
+    for finding in findings:
+        print(finding)
+    print(f"{len(findings)} finding(s) in {directory}")
+    return 1 if findings else 0
 
 
 if __name__ == "__main__":

@@ -3,21 +3,15 @@ them, and stops with the daemon."""
 
 from __future__ import annotations
 
-import socket
 from pathlib import Path
 
 from callgate.agi import variables
 from callgate.config import Settings
 from callgate.daemon import start
 from fake_asterisk import call, request_environment
+from support import free_port
 
 from .conftest import client_policy
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 async def test_daemon_serves_fastagi_on_the_configured_address(tmp_path: Path) -> None:

@@ -15,6 +15,7 @@ from callgate.agi.server import AgiServer
 from callgate.agi.session import AgiSession, AgiSessionError
 from callgate.metrics import Metrics
 from fake_asterisk import FakeChannel, call, load_transcript, request_environment
+from support import wait_until
 
 from .conftest import Heartbeat, StartServer, sample
 
@@ -42,13 +43,6 @@ async def bad_peer(port: int, payload: bytes, *, then_close: bool = True) -> byt
 async def assert_still_serving(server: AgiServer) -> None:
     channel = await call(server.port, ALLOWING)
     assert channel.variables[variables.DECISION] == "ALLOW"
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 2.0) -> None:
-    """Poll a server counter: the server offers no event for "n sessions open", by design."""
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.005)
 
 
 MISBEHAVIOURS = {

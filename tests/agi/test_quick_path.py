@@ -19,6 +19,7 @@ from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
+from support import wait_until
 
 from .conftest import TEST_CONFIG, FakeAuditSink, StartServer, client_policy, sample
 
@@ -55,12 +56,6 @@ class QuickOrSlow:
     async def __call__(self, session: AgiSession) -> None:
         self.called += 1
         await session.set_variable(variables.DECISION, "SLOW")
-
-
-async def wait_until(condition: Callable[[], bool], within: float = 2.0) -> None:
-    async with asyncio.timeout(within):
-        while not condition():  # noqa: ASYNC110 - polling a counter the server does not announce
-            await asyncio.sleep(0.005)
 
 
 async def ended_once(

@@ -4,8 +4,7 @@ wires them, with timings shortened."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,6 +17,7 @@ from callgate.metrics import Metrics
 from callgate.policy import compile_policy, parse_document
 from callgate.registry import ClientPolicy, PolicyRegistry
 from fake_ami import FakeAmi
+from support import wait_until
 
 CLIENT = "acme"
 REFERENCE: dict[str, Any] = {
@@ -50,12 +50,6 @@ def fast_config(port: int, **overrides: Any) -> ManagerConfig:
 def policy(version: int, document: dict[str, Any], client: str = CLIENT) -> ClientPolicy:
     doc = parse_document(document)
     return ClientPolicy(client, version, doc, compile_policy(doc))
-
-
-async def eventually(check: Callable[[], bool], within: float = 5.0) -> None:
-    async with asyncio.timeout(within):
-        while not check():  # noqa: ASYNC110 - polls state owned by the code under test
-            await asyncio.sleep(0.01)
 
 
 @dataclass
@@ -103,7 +97,7 @@ class Live:
         return [a.get("Channel") for a in self.fake.received("Hangup")]
 
     async def connected(self) -> None:
-        await eventually(lambda: self.service.status() is ManagerState.CONNECTED)
+        await wait_until(lambda: self.service.status() is ManagerState.CONNECTED)
 
 
 @pytest.fixture
@@ -126,6 +120,6 @@ async def live(fake: FakeAmi) -> AsyncIterator[Live]:
     service.start()
     live = Live(fake, registry, audit, metrics, service)
     await live.connected()
-    await eventually(lambda: bool(fake.received("CoreShowChannels")))
+    await wait_until(lambda: bool(fake.received("CoreShowChannels")))
     yield live
     await service.stop()

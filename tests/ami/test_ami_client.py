@@ -18,8 +18,9 @@ from callgate.ami.client import (
 )
 from callgate.ami.protocol import Message
 from fake_ami import FakeAmi, parse_block, render, transcript_blocks
+from support import wait_until
 
-from .conftest import eventually, fast_config
+from .conftest import fast_config
 
 NAME = 'Ünïcode \\"Name\\" \\\\, with comma'
 
@@ -39,7 +40,7 @@ class Client:
 async def client(fake: FakeAmi) -> AsyncIterator[Client]:
     client = Client(fast_config(fake.port, ping_interval=30))
     client.manager.start()
-    await eventually(lambda: client.manager.state is ManagerState.CONNECTED)
+    await wait_until(lambda: client.manager.state is ManagerState.CONNECTED)
     yield client
     await client.manager.stop()
 
@@ -67,7 +68,7 @@ async def test_answers_are_routed_by_actionid_between_events(fake: FakeAmi, clie
     assert pong.get("Ping") == "Pong"
     assert response.get("EventList") == "start"
     assert [r.get("Uniqueid") for r in rows] == ["1.1", "1.2"]
-    await eventually(lambda: bool(client.events))
+    await wait_until(lambda: bool(client.events))
     assert [e.event for e in client.events] == ["Hangup"]  # list items never reach on_event
 
 
@@ -89,7 +90,7 @@ async def test_a_caller_name_split_inside_a_character_across_two_reads_is_decode
     data = render(next(b for b in blocks if ("CallerIDName", NAME) in b))
     cut = data.index("Ü".encode()) + 1
     await fake.send(data, chunks=[cut])  # two writes, 50 ms apart: two reads on our side
-    await eventually(lambda: bool(client.events))
+    await wait_until(lambda: bool(client.events))
     assert client.events[0].get("CallerIDName") == NAME
 
 
@@ -97,13 +98,13 @@ async def test_a_silent_half_dead_connection_is_detected_and_replaced(fake: Fake
     client = Client(fast_config(fake.port, ping_interval=0.1, ping_timeout=0.2))
     client.manager.start()
     try:
-        await eventually(lambda: client.manager.state is ManagerState.CONNECTED)
+        await wait_until(lambda: client.manager.state is ManagerState.CONNECTED)
         fake.silent = True  # TCP stays open, nothing comes back
         await fake.wait_for(lambda a: a.name == "Ping")
-        await eventually(lambda: ManagerState.DISCONNECTED in client.states)
+        await wait_until(lambda: ManagerState.DISCONNECTED in client.states)
         fake.silent = False
-        await eventually(lambda: len(fake.received("Login")) == 2)
-        await eventually(lambda: client.manager.state is ManagerState.CONNECTED)
+        await wait_until(lambda: len(fake.received("Login")) == 2)
+        await wait_until(lambda: client.manager.state is ManagerState.CONNECTED)
         assert client.states == [
             ManagerState.CONNECTED,
             ManagerState.DISCONNECTED,
@@ -117,10 +118,10 @@ async def test_a_dropped_connection_is_reconnected_and_actions_meanwhile_fail_at
     fake: FakeAmi, client: Client
 ) -> None:
     await fake.drop()
-    await eventually(lambda: client.manager.state is ManagerState.DISCONNECTED)
+    await wait_until(lambda: client.manager.state is ManagerState.DISCONNECTED)
     with pytest.raises(ManagerUnavailableError):
         client.manager.submit("Hangup", [("Channel", "PJSIP/acme_100-00000001")])
-    await eventually(lambda: client.manager.state is ManagerState.CONNECTED)
+    await wait_until(lambda: client.manager.state is ManagerState.CONNECTED)
     assert len(fake.received("Login")) == 2
     assert not fake.received("Hangup"), "nothing queued while down is replayed later"
 
@@ -135,7 +136,7 @@ async def test_reconnect_backs_off_exponentially_while_the_manager_is_away() -> 
     client.manager._backoff = lambda failures: delays.append(real_backoff(failures)) or 0.001  # type: ignore[method-assign]
     client.manager.start()
     try:
-        await eventually(lambda: len(delays) >= 8)
+        await wait_until(lambda: len(delays) >= 8)
     finally:
         await client.manager.stop()
     ceilings = [min(0.64, 0.02 * 2**n) for n in range(8)]
@@ -150,7 +151,7 @@ async def test_refused_credentials_are_reported_and_not_retried_in_a_tight_loop(
     caplog.set_level(logging.ERROR, logger="callgate.ami.client")
     client.manager.start()
     try:
-        await eventually(lambda: client.manager.state is ManagerState.AUTH_FAILED)
+        await wait_until(lambda: client.manager.state is ManagerState.AUTH_FAILED)
         await asyncio.sleep(0.5)  # what a tight loop would use to try again and again
         assert len(fake.received("Login")) == 1
         assert client.manager.state is ManagerState.AUTH_FAILED

@@ -4,7 +4,6 @@ a policy PUT over HTTP hangs up a listener whose right it withdraws."""
 from __future__ import annotations
 
 import logging
-import socket
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -16,18 +15,13 @@ from callgate.config import Settings
 from callgate.daemon import Services, start
 from fake_ami import FakeAmi
 from fake_asterisk import call, environment_with, load_transcript
+from support import free_port, wait_until
 
-from .conftest import CLIENT, REFERENCE, eventually
+from .conftest import CLIENT, REFERENCE
 
 TOKEN = "ami-daemon-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 POLICY = f"/client/{CLIENT}/call_control_group/"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def settings(tmp_path: Path, **kw: object) -> Settings:
@@ -85,7 +79,7 @@ async def test_refused_credentials_show_on_readyz_as_auth_failed(
         settings(tmp_path, ami=f"127.0.0.1:{fake.port}", ami_user="callgate", ami_secret="wrong")
     )
     try:
-        await eventually(lambda: services.ami_status() == "auth_failed")
+        await wait_until(lambda: services.ami_status() == "auth_failed")
         assert await readyz_ami(services) == "auth_failed"
     finally:
         await services.stop()
@@ -104,7 +98,7 @@ async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
             f"/client/{CLIENT}/call_control_group/", json=REFERENCE, headers=AUTH
         ) as r:
             assert r.status == 200
-        await eventually(lambda: bool(fake.received("CoreShowChannels")))
+        await wait_until(lambda: bool(fake.received("CoreShowChannels")))
         async with http.get("/readyz") as response:
             assert (await response.json())["ami"] == "up"
 
@@ -123,7 +117,7 @@ async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
         assert channel.variables["CALLGATE_DECISION"] == "ALLOW"
         await fake.start_spy("PJSIP/acme_100-00000011", "1795723209.17", "PJSIP/acme_101-1", "1.1")
         withdrawn = {k: v for k, v in REFERENCE.items() if k != "eavesdrop_100"}
-        await eventually(
+        await wait_until(
             lambda: bool(
                 daemon.metrics.registry.get_sample_value(
                     "callgate_spy_sessions_active", {"client": CLIENT, "mode": "eavesdrop"}
@@ -139,7 +133,7 @@ async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
         assert len(fake.received("Hangup")) == 1
 
         # One audit row: the FastAGI decision, completed with the session's start and end.
-        await eventually(
+        await wait_until(
             lambda: (
                 not daemon.metrics.registry.get_sample_value(
                     "callgate_spy_sessions_active", {"client": CLIENT, "mode": "eavesdrop"}
@@ -157,7 +151,7 @@ async def test_a_policy_put_over_http_hangs_up_the_listener_it_withdraws(
 
         await fake.drop()
         await fake.close()
-        await eventually(lambda: daemon.ami_status() != "up")
+        await wait_until(lambda: daemon.ami_status() != "up")
         async with http.get("/readyz") as response:
             assert response.status == 200
             assert (await response.json())["ami"] == "down"

@@ -9,8 +9,9 @@ import copy
 from callgate.ami.client import ManagerState
 from callgate.audit import EndReason
 from callgate.policy import Action
+from support import wait_until
 
-from .conftest import CLIENT, REFERENCE, Live, eventually, policy
+from .conftest import CLIENT, REFERENCE, Live, policy
 
 
 def without(document: dict[str, object], key: str) -> dict[str, object]:
@@ -32,7 +33,7 @@ def active(live: Live, mode: str) -> float:
 
 async def test_a_listen_session_is_tracked_from_its_allowing_decision(live: Live) -> None:
     channel, uniqueid = await live.spy(Action.EAVESDROP, "100", "101", 1)
-    await eventually(lambda: sessions(live) == {channel})
+    await wait_until(lambda: sessions(live) == {channel})
     session = live.service.tracker.get(uniqueid)
     assert session is not None
     assert (session.grant.ext, session.grant.target, session.grant.policy_version) == (
@@ -54,12 +55,12 @@ async def test_revoking_a_listen_right_hangs_up_exactly_that_listener(live: Live
     whisperer, _ = await live.spy(Action.WHISPER, "101", "103", 2)
     other_client_spier = "PJSIP/other_100-00000003"
     await live.fake.start_spy(other_client_spier, "1795723209.3", "PJSIP/other_101-1", "7.7")
-    await eventually(lambda: sessions(live) == {listener, whisperer})
+    await wait_until(lambda: sessions(live) == {listener, whisperer})
 
     await live.registry.publish(policy(2, without(REFERENCE, "eavesdrop_100")))
 
     await live.fake.wait_for(lambda a: a.name == "Hangup")
-    await eventually(lambda: sessions(live) == {whisperer})
+    await wait_until(lambda: sessions(live) == {whisperer})
     await asyncio.sleep(0.1)  # room for any wrong extra Hangup to arrive
     assert live.hangups() == [listener]
     assert live.audit.ends() == [(uniqueid, EndReason.REVOKED)]
@@ -78,7 +79,7 @@ async def test_a_whisper_session_survives_an_eavesdrop_change_but_not_a_whisper_
     live: Live,
 ) -> None:
     whisperer, uniqueid = await live.spy(Action.WHISPER, "101", "103", 1)
-    await eventually(lambda: sessions(live) == {whisperer})
+    await wait_until(lambda: sessions(live) == {whisperer})
     listen_only = copy.deepcopy(REFERENCE)
     listen_only["eavesdrop_101"] = ["hr"]  # 101 may now also listen to 103 by an eavesdrop grant
     await live.registry.publish(policy(2, listen_only))
@@ -93,14 +94,14 @@ async def test_a_whisper_session_survives_an_eavesdrop_change_but_not_a_whisper_
     await live.registry.publish(policy(4, changed))
     await live.fake.wait_for(lambda a: a.name == "Hangup")
     assert live.hangups() == [whisperer]
-    await eventually(lambda: live.audit.ends() == [(uniqueid, EndReason.REVOKED)])
+    await wait_until(lambda: live.audit.ends() == [(uniqueid, EndReason.REVOKED)])
 
 
 async def test_a_listen_session_allowed_by_a_whisper_grant_ends_when_that_grant_goes(
     live: Live,
 ) -> None:
     listener, _ = await live.spy(Action.EAVESDROP, "101", "103", 1)  # whisper_101 covers listen
-    await eventually(lambda: sessions(live) == {listener})
+    await wait_until(lambda: sessions(live) == {listener})
     await live.registry.publish(policy(2, without(REFERENCE, "whisper_101")))
     await live.fake.wait_for(lambda a: a.name == "Hangup")
     assert live.hangups() == [listener]
@@ -109,10 +110,10 @@ async def test_a_listen_session_allowed_by_a_whisper_grant_ends_when_that_grant_
 async def test_the_listener_hanging_up_and_the_call_ending_are_told_apart(live: Live) -> None:
     _, listener = await live.spy(Action.EAVESDROP, "100", "101", 1)
     _, whisperer = await live.spy(Action.WHISPER, "101", "103", 2)
-    await eventually(lambda: len(sessions(live)) == 2)
+    await wait_until(lambda: len(sessions(live)) == 2)
     await live.fake.hang_up(listener)  # the listener puts the phone down
     await live.fake.hang_up("1795723206.2")  # the call being whispered to ends
-    await eventually(lambda: not sessions(live))
+    await wait_until(lambda: not sessions(live))
     assert sorted(live.audit.ends()) == [
         (listener, EndReason.LISTENER_HANGUP),
         (whisperer, EndReason.CALL_ENDED),
@@ -122,11 +123,11 @@ async def test_the_listener_hanging_up_and_the_call_ending_are_told_apart(live: 
 
 async def test_a_start_without_stop_or_hangup_still_ends_after_the_grace(live: Live) -> None:
     channel, uniqueid = await live.spy(Action.EAVESDROP, "100", "101", 1)
-    await eventually(lambda: sessions(live) == {channel})
+    await wait_until(lambda: sessions(live) == {channel})
     # Only the spied-on call's Hangup arrives: no ChanSpyStop, the spier's Hangup is lost.
     live.fake.channels[uniqueid].spying_on = None
     await live.fake.hang_up("1795723206.1")
-    await eventually(lambda: not sessions(live), within=3)
+    await wait_until(lambda: not sessions(live), within=3)
     assert live.audit.ends() == [(uniqueid, EndReason.CALL_ENDED)]
 
 
@@ -154,10 +155,10 @@ async def test_after_a_reconnect_the_picture_is_rebuilt_and_revocation_still_wor
 ) -> None:
     first, first_uid = await live.spy(Action.EAVESDROP, "100", "101", 1)
     whisperer, _ = await live.spy(Action.WHISPER, "101", "103", 2)
-    await eventually(lambda: sessions(live) == {first, whisperer})
+    await wait_until(lambda: sessions(live) == {first, whisperer})
 
     await live.fake.drop()
-    await eventually(lambda: live.service.status() is not ManagerState.CONNECTED)
+    await wait_until(lambda: live.service.status() is not ManagerState.CONNECTED)
     # While the connection is down: a listen starts (its ChanSpyStart is lost), the whisper
     # session ends unseen, and the first listener's right is withdrawn.
     missed, missed_uid = await live.spy(Action.EAVESDROP, "101", "102", 3, announce=False)
@@ -167,21 +168,21 @@ async def test_after_a_reconnect_the_picture_is_rebuilt_and_revocation_still_wor
 
     await live.connected()
     await live.fake.wait_for(lambda a: a.name == "Hangup")
-    await eventually(lambda: sessions(live) == {missed})
+    await wait_until(lambda: sessions(live) == {missed})
     assert live.hangups() == [first]
     assert live.service.tracker.get(missed_uid) is not None
     assert (first_uid, EndReason.REVOKED) in live.audit.ends()
 
     # Revocation works on the rebuilt picture: the adopted session ends with its grant.
     await live.registry.publish(policy(3, without(REFERENCE, "whisper_101")))
-    await eventually(lambda: live.hangups() == [first, missed])
-    await eventually(lambda: not sessions(live))
+    await wait_until(lambda: live.hangups() == [first, missed])
+    await wait_until(lambda: not sessions(live))
 
 
 async def test_connection_state_is_a_metric(live: Live) -> None:
     assert live.metrics.registry.get_sample_value("callgate_ami_connected") == 1
     await live.fake.drop()
-    await eventually(lambda: live.metrics.registry.get_sample_value("callgate_ami_connected") == 0)
+    await wait_until(lambda: live.metrics.registry.get_sample_value("callgate_ami_connected") == 0)
 
 
 async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_once(
@@ -192,10 +193,10 @@ async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_onc
     # the spier's channel stays in ChanSpy (and in CoreShowChannels) until that call ends.
     live.fake.media = False
     listener, uniqueid = await live.spy(Action.EAVESDROP, "100", "101", 1)
-    await eventually(lambda: sessions(live) == {listener})
+    await wait_until(lambda: sessions(live) == {listener})
 
     await live.registry.publish(policy(2, without(REFERENCE, "eavesdrop_100")))
-    await eventually(lambda: live.audit.ends() == [(uniqueid, EndReason.REVOKED)])
+    await wait_until(lambda: live.audit.ends() == [(uniqueid, EndReason.REVOKED)])
     assert live.fake.channels[uniqueid].application == "ChanSpy"
 
     # Reconciling sees it still spying: not adopted again, not hung up again.
@@ -205,7 +206,7 @@ async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_onc
 
     # The call ends; ChanSpyStop, SoftHangupRequest and Hangup of the spier follow.
     await live.fake.hang_up("1795723206.1")
-    await eventually(lambda: uniqueid not in live.fake.channels)
+    await wait_until(lambda: uniqueid not in live.fake.channels)
     await asyncio.sleep(0.05)
     assert live.audit.ends() == [(uniqueid, EndReason.REVOKED)]
     assert live.hangups() == [listener]

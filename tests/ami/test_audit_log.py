@@ -19,8 +19,9 @@ from callgate.policy import Action
 from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
 from fake_ami import FakeAmi
+from support import wait_until
 
-from .conftest import CLIENT, REFERENCE, eventually, fast_config, policy
+from .conftest import CLIENT, REFERENCE, fast_config, policy
 
 T0 = datetime(2026, 11, 26, 20, 0, tzinfo=UTC)
 TOKEN = "admin-token-for-tests"
@@ -133,7 +134,7 @@ async def test_the_audit_route_shows_sessions_with_their_ends_and_reasons(
     client = TestClient(TestServer(app))
     await client.start_server()
     try:
-        await eventually(lambda: bool(fake.received("CoreShowChannels")))
+        await wait_until(lambda: bool(fake.received("CoreShowChannels")))
         # Two allowed sessions, as the FastAGI handler records and reports them.
         for n, (action, ext, target) in enumerate(
             [(Action.EAVESDROP, "100", "101"), (Action.WHISPER, "101", "103")], start=1
@@ -157,11 +158,11 @@ async def test_the_audit_route_shows_sessions_with_their_ends_and_reasons(
                 CLIENT, action, ext, target, uid, channel, 1, "eavesdrop_group"
             )
             await fake.start_spy(channel, uid, f"PJSIP/acme_{target}-0000010{n}", f"1795723206.{n}")
-        await eventually(lambda: len(live.tracker) == 2)
+        await wait_until(lambda: len(live.tracker) == 2)
         await fake.hang_up("1795723209.2")  # the whisperer hangs up
         changed = {k: v for k, v in REFERENCE.items() if k != "eavesdrop_100"}
         await registry.publish(policy(2, changed))
-        await eventually(lambda: len(live.tracker) == 0)
+        await wait_until(lambda: len(live.tracker) == 0)
         await store.audit.flush()
 
         response = await client.get(

@@ -11,6 +11,8 @@ from collections.abc import AsyncIterator, Iterator
 import aiohttp
 import pytest
 
+from support import free_port, wait_until
+
 from .harness import (
     ADMIN_TOKEN,
     AMI_TESTER,
@@ -24,7 +26,6 @@ from .harness import (
     find_asterisk,
     find_data_dir,
     find_module_dir,
-    free_port,
     free_udp_range,
 )
 
@@ -90,7 +91,9 @@ async def ami(pbx: Pbx, api: Api) -> AsyncIterator[Ami]:
 
 async def hang_up_everything(manager: Ami) -> None:
     await manager.action_any("Hangup", Channel="/^(PJSIP|Local)/")
-    async with asyncio.timeout(10):
-        # The state polled is Asterisk's, seen over the Manager: no asyncio.Event to wait on.
-        while await manager.list_action("CoreShowChannels", "CoreShowChannelsComplete"):  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
+
+    async def no_channels() -> bool:
+        return not await manager.list_action("CoreShowChannels", "CoreShowChannelsComplete")
+
+    # The state polled is Asterisk's, seen over the Manager: no asyncio.Event to wait on.
+    await wait_until(no_channels, within=10, interval=0.1)

@@ -42,6 +42,8 @@ from typing import Any
 import aiohttp
 import pytest
 
+from support import free_port
+
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = ROOT / "asterisk-conf"
 
@@ -129,12 +131,6 @@ def find_data_dir(binary: Path) -> Path | None:
 
 
 # ------------------------------------------------------------------------------ ports
-
-
-def free_port(kind: int = socket.SOCK_STREAM) -> int:
-    with socket.socket(socket.AF_INET, kind) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def free_udp_range(size: int) -> int:

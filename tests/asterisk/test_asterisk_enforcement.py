@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from support import wait_until
+
 from .harness import AMI_TESTER, Ami, Api, Pbx, event, skip_without_asterisk
 from .test_asterisk_e2e import POLICY, answer_of, astdb, channels, dial, ring
 
@@ -109,14 +111,16 @@ async def test_a_replacement_withdrawn_by_a_policy_change_is_undone_in_astdb(
     await ami.action_any("Hangup", Channel="/^(PJSIP|Local)/")
 
     await api.put_policy("acme", {**POLICY, "phone_replace_groups": []})
-    async with asyncio.timeout(5):
-        # AMI DBDel is written in the background after the change, one action per key: poll
-        # Asterisk's AstDB until both are gone (under load the second lands a little later).
-        while (  # noqa: ASYNC110
-            await astdb(ami, "callgate/acme/acting", "100") is not None
-            or await astdb(ami, "callgate/acme/device", "101") is not None
-        ):
-            await asyncio.sleep(0.02)
+
+    async def both_keys_gone() -> bool:
+        return (
+            await astdb(ami, "callgate/acme/acting", "100") is None
+            and await astdb(ami, "callgate/acme/device", "101") is None
+        )
+
+    # AMI DBDel is written in the background after the change, one action per key: poll
+    # Asterisk's AstDB until both are gone (under load the second lands a little later).
+    await wait_until(both_keys_gone, within=5, interval=0.02)
     assert await astdb(ami, "callgate/acme/device", "101") is None
 
     # Calls to 101 ring 101's own phone again, and 100 acts as itself.
@@ -138,9 +142,11 @@ async def test_a_withdrawn_replacement_whose_device_key_is_already_gone_is_undon
     logged = pbx.callgate.log.stat().st_size
 
     await api.put_policy("acme", {**POLICY, "phone_replace_groups": []})
-    async with asyncio.timeout(5):
-        while await astdb(ami, "callgate/acme/acting", "100") is not None:  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+
+    async def acting_key_gone() -> bool:
+        return await astdb(ami, "callgate/acme/acting", "100") is None
+
+    await wait_until(acting_key_gone, within=5, interval=0.02)
     await asyncio.sleep(0.2)  # the second DBDel and its DBGet check
     with pbx.callgate.log.open("rb") as log:
         log.seek(logged)
@@ -174,11 +180,13 @@ def readyz_ami(pbx: Pbx) -> str:
 
 async def eventually_ami(pbx: Pbx, state: str, within: float) -> float:
     """Seconds until /readyz reports the Manager connection ``state``."""
+
+    async def reached() -> bool:
+        return await asyncio.to_thread(readyz_ami, pbx) == state
+
     started = time.monotonic()
-    async with asyncio.timeout(within):
-        # callgate's state, seen over its HTTP API: no asyncio.Event to wait on.
-        while await asyncio.to_thread(readyz_ami, pbx) != state:  # noqa: ASYNC110
-            await asyncio.sleep(0.1)
+    # callgate's state, seen over its HTTP API: no asyncio.Event to wait on.
+    await wait_until(reached, within=within, interval=0.1)
     return time.monotonic() - started
 
 

@@ -9,8 +9,9 @@ from pathlib import Path
 
 import aiohttp
 
-import asterisk_conf_check as check
+from callgate import asterisk_conf as check
 from fake_ami import FakeAmi, FakeChannel
+from support import free_port
 
 from .harness import (
     ADMIN_TOKEN,
@@ -23,7 +24,6 @@ from .harness import (
     Callgate,
     PbxPorts,
     event,
-    free_port,
 )
 
 PORTS = PbxPorts(ami=5999, sip_pbx=5998, sip_phones=5997, rtp_start=40000, agi=5996)

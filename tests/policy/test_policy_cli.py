@@ -9,7 +9,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from policy_examples import REFERENCE
+
+from .policy_examples import REFERENCE
 
 SRC = Path(__file__).resolve().parents[2] / "src"
 

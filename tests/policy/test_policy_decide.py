@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from policy_examples import REFERENCE
 
 from callgate.policy import (
     ALL_TARGETS,
@@ -13,6 +12,8 @@ from callgate.policy import (
     decide,
     parse_document,
 )
+
+from .policy_examples import REFERENCE
 
 
 def compiled(**changes: object) -> CompiledPolicy:

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from policy_examples import REFERENCE
 from pydantic import ValidationError
 
 from callgate.policy import (
@@ -17,6 +16,8 @@ from callgate.policy import (
     is_valid_extension,
     parse_document,
 )
+
+from .policy_examples import REFERENCE
 
 
 def errors_of(data: object) -> list[tuple[tuple[str | int, ...], str]]:

@@ -24,6 +24,7 @@ from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, ReplaceRepository
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
+from support import wait_until
 
 from .conftest import (
     CLIENT,
@@ -459,10 +460,7 @@ async def test_hangup_with_agiexitonhangup_closes_mid_flow(rig: Rig) -> None:
             break
     writer.close()
     await writer.wait_closed()
-    for _ in range(100):
-        if rig.sessions("disconnected"):
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: rig.sessions("disconnected"), within=1)
     assert rig.sessions("disconnected") == 1
     assert rig.sessions("error") == 0
     assert [(e.decision, e.reason) for e in rig.audit.events] == [("deny", "bad_pin")]
@@ -487,10 +485,7 @@ async def test_revocation_without_a_manager_is_finished_when_it_connects(rig: Ri
     rig.manager.connected = True
     task = asyncio.create_task(rig.service.keep_astdb_clean(interval=0.01))
     try:
-        for _ in range(300):
-            if not rig.asterisk.astdb:
-                break
-            await asyncio.sleep(0.01)
+        await wait_until(lambda: not rig.asterisk.astdb, within=3)
     finally:
         task.cancel()
         with contextlib.suppress(asyncio.CancelledError):

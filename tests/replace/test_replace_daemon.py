@@ -3,7 +3,6 @@ the list over HTTP, revocation by a policy PUT, and the lockout surviving a rest
 
 from __future__ import annotations
 
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -13,15 +12,10 @@ from callgate.config import Settings
 from callgate.daemon import Services, start
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
+from support import free_port
 
 ADMIN = {"Authorization": "Bearer daemon-admin-token"}
 PIN = "246810"
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def settings_for(data_dir: Path) -> Settings:

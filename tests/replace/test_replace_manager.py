@@ -25,6 +25,7 @@ from fake_ami import (
     transcript_blocks,
 )
 from reference_policy import REFERENCE_DOCUMENT
+from support import wait_until
 
 from .conftest import (
     CLIENT,
@@ -100,10 +101,7 @@ async def manager(ami: AstDbAmi) -> AsyncIterator[ManagerClient]:
     config = ManagerConfig("127.0.0.1", ami.port, ami.username, ami.secret, ping_interval=60)
     client = ManagerClient(config, on_event=lambda _: None)
     client.start()
-    for _ in range(200):
-        if client.state is ManagerState.CONNECTED:
-            break
-        await asyncio.sleep(0.01)
+    await wait_until(lambda: client.state is ManagerState.CONNECTED, within=2)
     yield client
     with contextlib.suppress(Exception):
         await client.stop()

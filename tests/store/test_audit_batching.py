@@ -3,7 +3,6 @@ what was recorded, and nothing recorded before a clean stop is lost."""
 
 from __future__ import annotations
 
-import asyncio
 import sqlite3
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
@@ -15,6 +14,7 @@ import pytest
 from callgate.audit import AuditEvent
 from callgate.store.audit import SCHEMA, AuditRepository
 from callgate.store.db import Database
+from support import wait_until
 
 T = TypeVar("T")
 
@@ -60,9 +60,7 @@ async def test_a_quiet_period_writes_what_was_recorded_without_a_flush(
 ) -> None:
     audit = AuditRepository(db, flush_interval=0.02)
     audit.record(event(1))
-    async with asyncio.timeout(5):
-        while not await audit.list("acme"):  # noqa: ASYNC110 - polls the store under test
-            await asyncio.sleep(0.01)
+    await wait_until(lambda: audit.list("acme"))  # polls the store under test
     assert db.writes == 1
     await audit.close()
 
@@ -73,10 +71,8 @@ async def test_a_full_batch_is_written_at_once_and_close_writes_the_rest(
     audit = AuditRepository(db, batch_size=10, flush_interval=60)
     for n in range(25):
         audit.record(event(n))
-    async with asyncio.timeout(5):
-        # The tenth event started a write, no timer needed.
-        while db.writes == 0:  # noqa: ASYNC110 - polls the store under test
-            await asyncio.sleep(0.01)
+    # The tenth event started a write, no timer needed.
+    await wait_until(lambda: db.writes != 0)
     await audit.close()
     assert len(await audit.list("acme", limit=1000)) == 25
     assert audit.lost == 0

@@ -5,9 +5,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from http_support import ADMIN, POLICY_URL, Harness
 
 from callgate.http.api import AmiStatus
+
+from .http_support import ADMIN, POLICY_URL, Harness
 
 
 async def test_healthz_needs_no_token(api: Harness) -> None:

@@ -6,11 +6,12 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
-from http_support import ADMIN, CLIENT, Harness
 from multidict import MultiDict
 
 from callgate.http.errors import ApiError
 from callgate.http.query import MAX_INTEGER, QueryReader, query_int
+
+from .http_support import ADMIN, CLIENT, Harness
 
 AUDIT_URL = f"/client/{CLIENT}/audit"
 

@@ -14,10 +14,10 @@ from pathlib import Path
 import aiohttp
 import pytest
 from pydantic import SecretStr
-from test_http_crash import free_port
 
 from callgate.config import Settings
 from callgate.daemon import Services, start
+from support import free_port
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # tests/: the shared fakes
 from fake_asterisk import call, request_environment

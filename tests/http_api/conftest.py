@@ -7,13 +7,14 @@ from pathlib import Path
 
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
-from http_support import ADMIN_TOKEN, Harness
 
 from callgate.http.api import AmiStatus
 from callgate.http.app import HttpDeps, build_app
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
+
+from .http_support import ADMIN_TOKEN, Harness
 
 
 @pytest.fixture

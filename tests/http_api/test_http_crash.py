@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import socket
 import sqlite3
 import sys
 import time
@@ -25,16 +24,12 @@ from typing import BinaryIO
 import aiohttp
 import pytest
 
+from support import free_port
+
 ITERATIONS = 100
 CLIENTS = ("alpha", "bravo", "charlie")
 TOKEN = "crash-test-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def document_for(seq: int) -> dict[str, object]:

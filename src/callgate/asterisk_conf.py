@@ -1,7 +1,9 @@
-"""Read Asterisk .conf files and check the rules callgate's shipped configuration must keep.
+"""Read Asterisk .conf files and check the rules callgate's configuration must keep.
 
-Used by ``tests/test_asterisk_conf.py`` (in CI, without Asterisk) on ``asterisk-conf/`` and on
-deliberately broken copies of it. By hand: ``python tests/asterisk_conf_check.py asterisk-conf``.
+``callgate check-conf [DIR]`` runs every rule on a directory laid out like the shipped
+``asterisk-conf/`` (an operator's edited copy, for instance) and prints one line per finding;
+``tests/test_asterisk_conf.py`` runs it in CI, without Asterisk, on the shipped files and on
+deliberately broken copies of them.
 
 The reader knows the part of Asterisk's config syntax the shipped files use (main/config.c,
 pbx/pbx_config.c): ``[section]`` and ``[section](!,template)`` headers, ``key = value`` and
@@ -39,19 +41,14 @@ The rules (each finding names its rule):
 from __future__ import annotations
 
 import re
-import sys
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from callgate.agi import variables
+
 ACTIONS = frozenset({"pickup", "eavesdrop", "whisper", "replace", "restore"})
-ANSWER_VARIABLES = (
-    "CALLGATE_DECISION",
-    "CALLGATE_REASON",
-    "CALLGATE_TARGETS",
-    "CALLGATE_VERSION",
-    "CALLGATE_PICKUP",
-)
+ANSWER_VARIABLES = variables.ALL
 GUARDED_APPS = {
     "pickup": "pickup",
     "pickupchan": "pickup",
@@ -349,14 +346,13 @@ def read_dialplan(sections: Iterable[Section]) -> Dialplan:
 
 # ------------------------------------------------------------------------------ verdict checks
 
-_ALLOW_TERMS = {
-    ('"${AGISTATUS}"', "=", '"SUCCESS"'),
-    ('"${CALLGATE_DECISION}"', "=", '"ALLOW"'),
-}
-_DENY_TERMS = {
-    ('"${AGISTATUS}"', "!=", '"SUCCESS"'),
-    ('"${CALLGATE_DECISION}"', "!=", '"ALLOW"'),
-}
+_STATUS, _DECISION, _ALLOW = (
+    f'"${{{variables.AGISTATUS}}}"',
+    f'"${{{variables.DECISION}}}"',
+    f'"{variables.ALLOW}"',
+)
+_ALLOW_TERMS = {(_STATUS, "=", '"SUCCESS"'), (_DECISION, "=", _ALLOW)}
+_DENY_TERMS = {(_STATUS, "!=", '"SUCCESS"'), (_DECISION, "!=", _ALLOW)}
 _TERM = re.compile(r'^\s*("[^"]*")\s*(!=|=)\s*("[^"]*")\s*$')
 
 
@@ -413,7 +409,8 @@ def _cleared_by(step: Step) -> tuple[set[str], set[str]]:
         assignments = split_args(step.data)
     else:
         return set(), set()
-    emptied, assigned = set(), set()
+    emptied: set[str] = set()
+    assigned: set[str] = set()
     for assignment in assignments:
         name, _, val = assignment.partition("=")
         (emptied if val.strip() == "" else assigned).add(name.strip())
@@ -497,10 +494,10 @@ def check_flow(ext: Extension) -> list[Finding]:
         if step.app_lower == "gotoif":
             condition, if_true, if_false = split_gotoif(step.data)
             kind = verdict_kind(condition)
-            asked = state.asked is not None
+            has_asked = state.asked is not None
             # A verdict check decides both branches; any other condition keeps what we know.
-            true_allowed = {"allow": asked, "deny": False}.get(kind or "", state.allowed)
-            false_allowed = {"allow": False, "deny": asked}.get(kind or "", state.allowed)
+            true_allowed = {"allow": has_asked, "deny": False}.get(kind or "", state.allowed)
+            false_allowed = {"allow": False, "deny": has_asked}.get(kind or "", state.allowed)
             for label, allowed in ((if_true, true_allowed), (if_false, false_allowed)):
                 branch = _State(state.cleared, state.exit_on_hangup, state.asked, allowed)
                 target = target_index(step, label) if label else nxt
@@ -702,9 +699,9 @@ def check_endpoints(sections: list[Section], plan: Dialplan | None = None) -> li
     for section in sections:
         if section.template or (value(section, "type") or "").lower() != "endpoint":
             continue
-        variables = dict(v.partition("=")[::2] for v in values(section, "set_var"))
-        client = variables.get("CALLGATE_CLIENT", "").strip()
-        ext = variables.get("CALLGATE_EXT", "").strip()
+        set_vars = dict(v.partition("=")[::2] for v in values(section, "set_var"))
+        client = set_vars.get("CALLGATE_CLIENT", "").strip()
+        ext = set_vars.get("CALLGATE_EXT", "").strip()
 
         def problem(message: str, s: Section = section) -> None:
             findings.append(Finding("endpoint", s.where, f"[{s.name}] {message}"))
@@ -756,16 +753,3 @@ def check_directory(directory: Path) -> list[Finding]:
     findings += check_manager(conf.read("manager.conf"))
     findings += check_endpoints(conf.read("pjsip.conf"), plan)
     return findings
-
-
-def main(argv: list[str]) -> int:
-    directory = Path(argv[1]) if len(argv) > 1 else Path("asterisk-conf")
-    findings = check_directory(directory)
-    for finding in findings:
-        print(finding)
-    print(f"{len(findings)} finding(s) in {directory}")
-    return 1 if findings else 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))

@@ -8,10 +8,11 @@ import json
 
 import pytest
 from aiohttp import ClientResponse
-from http_support import ADMIN, POLICY_URL, Harness
 
 from callgate.http.body import is_json_media_type, parse_json
 from callgate.http.errors import ApiError
+
+from .http_support import ADMIN, POLICY_URL, Harness
 
 PIN_URL = "/client/acme/extension/101/replace_pin"
 TOKEN_BODY = b'{"name": "ops", "client_id": "acme"}'

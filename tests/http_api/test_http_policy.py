@@ -6,10 +6,11 @@ import io
 import json
 
 import pytest
-from http_support import ADMIN, CLIENT, POLICY_URL, Harness
 
 from callgate.policy import PolicyDocument, decide
 from reference_policy import REFERENCE_DOCUMENT
+
+from .http_support import ADMIN, CLIENT, POLICY_URL, Harness
 
 JSON = {"Content-Type": "application/json"}  # every body must say it is JSON (415)
 

@@ -32,7 +32,8 @@ from schemathesis.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-from test_http_crash import free_port
+
+from support import free_port
 
 TOKEN = "schemathesis-admin-token"
 MIN_REQUESTS = 1000

@@ -6,9 +6,10 @@ from __future__ import annotations
 import re
 
 import pytest
-from http_support import ADMIN, Harness
 
 from callgate.store import Store
+
+from .http_support import ADMIN, Harness
 
 # Non-ASCII look-alikes (dotted capital I, dotless i, fullwidth a) fail the ASCII name rule.
 RESERVED = ["admin", "Admin", "ADMIN", "aDmIn", "ADM\u0130N", "adm\u0131n", "\uff41dmin"]

@@ -5,11 +5,12 @@ from __future__ import annotations
 from collections.abc import Awaitable, Callable
 
 import pytest
-from http_support import ADMIN, ADMIN_TOKEN, CLIENT, POLICY_URL, Harness, bearer
 
 from callgate.policy import decide
 from callgate.store.tokens import hash_token
 from reference_policy import REFERENCE_DOCUMENT
+
+from .http_support import ADMIN, ADMIN_TOKEN, CLIENT, POLICY_URL, Harness, bearer
 
 JSON = {"Content-Type": "application/json"}  # every body must say it is JSON (415)
 

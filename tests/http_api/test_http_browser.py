@@ -16,7 +16,8 @@ import shutil
 from pathlib import Path
 
 import pytest
-from http_support import ADMIN, ADMIN_TOKEN, POLICY_URL, Harness
+
+from .http_support import ADMIN, ADMIN_TOKEN, POLICY_URL, Harness
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -1,0 +1,48 @@
+"""Helpers every test folder shares: a free loopback port, and waiting for a condition.
+
+Importable from any test as ``from support import free_port, wait_until`` (pytest's
+``pythonpath`` holds ``tests/``). The benches in ``bench/`` keep their own copies: they run
+without the test suite installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import socket
+from collections.abc import Callable
+
+
+def free_port(kind: int = socket.SOCK_STREAM) -> int:
+    """A port on 127.0.0.1 that nothing used a moment ago (TCP by default, ``SOCK_DGRAM`` for UDP).
+
+    The port is released before it is returned, so another process could take it first: fine
+    for tests, where the only other binders are the test's own services.
+    """
+    with socket.socket(socket.AF_INET, kind) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def wait_until(
+    condition: Callable[[], object],
+    within: float = 5.0,
+    *,
+    interval: float = 0.01,
+) -> None:
+    """Poll ``condition`` every ``interval`` seconds until it is true; ``TimeoutError`` after
+    ``within`` seconds.
+
+    For state the code under test offers no event for (a server's session counter, a row in
+    the store, Asterisk's channels seen over the Manager): where an event exists, wait on it
+    instead. What ``condition`` returns counts by its truth value (a count, a list, a flag); an
+    awaitable is awaited first, for a check that itself does I/O (``lambda: store.list(...)``).
+    """
+    async with asyncio.timeout(within):
+        while True:
+            result = condition()
+            if inspect.isawaitable(result):
+                result = await result
+            if result:
+                return
+            await asyncio.sleep(interval)
