@@ -25,6 +25,8 @@ from typing import BinaryIO
 import aiohttp
 import pytest
 
+from callgate.config import Settings
+
 ITERATIONS = 100
 CLIENTS = ("alpha", "bravo", "charlie")
 TOKEN = "crash-test-admin-token"
@@ -147,9 +149,17 @@ async def verify_after_restart(
     expected = document_for(state.version_seq[version])
     assert document == {**expected}, f"{client} v{version} is not the document sent for it"
 
-    async with session.get(url + "history", headers=AUTH) as response:
-        versions = (await response.json())["versions"]
-    assert [v["version"] for v in versions] == list(range(version, 0, -1))
+    versions: list[dict[str, object]] = []
+    cursor: dict[str, int] = {}
+    for _ in range(version + 1):  # the history is paged: walk it to its end
+        async with session.get(url + "history", params=cursor, headers=AUTH) as response:
+            page = await response.json()
+        versions += page["versions"]
+        if "next_before" not in page:
+            break
+        cursor = {"before": page["next_before"]}
+    kept = Settings.model_fields["policy_history_keep"].default  # the daemon runs on defaults
+    assert [v["version"] for v in versions] == list(range(version, max(version - kept, 0), -1))
     for item in versions[:3]:
         assert item["document"] == document_for(state.version_seq[item["version"]])
 
