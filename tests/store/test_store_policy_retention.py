@@ -40,9 +40,7 @@ async def test_pages_walk_every_version_once_newest_first(store: Store) -> None:
     seen: list[int] = []
     before: int | None = None
     for _ in range(10):
-        page = await store.policies.history_page(
-            "acme", limit=3, before=before, max_bytes=1 << 20
-        )
+        page = await store.policies.history_page("acme", limit=3, before=before, max_bytes=1 << 20)
         seen += [v.version for v in page.versions]
         if page.next_before is None:
             break
@@ -75,10 +73,12 @@ async def test_a_page_stops_at_its_byte_budget_but_holds_one_version(store: Stor
 
 async def test_an_empty_history_and_a_cursor_past_the_end(store: Store) -> None:
     empty = await store.policies.history_page("acme", limit=5, max_bytes=1 << 20)
-    assert empty.versions == () and empty.next_before is None
+    assert empty.versions == ()
+    assert empty.next_before is None
     await save_many(store, 2)
     past = await store.policies.history_page("acme", limit=5, before=1, max_bytes=1 << 20)
-    assert past.versions == () and past.next_before is None
+    assert past.versions == ()
+    assert past.next_before is None
 
 
 async def test_retention_keeps_the_newest_n_and_versions_keep_counting(store: Store) -> None:
@@ -89,7 +89,8 @@ async def test_retention_keeps_the_newest_n_and_versions_keep_counting(store: St
     assert saved.version == 6
     assert await versions(store) == [6, 5, 4]
     current = await store.policies.current("acme")
-    assert current is not None and current.version == 6
+    assert current is not None
+    assert current.version == 6
 
 
 async def test_keep_one_keeps_only_the_current_version(store: Store) -> None:
@@ -136,7 +137,8 @@ async def test_an_old_current_version_survives_until_a_newer_one_is_saved(store:
     await store.policies.save("globex", parse_document(doc(0)), "admin")  # another client
     assert await versions(store) == [2, 1]
     current = await store.policies.current("acme")
-    assert current is not None and current.version == 2
+    assert current is not None
+    assert current.version == 2
     await save_many(store, 1)
     assert await versions(store) == [3]
 
