@@ -84,6 +84,25 @@ class Settings(BaseSettings):
     ami_reconcile_interval: float = Field(default=60.0, gt=0)
     """Seconds between checks of the tracked sessions against CoreShowChannels."""
 
+    # Policy history and policy writes (isolation between clients)
+    policy_history_keep: int = Field(default=100, ge=1)
+    """Versions of a client's policy kept, the current one included; older ones are pruned
+    when the client next saves."""
+    policy_history_max_age_days: float = Field(default=0.0, ge=0)
+    """Also prune versions older than this many days (never the current one); 0: no age limit."""
+    policy_history_page_bytes: int = Field(default=4 * 1024 * 1024, ge=65536)
+    """A history page stops before its documents pass this many bytes (one always fits)."""
+    policy_write_rate: float = Field(default=5.0, gt=0)
+    """Policy writes (PUT, DELETE) a second per client, on average; past it: 429."""
+    policy_write_burst: int = Field(default=20, ge=1)
+    """Policy writes a client may make at once before ``policy_write_rate`` applies."""
+    policy_write_concurrency: int = Field(default=1, ge=1)
+    """Policy writes of one client in flight at the same time; past it: 429."""
+    policy_offload_bytes: int = Field(default=65536, ge=0)
+    """PUT bodies of this size or more are decoded and validated in a worker process."""
+    policy_workers: int = Field(default=1, ge=1)
+    """Worker processes validating large policy documents (shared by every client)."""
+
     @field_validator("agi", "http")
     @classmethod
     def _check_listen(cls, value: str) -> str:

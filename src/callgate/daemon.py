@@ -25,6 +25,7 @@ from callgate.audit import AuditFanOut
 from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
+from callgate.http.policy_routes import POLICY_CONFIG, policy_config
 from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.logs import LOG_FORMAT, LogFormatter
 from callgate.metrics import Metrics
@@ -35,6 +36,7 @@ from callgate.replace.lockout import LockoutRules
 from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.service import LiveAstDb, ReplaceService
 from callgate.store import Store, open_store
+from callgate.store.policies import retention
 
 log = logging.getLogger(__name__)
 
@@ -160,6 +162,7 @@ async def _start_http(services: Services, store: Store) -> None:
     )
     if services.replace is not None:
         app[REPLACE_SERVICE] = services.replace
+    app[POLICY_CONFIG] = policy_config(services.settings)
     host, port = services.settings.http_address
     runner = await start_http(app, host, port, shutdown_grace=services.settings.shutdown_grace)
     services.stoppers.append(runner.cleanup)
@@ -228,6 +231,7 @@ async def start(settings: Settings) -> Services:
         # Components are added here in start order; each appends its own stopper.
         store = services.store = await open_store(settings.db_target)
         services.stoppers.append(store.close)
+        store.policies.retention = retention(settings)
         await load_policies(store, services.registry)
         live = _build_ami(services, store)
         await _start_replace(services, store)

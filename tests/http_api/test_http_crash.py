@@ -24,6 +24,7 @@ from typing import BinaryIO
 import aiohttp
 import pytest
 
+from callgate.config import Settings
 from support import free_port
 
 ITERATIONS = 100
@@ -56,7 +57,14 @@ class ClientState:
 
 async def start_daemon(data_dir: Path, http_port: int, agi_port: int) -> asyncio.subprocess.Process:
     """Start ``callgate serve``; its log is appended to ``<data_dir>/serve.log``."""
-    env = {**os.environ, "CALLGATE_ADMIN_TOKEN": TOKEN, "CALLGATE_LOG_LEVEL": "WARNING"}
+    env = {
+        **os.environ,
+        "CALLGATE_ADMIN_TOKEN": TOKEN,
+        "CALLGATE_LOG_LEVEL": "WARNING",
+        # writes as fast as the loop can send them: the per-client write limit is not under test
+        "CALLGATE_POLICY_WRITE_RATE": "10000",
+        "CALLGATE_POLICY_WRITE_BURST": "10000",
+    }
     with (data_dir / "serve.log").open("ab") as log:
         return await _spawn(data_dir, http_port, agi_port, env, log)
 
@@ -142,9 +150,17 @@ async def verify_after_restart(
     expected = document_for(state.version_seq[version])
     assert document == {**expected}, f"{client} v{version} is not the document sent for it"
 
-    async with session.get(url + "history", headers=AUTH) as response:
-        versions = (await response.json())["versions"]
-    assert [v["version"] for v in versions] == list(range(version, 0, -1))
+    versions: list[dict[str, object]] = []
+    cursor: dict[str, int] = {}
+    for _ in range(version + 1):  # the history is paged: walk it to its end
+        async with session.get(url + "history", params=cursor, headers=AUTH) as response:
+            page = await response.json()
+        versions += page["versions"]
+        if "next_before" not in page:
+            break
+        cursor = {"before": page["next_before"]}
+    kept = Settings.model_fields["policy_history_keep"].default  # the daemon runs on defaults
+    assert [v["version"] for v in versions] == list(range(version, max(version - kept, 0), -1))
     for item in versions[:3]:
         assert item["document"] == document_for(state.version_seq[item["version"]])
 

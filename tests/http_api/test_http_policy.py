@@ -321,7 +321,7 @@ async def test_unexpected_errors_are_a_json_500_and_logged(
     async def explode(client_id: str) -> None:
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(api.store.policies, "current", explode)
+    monkeypatch.setattr(api.store.policies, "current_json", explode)
     response = await api.client.get(POLICY_URL, headers=ADMIN)
     assert response.status == 500
     assert (await error_of(response))["error"] == "internal_error"

@@ -6,15 +6,18 @@ registry, and only then answered: the next FastAGI request, and the next ``check
 
 from __future__ import annotations
 
+import json
 import logging
-from collections.abc import Collection
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from callgate.config import Settings
 from callgate.http.api import REGISTRY, STORE, Api, principal
 from callgate.http.auth import Access
-from callgate.http.body import parse_json, read_json
-from callgate.http.errors import ApiError, JsonDetail, unprocessable
+from callgate.http.body import is_json_media_type, unsupported_media_type
+from callgate.http.errors import ApiError
 from callgate.http.openapi import (
     EXTENSION_PATTERN,
     JsonObject,
@@ -22,55 +25,89 @@ from callgate.http.openapi import (
     json_response,
     ref,
 )
+from callgate.http.policy_worker import WRAPPER_KEY, document_from_body
+from callgate.http.policy_writes import Preparer, WriteConfig, WriteLimiter
+from callgate.http.query import MAX_INTEGER, query_int
 from callgate.policy import (
     Action,
+    CompiledPolicy,
     PolicyDocument,
-    PolicyValidationError,
     compile_policy,
     decide,
-    parse_document,
 )
 from callgate.registry import ClientPolicy
 from callgate.store import StoredPolicy, VersionConflictError
+from callgate.store.policies import HistoryPage, canonical_json
+
+__all__ = [
+    "BASE",
+    "POLICY_CONFIG",
+    "PolicyConfig",
+    "document_from_body",
+    "policy_config",
+    "register",
+]
 
 log = logging.getLogger(__name__)
 
 BASE = "/client/{client_id}/call_control_group/"
-WRAPPER_KEY = "call_control_groups"
+
+HISTORY_DEFAULT_LIMIT = 20
+HISTORY_MAX_LIMIT = 100
 
 
-# --- reading a request -------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PolicyConfig:
+    """The policy routes' settings (set by daemon.py as ``app[POLICY_CONFIG]``)."""
+
+    writes: WriteConfig = field(default_factory=WriteConfig)
+    history_page_bytes: int = 4 * 1024 * 1024
+    start_workers: bool = False
+    """Start the validator processes with the listener rather than on the first large write."""
 
 
-def _not_object(loc: list[str | int], value: object) -> ApiError:
-    kind = type(value).__name__ if value is not None else "null"
-    return unprocessable(
-        "not_an_object",
-        "The policy document must be a JSON object.",
-        [{"loc": loc, "message": f"expected a JSON object, got {kind}"}],
+def policy_config(settings: Settings) -> PolicyConfig:
+    return PolicyConfig(
+        writes=WriteConfig(
+            rate=settings.policy_write_rate,
+            burst=settings.policy_write_burst,
+            concurrency=settings.policy_write_concurrency,
+            offload_bytes=settings.policy_offload_bytes,
+            workers=settings.policy_workers,
+        ),
+        history_page_bytes=settings.policy_history_page_bytes,
+        start_workers=True,
     )
 
 
-def document_from_body(data: object) -> PolicyDocument:
-    """Accept the document itself, ``{"call_control_groups": <doc>}`` or its string form."""
-    if not isinstance(data, dict):
-        raise _not_object([], data)
-    if data.keys() == {WRAPPER_KEY}:
-        inner = data[WRAPPER_KEY]
-        if isinstance(inner, str):
-            inner = parse_json(inner, f"{WRAPPER_KEY} string", at=(WRAPPER_KEY,))
-        if not isinstance(inner, dict):
-            raise _not_object([WRAPPER_KEY], inner)
-        data = inner
-    try:
-        return parse_document(data)
-    except PolicyValidationError as exc:
-        details: list[JsonDetail] = [dict(issue.to_json()) for issue in exc.errors]
-        raise unprocessable(
-            "invalid_policy",
-            f"The policy document breaks {len(details)} rule(s) of policy.md; nothing was stored.",
-            details,
-        ) from None
+class PolicyWrites:
+    """The per-client write limits and the document preparer, configured at start-up."""
+
+    def __init__(self) -> None:
+        self.config = PolicyConfig()
+        self.limiter = WriteLimiter(self.config.writes)
+        self.preparer = Preparer(self.config.writes)
+
+    def configure(self, config: PolicyConfig) -> None:
+        self.config = config
+        self.limiter = WriteLimiter(config.writes)
+        self.preparer = Preparer(config.writes)
+
+
+POLICY_CONFIG = web.AppKey("policy_config", PolicyConfig)
+POLICY_WRITES = web.AppKey("policy_writes", PolicyWrites)
+
+
+async def _writes_lifecycle(app: web.Application) -> AsyncIterator[None]:
+    writes = app[POLICY_WRITES]
+    writes.configure(app.get(POLICY_CONFIG, PolicyConfig()))
+    if writes.config.start_workers:
+        writes.preparer.start()
+    yield
+    await writes.preparer.close()
+
+
+# --- reading a request -------------------------------------------------------------------------
 
 
 def parse_if_match(header: str | None) -> frozenset[int] | None:
@@ -99,18 +136,47 @@ def etag(version: int) -> str:
 # --- handlers ----------------------------------------------------------------------------------
 
 
-def _document_response(document: PolicyDocument, version: int) -> web.Response:
-    return web.json_response(document.to_json(), headers={"ETag": etag(version)})
+def _document_response(document_json: str, version: int) -> web.Response:
+    # The stored text as it is: encoding a 2 MiB document again would hold the loop ~15 ms.
+    return web.Response(
+        body=document_json.encode(),
+        content_type="application/json",
+        headers={"ETag": etag(version)},
+    )
+
+
+_DEFAULT_JSON = canonical_json(PolicyDocument())
+
+
+async def _write(
+    request: web.Request, make: Callable[[], Awaitable[tuple[PolicyDocument, str]]]
+) -> web.Response:
+    """One policy write, within the client's write limits (checked before the body is read)."""
+    client_id = request.match_info["client_id"]
+    if_version = parse_if_match(request.headers.get("If-Match"))
+    writes = request.app[POLICY_WRITES]
+    limiter = writes.limiter
+    limiter.acquire(client_id)
+    try:
+        document, encoded = await make()
+        compiled = compile_policy(document)  # before storing: a stored version must compile
+        stored = await _store_and_publish(request, document, compiled, encoded, if_version)
+    finally:
+        limiter.release(client_id)
+    return _document_response(encoded, stored.version)
 
 
 async def _store_and_publish(
-    request: web.Request, document: PolicyDocument, if_version: Collection[int] | None
+    request: web.Request,
+    document: PolicyDocument,
+    compiled: CompiledPolicy,
+    encoded: str,
+    if_version: Collection[int] | None,
 ) -> StoredPolicy:
     client_id = request.match_info["client_id"]
-    compiled = compile_policy(document)  # before storing: a stored version must compile
     try:
         stored = await request.app[STORE].policies.save(
-            client_id, document, principal(request).name, if_version=if_version
+            client_id, document, principal(request).name, if_version=if_version, encoded=encoded
         )
     except VersionConflictError as exc:
         raise ApiError(
@@ -134,40 +200,60 @@ async def _store_and_publish(
 
 
 async def put_policy(request: web.Request) -> web.Response:
-    if_version = parse_if_match(request.headers.get("If-Match"))
-    document = document_from_body(await read_json(request))
-    stored = await _store_and_publish(request, document, if_version)
-    return _document_response(stored.document, stored.version)
+    async def from_body() -> tuple[PolicyDocument, str]:
+        header = request.headers.get("Content-Type")
+        if not is_json_media_type(header):
+            raise unsupported_media_type(header)
+        return await request.app[POLICY_WRITES].preparer.prepare(await request.read())
+
+    return await _write(request, from_body)
 
 
 async def delete_policy(request: web.Request) -> web.Response:
-    if_version = parse_if_match(request.headers.get("If-Match"))
-    stored = await _store_and_publish(request, PolicyDocument(), if_version)
-    return _document_response(stored.document, stored.version)
+    async def default() -> tuple[PolicyDocument, str]:
+        return PolicyDocument(), _DEFAULT_JSON
+
+    return await _write(request, default)
 
 
 async def get_policy(request: web.Request) -> web.Response:
-    stored = await request.app[STORE].policies.current(request.match_info["client_id"])
+    stored = await request.app[STORE].policies.current_json(request.match_info["client_id"])
     if stored is None:
-        return _document_response(PolicyDocument(), 0)
-    return _document_response(stored.document, stored.version)
+        return _document_response(_DEFAULT_JSON, 0)
+    return _document_response(stored.document_json, stored.version)
+
+
+def history_body(page: HistoryPage) -> bytes:
+    """The page as JSON, the stored documents spliced in as they are (no decode, no encode)."""
+    parts = ['{"versions":[']
+    for index, entry in enumerate(page.versions):
+        if index:
+            parts.append(",")
+        parts.append(
+            f'{{"version":{entry.version},"changed_at":{json.dumps(entry.changed_at)},'
+            f'"changed_by":{json.dumps(entry.changed_by)},"document":'
+        )
+        parts.append(entry.document_json)
+        parts.append("}")
+    parts.append("]")
+    if page.next_before is not None:
+        parts.append(f',"next_before":{page.next_before}')
+    parts.append("}")
+    return "".join(parts).encode()
 
 
 async def get_history(request: web.Request) -> web.Response:
-    versions = await request.app[STORE].policies.history(request.match_info["client_id"])
-    return web.json_response(
-        {
-            "versions": [
-                {
-                    "version": v.version,
-                    "changed_at": v.changed_at.isoformat(),
-                    "changed_by": v.changed_by,
-                    "document": v.document.to_json(),
-                }
-                for v in versions
-            ]
-        }
+    limit = query_int(
+        request.query, "limit", default=HISTORY_DEFAULT_LIMIT, minimum=1, maximum=HISTORY_MAX_LIMIT
     )
+    before = query_int(request.query, "before", default=None, minimum=1)
+    page = await request.app[STORE].policies.history_page(
+        request.match_info["client_id"],
+        limit=limit,
+        before=before,
+        max_bytes=request.app[POLICY_WRITES].config.history_page_bytes,
+    )
+    return web.Response(body=history_body(page), content_type="application/json")
 
 
 async def check(request: web.Request) -> web.Response:
@@ -292,6 +378,50 @@ HISTORY: JsonObject = {
                     "document": ref("StoredDocument"),
                 },
             },
+        },
+        "next_before": {
+            "type": "integer",
+            "minimum": 1,
+            "description": "present when older versions remain: pass it as before= for them",
+        },
+    },
+}
+
+_HISTORY_PARAMS: list[JsonObject] = [
+    {
+        "name": "limit",
+        "in": "query",
+        "required": False,
+        "description": (
+            "at most this many versions (a page also stops before its documents pass a byte"
+            " budget, policy_history_page_bytes, but always holds one)"
+        ),
+        "schema": {
+            "type": "integer",
+            "minimum": 1,
+            "maximum": HISTORY_MAX_LIMIT,
+            "default": HISTORY_DEFAULT_LIMIT,
+        },
+    },
+    {
+        "name": "before",
+        "in": "query",
+        "required": False,
+        "description": "only versions older than this one (the next_before of the last page)",
+        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INTEGER},
+    },
+]
+
+_RATE_LIMITED: JsonObject = {
+    **error_response(
+        429,
+        "Over the client's policy write limits (policy_write_rate, policy_write_burst,"
+        " policy_write_concurrency); nothing changed",
+    ),
+    "headers": {
+        "Retry-After": {
+            "description": "whole seconds to wait before trying again",
+            "schema": {"type": "integer", "minimum": 1},
         }
     },
 }
@@ -313,6 +443,8 @@ def _document_answer(description: str) -> JsonObject:
 
 
 def register(api: Api) -> None:
+    api.app[POLICY_WRITES] = PolicyWrites()
+    api.app.cleanup_ctx.append(_writes_lifecycle)
     spec = api.openapi
     spec.add_tag("policy", "A client's call control group policy")
     spec.add_schema("PolicyDocument", POLICY_DOCUMENT)
@@ -356,6 +488,7 @@ def register(api: Api) -> None:
                 "400": error_response(400),
                 "412": error_response(412),
                 "413": error_response(413),
+                "429": _RATE_LIMITED,
                 "422": error_response(
                     422, "Not a valid client id, not an object, or a document breaking policy.md"
                 ),
@@ -375,6 +508,7 @@ def register(api: Api) -> None:
             "responses": {
                 "200": _document_answer("The default document, now in force"),
                 "412": error_response(412),
+                "429": _RATE_LIMITED,
             },
         },
     )
@@ -389,8 +523,16 @@ def register(api: Api) -> None:
         operation={
             "operationId": "getPolicyHistory",
             "tags": ["policy"],
-            "summary": "Every stored version, newest first",
-            "responses": {"200": json_response("The versions", ref("History"))},
+            "summary": "The stored versions, newest first, a page at a time",
+            "description": (
+                "How many versions are kept is a setting (policy_history_keep,"
+                " policy_history_max_age_days); the current version is always kept."
+            ),
+            "parameters": _HISTORY_PARAMS,
+            "responses": {
+                "200": json_response("A page of versions", ref("History")),
+                "400": error_response(400, "limit or before is not a whole number in range"),
+            },
         },
     )
     api.route(

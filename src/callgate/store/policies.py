@@ -1,4 +1,4 @@
-"""Every version of every client's policy document, kept forever.
+"""Every version of every client's policy document, as many as the retention keeps.
 
 A client's current policy is its newest version. Versions count up from 1 per client; version 0
 means "nothing stored" and is never written. Resetting a client to the default (HTTP ``DELETE``)
@@ -6,6 +6,15 @@ is a new version that holds the default document, so the history shows who reset
 
 The optimistic-concurrency check (HTTP ``If-Match``) happens inside the write transaction, so two
 operators racing cannot both win against the same version.
+
+Retention (``Retention``): each save prunes, in its own transaction, the client's versions beyond
+the newest ``keep`` and those older than ``max_age``; the version just written is never pruned,
+and since the current version is always kept, version numbers keep counting up after a prune.
+A database written before retention existed is pruned to the limits on its client's next save.
+
+Documents are stored as their canonical JSON text (``canonical_json``: compact, every field
+explicit, ``PolicyDocument.to_json`` order), which readers that only pass it on (the history, the
+HTTP answers) send as it is, without decoding and encoding megabytes again.
 """
 
 from __future__ import annotations
@@ -14,7 +23,8 @@ import json
 import sqlite3
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from typing import Protocol
 
 from callgate.policy import PolicyDocument, PolicyValidationError, parse_document
 from callgate.store.db import Database, StoreError
@@ -49,8 +59,53 @@ class VersionConflictError(StoreError):
         self.current = current
 
 
-def _encode(document: PolicyDocument) -> str:
-    return json.dumps(document.to_json(), separators=(",", ":"), sort_keys=True)
+@dataclass(frozen=True, slots=True)
+class StoredJson:
+    """A stored version with its document as the stored JSON text (not decoded)."""
+
+    version: int
+    changed_at: str
+    """RFC 3339, as stored"""
+    changed_by: str
+    document_json: str
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryPage:
+    versions: tuple[StoredJson, ...]
+    """newest first"""
+    next_before: int | None
+    """the ``before`` of the next page; None when no older version remains"""
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How many versions a client keeps: the newest ``keep``, none older than ``max_age``."""
+
+    keep: int = 100
+    max_age: timedelta | None = None
+
+    def __post_init__(self) -> None:
+        if self.keep < 1:
+            raise ValueError("retention must keep at least the current version")
+
+
+def retention(settings: RetentionSettings) -> Retention:
+    """The retention the settings ask for (``policy_history_keep``, ``..._max_age_days``)."""
+    days = settings.policy_history_max_age_days
+    return Retention(settings.policy_history_keep, timedelta(days=days) if days else None)
+
+
+class RetentionSettings(Protocol):
+    @property
+    def policy_history_keep(self) -> int: ...
+    @property
+    def policy_history_max_age_days(self) -> float: ...
+
+
+def canonical_json(document: PolicyDocument) -> str:
+    """The stored (and answered) text of a document: compact, ASCII, ``to_json`` order."""
+    return json.dumps(document.to_json(), separators=(",", ":"))
 
 
 def _decode(row: sqlite3.Row) -> StoredPolicy:
@@ -70,6 +125,40 @@ def _decode(row: sqlite3.Row) -> StoredPolicy:
     )
 
 
+_NO_BOUND = 2**63 - 1
+"""Above every version (SQLite's largest integer)."""
+
+
+def _stored_json(row: sqlite3.Row) -> StoredJson:
+    return StoredJson(
+        version=int(row["version"]),
+        changed_at=str(row["changed_at"]),
+        changed_by=str(row["changed_by"]),
+        document_json=str(row["document"]),
+    )
+
+
+def _prune(
+    conn: sqlite3.Connection,
+    client_id: str,
+    newest: int,
+    now: datetime,
+    retention: Retention,
+) -> None:
+    """Drop what ``retention`` no longer keeps; ``newest``, just written, always stays."""
+    conn.execute(
+        "DELETE FROM policy_versions WHERE client_id = ? AND version <= ?",
+        (client_id, newest - retention.keep),
+    )
+    if retention.max_age is not None:
+        # changed_at is always datetime.isoformat() in UTC, so text order is time order.
+        cutoff = (now - retention.max_age).isoformat()
+        conn.execute(
+            "DELETE FROM policy_versions WHERE client_id = ? AND version < ? AND changed_at < ?",
+            (client_id, newest, cutoff),
+        )
+
+
 def _current_version(conn: sqlite3.Connection, client_id: str) -> int:
     row = conn.execute(
         "SELECT MAX(version) FROM policy_versions WHERE client_id = ?", (client_id,)
@@ -80,6 +169,8 @@ def _current_version(conn: sqlite3.Connection, client_id: str) -> int:
 class PolicyRepository:
     def __init__(self, db: Database) -> None:
         self._db = db
+        self.retention = Retention()
+        """Applied by every save; the daemon sets it from the settings."""
 
     async def current(self, client_id: str) -> StoredPolicy | None:
         """The newest version for ``client_id``, or None when nothing was ever stored."""
@@ -107,6 +198,57 @@ class PolicyRepository:
 
         return await self._db.read(read)
 
+    async def current_json(self, client_id: str) -> StoredJson | None:
+        """The newest version as stored text: what an answer sends, with no decoding."""
+
+        def read(conn: sqlite3.Connection) -> StoredJson | None:
+            row = conn.execute(
+                "SELECT version, changed_at, changed_by, document FROM policy_versions"
+                " WHERE client_id = ? ORDER BY version DESC LIMIT 1",
+                (client_id,),
+            ).fetchone()
+            return None if row is None else _stored_json(row)
+
+        return await self._db.read(read)
+
+    async def history_page(
+        self, client_id: str, *, limit: int, before: int | None = None, max_bytes: int
+    ) -> HistoryPage:
+        """Up to ``limit`` versions older than ``before`` (all when None), newest first.
+
+        The page stops early once its documents would pass ``max_bytes`` of JSON text, but
+        always holds one version when one remains, however large: the bound on an answer is
+        then the larger of ``max_bytes`` and one document.
+        """
+
+        def read(conn: sqlite3.Connection) -> HistoryPage:
+            below = before if before is not None else _NO_BOUND
+            rows = conn.execute(
+                "SELECT version, changed_at, changed_by, document FROM policy_versions"
+                " WHERE client_id = ? AND version < ? ORDER BY version DESC LIMIT ?",
+                (client_id, below, limit),
+            )
+            page: list[StoredJson] = []
+            size = 0
+            # Row by row, so that the rows past the byte budget are never read into memory.
+            for row in rows:
+                entry = _stored_json(row)
+                size += len(entry.document_json)
+                if page and size > max_bytes:
+                    break
+                page.append(entry)
+            rows.close()
+            if not page:
+                return HistoryPage((), None)
+            oldest = page[-1].version
+            more = conn.execute(
+                "SELECT 1 FROM policy_versions WHERE client_id = ? AND version < ? LIMIT 1",
+                (client_id, oldest),
+            ).fetchone()
+            return HistoryPage(tuple(page), oldest if more is not None else None)
+
+        return await self._db.read(read)
+
     async def history(self, client_id: str) -> list[StoredPolicy]:
         """Every stored version for ``client_id``, newest first."""
 
@@ -126,13 +268,18 @@ class PolicyRepository:
         changed_by: str,
         *,
         if_version: Collection[int] | None = None,
+        encoded: str | None = None,
     ) -> StoredPolicy:
         """Store ``document`` as the client's next version; durable when this returns.
 
         ``if_version``: the versions the caller accepts as current (from ``If-Match``); when the
         current version is not among them, raise ``VersionConflictError`` and write nothing.
+        ``encoded``: ``canonical_json(document)`` when the caller already made it (off the
+        event loop, for a large document). The same transaction applies the retention.
         """
-        encoded = _encode(document)
+        if encoded is None:
+            encoded = canonical_json(document)
+        retention = self.retention
 
         def write(conn: sqlite3.Connection) -> StoredPolicy:
             current = _current_version(conn, client_id)
@@ -144,6 +291,7 @@ class PolicyRepository:
                 " changed_by) VALUES (?, ?, ?, ?, ?)",
                 (client_id, current + 1, encoded, changed_at.isoformat(), changed_by),
             )
+            _prune(conn, client_id, current + 1, changed_at, retention)
             return StoredPolicy(client_id, current + 1, document, changed_at, changed_by)
 
         return await self._db.write(write)
