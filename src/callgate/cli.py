@@ -7,8 +7,9 @@ import argparse
 import asyncio
 import json
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from pathlib import Path
+from typing import Any
 
 from pydantic import ValidationError
 
@@ -66,13 +67,24 @@ def _run_serve(args: argparse.Namespace) -> int:
         print(f"callgate: bad configuration: {exc}", file=sys.stderr)
         return 2
     configure_logging(settings.log_level)
+    run_event_loop(run(settings))
+    return 0
+
+
+def run_event_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run ``main`` on uvloop when it is installed, else on asyncio's loop.
+
+    The loop runs outside the ``except ImportError``: run inside it, every exception the daemon
+    later logs would carry "During handling of the above exception... No module named
+    'uvloop'" as its context."""
+    runner: Callable[[Coroutine[Any, Any, None]], None]
     try:
         import uvloop
     except ImportError:
-        asyncio.run(run(settings))
+        runner = asyncio.run
     else:
-        uvloop.run(run(settings))
-    return 0
+        runner = uvloop.run
+    runner(main)
 
 
 def _check_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:

@@ -102,6 +102,19 @@ class Settings(BaseSettings):
     """PUT bodies of this size or more are decoded and validated in a worker process."""
     policy_workers: int = Field(default=1, ge=1)
     """Worker processes validating large policy documents (shared by every client)."""
+    # HTTP connection bounds and the file-descriptor budget (callgate.http.listener)
+    http_header_timeout: float = Field(default=10.0, gt=0)
+    """Seconds a connection has to send complete request headers, from its opening or from the
+    first byte after a response; then it is closed (408 if it had sent part of them)."""
+    http_keepalive_timeout: float = Field(default=15.0, gt=0)
+    """Seconds an HTTP connection may stay idle between two requests before it is closed."""
+    http_max_connections: int = Field(default=1000, ge=1)
+    """Most HTTP connections open at once; over it the longest-idle one is closed (or, if each
+    has a request in progress, the new one). Lowered at start to what the descriptor limit
+    leaves after ``agi_max_sessions`` and ``fd_reserve`` (but never below 8)."""
+    fd_reserve: int = Field(default=64, ge=0)
+    """File descriptors kept out of HTTP's reach beyond FastAGI's ``agi_max_sessions``: the
+    store, the listeners, the Manager connection, logs."""
 
     @field_validator("agi", "http")
     @classmethod

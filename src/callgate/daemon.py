@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import signal
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -25,6 +26,7 @@ from callgate.audit import AuditFanOut
 from callgate.config import Settings
 from callgate.http.api import AmiStatus, ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
+from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_connection_cap
 from callgate.http.policy_routes import POLICY_CONFIG, policy_config
 from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.logs import LOG_FORMAT, LogFormatter
@@ -148,6 +150,68 @@ async def _start_replace(services: Services, store: Store) -> None:
     services.stoppers.append(stop)
 
 
+def raise_nofile_limit() -> int:
+    """Raise the soft descriptor limit to the hard one; return the soft limit now in force.
+
+    Distributions start services at a soft limit of 1024 under a far higher hard one: every
+    descriptor the hard limit allows is one more FastAGI session or HTTP connection."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or (soft != resource.RLIM_INFINITY and soft < hard):
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            # macOS refuses an unlimited soft limit (above OPEN_MAX): keep the one we have.
+            log.info("kept the descriptor limit at %s (raising it failed: %s)", soft, exc)
+        else:
+            soft = hard
+    return _UNLIMITED_FDS if soft == resource.RLIM_INFINITY else soft
+
+
+_UNLIMITED_FDS = 1 << 20
+"""The budget taken for an unlimited descriptor limit: far beyond any sane connection cap."""
+
+
+def http_limits(settings: Settings, nofile: int | None = None) -> ListenerLimits:
+    """The HTTP listener's bounds; its connection cap leaves FastAGI's descriptors free.
+
+    FastAGI takes one descriptor a session, at most ``agi_max_sessions``; the store, the
+    listeners, the Manager and logs fit in ``fd_reserve``; HTTP gets what is left, up to
+    ``http_max_connections``. So however many clients hold HTTP connections open, FastAGI can
+    still accept its sessions."""
+    nofile = nofile if nofile is not None else resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    if nofile == resource.RLIM_INFINITY:
+        nofile = _UNLIMITED_FDS
+    cap = http_connection_cap(
+        nofile, settings.agi_max_sessions, settings.fd_reserve, settings.http_max_connections
+    )
+    needed = settings.agi_max_sessions + settings.fd_reserve + MIN_HTTP_CONNECTIONS
+    if nofile < needed:
+        log.warning(
+            "the descriptor limit (%d) is below agi_max_sessions (%d) + fd_reserve (%d) + %d"
+            " HTTP connections: FastAGI can run out of descriptors before its session cap."
+            " Raise the limit (systemd LimitNOFILE=, ulimit -n) or lower agi_max_sessions.",
+            nofile,
+            settings.agi_max_sessions,
+            settings.fd_reserve,
+            MIN_HTTP_CONNECTIONS,
+        )
+    elif cap < settings.http_max_connections:
+        log.info(
+            "HTTP connections capped at %d (not %d): the descriptor limit is %d, FastAGI may"
+            " need %d and %d are reserved",
+            cap,
+            settings.http_max_connections,
+            nofile,
+            settings.agi_max_sessions,
+            settings.fd_reserve,
+        )
+    return ListenerLimits(
+        header_timeout=settings.http_header_timeout,
+        keepalive_timeout=settings.http_keepalive_timeout,
+        max_connections=cap,
+    )
+
+
 async def _start_http(services: Services, store: Store) -> None:
     token = services.settings.admin_token
     app = build_app(
@@ -163,8 +227,11 @@ async def _start_http(services: Services, store: Store) -> None:
     if services.replace is not None:
         app[REPLACE_SERVICE] = services.replace
     app[POLICY_CONFIG] = policy_config(services.settings)
-    host, port = services.settings.http_address
-    runner = await start_http(app, host, port, shutdown_grace=services.settings.shutdown_grace)
+    settings = services.settings
+    host, port = settings.http_address
+    runner = await start_http(
+        app, host, port, shutdown_grace=settings.shutdown_grace, limits=http_limits(settings)
+    )
     services.stoppers.append(runner.cleanup)
 
 
@@ -228,6 +295,7 @@ async def start(settings: Settings) -> Services:
     """Start every component; the caller owns ``services.stop()``."""
     services = Services(settings)
     try:
+        raise_nofile_limit()
         # Components are added here in start order; each appends its own stopper.
         store = services.store = await open_store(settings.db_target)
         services.stoppers.append(store.close)

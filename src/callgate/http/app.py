@@ -49,6 +49,7 @@ from callgate.http.api import (
 )
 from callgate.http.auth import Authenticator
 from callgate.http.errors import error_middleware
+from callgate.http.listener import GuardedRunner, ListenerLimits
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
@@ -132,18 +133,28 @@ def build_app(deps: HttpDeps) -> web.Application:
 
 
 async def start_http(
-    app: web.Application, host: str, port: int, *, shutdown_grace: float = 10.0
+    app: web.Application,
+    host: str,
+    port: int,
+    *,
+    shutdown_grace: float = 10.0,
+    limits: ListenerLimits | None = None,
 ) -> web.AppRunner:
     """Open the listener; the caller owns ``runner.cleanup()``.
 
-    ``cleanup`` stops accepting, then lets requests in flight finish for ``shutdown_grace``
-    seconds at most.
+    The listener bounds what each connection may cost (``limits``: header and keep-alive
+    timeouts, a connection cap; see ``callgate.http.listener``). ``cleanup`` stops accepting,
+    then lets requests in flight finish for ``shutdown_grace`` seconds at most.
     """
-    runner = web.AppRunner(
-        app, access_log=None, handle_signals=False, shutdown_timeout=shutdown_grace
-    )
+    limits = limits or ListenerLimits()
+    runner = GuardedRunner(app, limits, handle_signals=False, shutdown_timeout=shutdown_grace)
     await runner.setup()
     site = web.TCPSite(runner, host, port, reuse_address=True)
     await site.start()
-    log.info("HTTP API listening on %s:%s", host, port)
+    log.info(
+        "HTTP API listening on %s:%s (at most %d connections)",
+        host,
+        port,
+        limits.max_connections,
+    )
     return runner
