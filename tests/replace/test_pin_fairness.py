@@ -8,6 +8,9 @@ session ends while client A's writes are still queued), never a duration."""
 from __future__ import annotations
 
 import asyncio
+import os
+import sys
+import threading
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +26,13 @@ from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.replace.limits import PinLimit, PinWriteLimiter, PinWriteLimits, PinWritesRefused
-from callgate.replace.pins import FairSlots, PinHasher, ScryptParams, hash_pin
+from callgate.replace.pins import (
+    WRITE_THREAD_NICE,
+    FairSlots,
+    PinHasher,
+    ScryptParams,
+    hash_pin,
+)
 from callgate.replace.service import ReplaceService
 from callgate.store import Store, open_store
 from fake_asterisk import FakeChannel, call, request_environment
@@ -294,3 +303,23 @@ async def test_the_openapi_document_describes_the_429(store: Store) -> None:
         assert "Retry-After" in put["responses"]["429"]["headers"]
     finally:
         await stop_rig(rig)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="a nice value per thread is Linux's")
+async def test_pin_writes_run_at_a_lower_priority_than_pin_checks() -> None:
+    hasher = PinHasher(FAST_SCRYPT, verify_threads=1, write_threads=1)
+    try:
+        encoded = await hasher.hash("2468", A)
+        assert await hasher.verify("2468", encoded, B)
+        nice = {
+            thread.name.rsplit("_", 1)[0]: os.getpriority(os.PRIO_PROCESS, thread.native_id)
+            for thread in threading.enumerate()
+            if thread.native_id is not None
+            and thread.name.startswith("callgate-pin-")
+            and thread.name.endswith("_0")
+        }
+        base = os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+        assert nice["callgate-pin-verify"] == base
+        assert nice["callgate-pin-write"] == min(19, base + WRITE_THREAD_NICE)
+    finally:
+        hasher.close()

@@ -21,8 +21,12 @@ import asyncio
 import base64
 import hashlib
 import hmac
+import logging
+import os
 import re
 import secrets
+import sys
+import threading
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -30,6 +34,8 @@ from dataclasses import dataclass
 from typing import TypeVar
 
 _T = TypeVar("_T")
+
+log = logging.getLogger(__name__)
 
 PIN_PATTERN = re.compile(r"[0-9]{4,12}")
 MAX_PIN_DIGITS = 12
@@ -218,7 +224,9 @@ class PinHasher:
         self._verify_slots = FairSlots(verify_threads)
         self._write_slots = FairSlots(write_threads)
         self._verify_pool = ThreadPoolExecutor(verify_threads, "callgate-pin-verify")
-        self._write_pool = ThreadPoolExecutor(write_threads, "callgate-pin-write")
+        self._write_pool = ThreadPoolExecutor(
+            write_threads, "callgate-pin-write", initializer=_yield_the_cpu
+        )
 
     def writes_waiting(self, client_id: str | None = None) -> int:
         """PIN writes waiting for a hashing thread: ``client_id``'s, or everyone's."""
@@ -241,6 +249,25 @@ class PinHasher:
         """Stop the threads once the running hashes end (nothing waits in the pools)."""
         self._verify_pool.shutdown(wait=False, cancel_futures=True)
         self._write_pool.shutdown(wait=False, cancel_futures=True)
+
+
+WRITE_THREAD_NICE = 10
+"""How much lower than the rest of the process the PIN write threads run (Linux): when the CPU
+is short, the event loop and the PIN checks of calls go first, PIN writes wait."""
+
+
+def _yield_the_cpu() -> None:
+    # Linux keeps a nice value per thread (setpriority on a thread id changes that thread only);
+    # elsewhere PRIO_PROCESS would lower the whole process, so nothing is done.
+    if sys.platform != "linux":
+        return
+    try:
+        tid = threading.get_native_id()
+        os.setpriority(
+            os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + WRITE_THREAD_NICE
+        )
+    except OSError as exc:  # a sandbox may refuse it: writes then compete as equals
+        log.warning("PIN write thread keeps its priority: %s", exc)
 
 
 async def _run(
