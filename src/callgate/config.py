@@ -72,6 +72,19 @@ class Settings(BaseSettings):
     replace_window_seconds: float = Field(default=900.0, gt=0)
     replace_lock_seconds: float = Field(default=900.0, gt=0)
 
+    # Phone replace: PIN hashing (scrypt) — checks during calls never wait behind PIN writes
+    replace_pin_verify_threads: int = Field(default=2, ge=1, le=64)
+    """Threads that check PINs typed during replace calls, used by nothing else (each running
+    check takes about 32 MiB); clients take turns when more calls wait."""
+    replace_pin_write_threads: int = Field(default=1, ge=1, le=64)
+    """Threads that hash PINs written over HTTP, shared by all clients in turn (32 MiB each)."""
+    replace_pin_write_rate: float = Field(default=2.0, gt=0)
+    """PIN writes per second a client may make on average; over it, 429 with Retry-After."""
+    replace_pin_write_burst: int = Field(default=20, ge=1)
+    """PIN writes a client may make in a row after a pause (the token bucket's size)."""
+    replace_pin_write_concurrency: int = Field(default=4, ge=1)
+    """PIN writes of one client in progress at once (waiting for or being hashed); over it, 429."""
+
     # Live enforcement over the Asterisk Manager (only with `ami`)
     ami_ping_interval: float = Field(default=5.0, gt=0)
     """Seconds between watchdog Pings; no answer within ``ami_ping_timeout`` = reconnect."""

@@ -34,8 +34,10 @@ from callgate.metrics import Metrics
 from callgate.policy import compile_policy
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
+from callgate.replace.limits import PinWriteLimiter, PinWriteLimits
 from callgate.replace.lockout import LockoutRules
 from callgate.replace.manager_astdb import manager_astdb
+from callgate.replace.pins import PinHasher
 from callgate.replace.service import LiveAstDb, ReplaceService
 from callgate.store import Store, open_store
 from callgate.store.policies import retention
@@ -129,11 +131,17 @@ async def _start_agi(services: Services, store: Store) -> None:
 
 async def _start_replace(services: Services, store: Store) -> None:
     """Phone replace: PINs, lockout, replacements; revoked by policy changes."""
+    settings = services.settings
     service = ReplaceService(
         store.replace,
         services.registry,
         store.audit,
-        rules=LockoutRules.from_settings(services.settings),
+        hasher=PinHasher(
+            verify_threads=settings.replace_pin_verify_threads,
+            write_threads=settings.replace_pin_write_threads,
+        ),
+        pin_writes=PinWriteLimiter(PinWriteLimits.from_settings(settings)),
+        rules=LockoutRules.from_settings(settings),
         live_astdb=lambda: services.manager_astdb(),
     )
     services.registry.subscribe(service.on_policy_change)
@@ -146,6 +154,7 @@ async def _start_replace(services: Services, store: Store) -> None:
             await cleaner
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(service.idle(), services.settings.shutdown_grace)
+        service.close()  # started before the servers, so stopped after them
 
     services.stoppers.append(stop)
 

@@ -100,7 +100,7 @@ def test_damaged_hashes_raise(encoded: str) -> None:
 
 
 async def test_hasher_runs_off_the_loop() -> None:
-    hasher = PinHasher(FAST_SCRYPT, concurrency=1)
+    hasher = PinHasher(FAST_SCRYPT, verify_threads=1, write_threads=1)
     encoded = await hasher.hash("7777")
     assert await hasher.verify("7777", encoded)
     assert not await hasher.verify("7778", encoded)

@@ -17,6 +17,9 @@ The rules, as Asterisk 22's ``res/res_agi.c`` applies them (``protocol-notes.md`
 - Every read is bounded: a line longer than ``max_line``, an environment or a usage block larger
   than ``max_env``, or anything that is not the protocol raises ``AgiProtocolError`` — the only
   exception this module raises on input.
+- The reply to ``GET DATA`` carries what the caller typed (a PIN): from the moment such a command
+  is sent until the next one, no reply text reaches an error message or a ``repr`` — well-formed,
+  malformed, 5xx or a stray line after it, only its length and a known reply code are shown.
 
 ``AgiConnection`` is the state machine; the server feeds it bytes and acts on its events.
 """
@@ -157,13 +160,31 @@ class Reply(NamedTuple):
     """The ``(...)`` part of a 200, matched greedily to the last ``)``."""
     endpos: int | None = None
     text: str = ""
-    """The line after the code (for errors and logs)."""
+    """The line after the code (for errors and logs, through ``shown``)."""
     usage: tuple[str, ...] = ()
     """The lines between ``520-`` and ``520 ``."""
+    secret: bool = False
+    """The reply to a secret-bearing command (``GET DATA``): ``shown`` and ``repr`` withhold it."""
 
     @property
     def ok(self) -> bool:
         return self.code == 200
+
+    @property
+    def shown(self) -> str:
+        """The code and text as they may appear in an error message or a log line."""
+        if not self.secret:
+            return f"{self.code} {self.text}"
+        code = str(self.code)
+        return _withheld(len(self.text) + 4, code if code in _KNOWN_CODES else "none")
+
+    def __repr__(self) -> str:
+        # Written out: typing.NamedTuple methods cannot call super().
+        if self.secret:
+            return f"Reply(code={self.code}, secret=True, text={self.shown!r})"
+        pairs = zip(self._fields, self, strict=True)
+        fields = ", ".join(f"{name}={value!r}" for name, value in pairs)
+        return f"Reply({fields})"
 
     @property
     def result_int(self) -> int | None:
@@ -178,32 +199,35 @@ _ENDPOS = re.compile(r"endpos=(-?[0-9]+)")
 _INTEGER = re.compile(r"-?[0-9]+")
 
 
-def parse_reply_line(line: str) -> Reply:
-    """Parse one reply line (``200 result=1 (value) endpos=0``, ``510 ...``, ``520 ...``)."""
+def parse_reply_line(line: str, *, secret: bool = False) -> Reply:
+    """Parse one reply line (``200 result=1 (value) endpos=0``, ``510 ...``, ``520 ...``).
+
+    ``secret``: the line answers a secret-bearing command; an error then shows its length only.
+    """
     code_text = line[:3]
     if len(code_text) != 3 or not (code_text.isascii() and code_text.isdigit()):
-        raise AgiProtocolError(f"not a reply: {_excerpt(line)}")
+        raise AgiProtocolError(f"not a reply: {_shown(line, secret)}")
     code = int(code_text)
     if line[3:4] not in ("", " ", "-"):
-        raise AgiProtocolError(f"not a reply: {_excerpt(line)}")
+        raise AgiProtocolError(f"not a reply: {_shown(line, secret)}")
     rest = line[4:]
     if code != 200:
-        return Reply(code, text=rest)
+        return Reply(code, text=rest, secret=secret)
     if not rest.startswith("result="):
-        raise AgiProtocolError(f"200 without result=: {_excerpt(line)}")
+        raise AgiProtocolError(f"200 without result=: {_shown(line, secret)}")
     result, _, tail = rest[7:].partition(" ")
     data: str | None = None
     endpos: int | None = None
     if tail.startswith("("):
         close = tail.rfind(")")
         if close < 0:
-            raise AgiProtocolError(f"unterminated (data): {_excerpt(line)}")
+            raise AgiProtocolError(f"unterminated (data): {_shown(line, secret)}")
         data = tail[1:close]
         tail = tail[close + 1 :]
     tail = tail.strip(" ")
     if (match := _ENDPOS.fullmatch(tail)) is not None:
         endpos = int(match.group(1))
-    return Reply(code, result, data, endpos, rest)
+    return Reply(code, result, data, endpos, rest, secret=secret)
 
 
 # --------------------------------------------------------------------------- commands
@@ -265,6 +289,20 @@ def format_mset(pairs: Iterable[tuple[str, str]]) -> str:
         bad = next((item for item in items if _APP_PAIR.fullmatch(item) is None), items[0])
         raise AgiProtocolError(f"{bad.partition('=')[0]}: value not safe inside MSet()")
     return argument
+
+
+SECRET_REPLY_COMMANDS: Final = frozenset({"GET DATA"})
+"""Commands whose reply carries what the caller typed: the PIN of a phone replace."""
+_SECRET_PREFIXES: Final = tuple(
+    prefix
+    for name in SECRET_REPLY_COMMANDS
+    for prefix in (f"{name} ".encode(), f"{name}\n".encode())
+)
+
+
+def bears_secret(line: bytes) -> bool:
+    """Whether the reply to the command ``line`` may hold a secret (Asterisk ignores case)."""
+    return line[:16].upper().startswith(_SECRET_PREFIXES)
 
 
 # Commands Asterisk still runs on a dead channel (res_agi.c `commands[]`, the `dead` flag).
@@ -333,6 +371,7 @@ class AgiConnection:
         "_eof",
         "_max_env",
         "_max_line",
+        "_secret",
         "_usage",
         "_usage_bytes",
         "_usage_code",
@@ -351,6 +390,9 @@ class AgiConnection:
         self._usage_code = ""
         self._usage_text = ""
         self._usage_bytes = 0
+        self._secret = False
+        """The last command sent bears a secret (``bears_secret``): its reply, and any line
+        after it until the next command, are never shown."""
         self.state = AgiState.ENVIRONMENT
         self.hangup_seen = False
         """An out-of-band ``HANGUP`` line arrived."""
@@ -370,6 +412,7 @@ class AgiConnection:
         if self.state is not AgiState.IDLE:
             raise AgiProtocolError(f"cannot send a command while {self.state.value}")
         self.state = AgiState.AWAITING_REPLY
+        self._secret = bears_secret(line)
         return line
 
     def next_event(self) -> Event:
@@ -390,7 +433,7 @@ class AgiConnection:
                 self.hangup_seen = self.dead = True
                 return HANGUP
             if self.state is not AgiState.AWAITING_REPLY:
-                raise AgiProtocolError(f"unsolicited line: {_excerpt(line)}")
+                raise AgiProtocolError(f"unsolicited line: {_shown(line, self._secret)}")
             reply = self._reply(line)
             if reply is None:
                 continue  # inside a 520- block, or a provisional "100 Trying"
@@ -453,23 +496,47 @@ class AgiConnection:
         if usage is not None:
             if line.startswith(self._usage_code + " "):
                 self._usage = None
-                return Reply(int(self._usage_code), text=self._usage_text, usage=tuple(usage))
+                return Reply(
+                    int(self._usage_code),
+                    text=self._usage_text,
+                    usage=tuple(usage),
+                    secret=self._secret,
+                )
             self._usage_bytes += len(line) + 1
             if self._usage_bytes > self._max_env:
                 raise AgiProtocolError(f"usage block larger than {self._max_env} bytes")
             usage.append(line)
             return None
         if line[3:4] == "-":
-            parse_reply_line(line)  # validates the code
+            parse_reply_line(line, secret=self._secret)  # validates the code
             self._usage = []
             self._usage_code = line[:3]
             self._usage_text = line[4:]
             self._usage_bytes = len(line)
             return None
-        reply = parse_reply_line(line)
+        reply = parse_reply_line(line, secret=self._secret)
         if reply.code == 100:  # "100 result=0 Trying...": the real reply follows
             return None
         return reply
+
+
+_KNOWN_CODES: Final = frozenset({"100", "200", "510", "511", "520"})
+
+
+def _shown(line: str, secret: bool) -> str:
+    """``_excerpt(line)``, or for a secret-bearing reply its length and code only.
+
+    The code is named only when it is one Asterisk sends and stands apart from the rest: the
+    first three characters of a malformed line may as well be the caller's first digits.
+    """
+    if not secret:
+        return _excerpt(line)
+    code = line[:3] if line[:3] in _KNOWN_CODES and line[3:4] in ("", " ", "-") else "none"
+    return _withheld(len(line), code)
+
+
+def _withheld(length: int, code: str) -> str:
+    return f"line withheld ({length} characters, code {code}: it answers GET DATA)"
 
 
 def _excerpt(text: str, limit: int = 60) -> str:

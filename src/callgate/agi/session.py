@@ -4,6 +4,9 @@ Each command is written in one write, never pipelined, and awaits exactly one re
 lines are skipped and recorded by the protocol state). Errors are ``AgiSessionError``s:
 ``AgiChannelDead`` (511, or a media command after the caller hung up), ``AgiCommandFailed``
 (510/520: a bug on our side), ``AgiTimeout`` and ``AgiConnectionLost``.
+
+An error's message is safe to log: the reply to a secret-bearing command (``GET DATA``, which
+collects a PIN) is marked by the protocol and shown by its length only (``Reply.shown``).
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class AgiChannelDead(AgiSessionError):  # noqa: N818
 
 class AgiCommandFailed(AgiSessionError):  # noqa: N818
     def __init__(self, command: str, reply: Reply) -> None:
-        super().__init__(f"{command}: {reply.code} {reply.text}")
+        super().__init__(f"{command}: {reply.shown}")
         self.reply = reply
 
 
@@ -110,7 +113,7 @@ class AgiSession:
         if reply.code == 200:
             return reply
         if reply.code == 511:
-            raise AgiChannelDead(f"{command}: {reply.text}")
+            raise AgiChannelDead(f"{command}: {reply.shown}")
         raise AgiCommandFailed(command, reply)
 
     async def set_variable(self, name: str, value: str) -> None:

@@ -1,6 +1,7 @@
 """HTTP routes of phone replace: an extension's replace PIN, and the replacements in force.
 
 - ``PUT    /client/{client_id}/extension/{ext}/replace_pin``  ``{"pin": "<4-12 digits>"}`` -> 204
+  (429 ``rate_limited`` with ``Retry-After`` when the client is over its PIN write limits)
 - ``DELETE /client/{client_id}/extension/{ext}/replace_pin``  -> 204 (404 when none was set)
 - ``GET    /client/{client_id}/replacements``                 -> ``{"replacements": [...]}``
 - ``DELETE /client/{client_id}/replacements/{phone}``         -> 204 restored (404 when none)
@@ -19,6 +20,7 @@ from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
 from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
 from callgate.policy import is_valid_extension
+from callgate.replace.limits import PinLimit, PinWritesRefused
 from callgate.replace.pins import PinFormatError, check_pin
 from callgate.replace.service import ReplaceService
 
@@ -103,8 +105,25 @@ async def put_pin(request: web.Request) -> web.StreamResponse:
     client_id = request.match_info["client_id"]
     ext = _extension(request, "ext")
     pin = await _read_pin(request)
-    await _service(request).set_pin(client_id, ext, pin)
+    try:
+        await _service(request).set_pin(client_id, ext, pin)
+    except PinWritesRefused as exc:
+        raise _too_many(exc) from None
     return web.Response(status=204)
+
+
+def _too_many(exc: PinWritesRefused) -> ApiError:
+    what = {
+        PinLimit.RATE: "too many PIN writes per second",
+        PinLimit.CONCURRENCY: "too many PIN writes in progress at once",
+    }[exc.limit]
+    return ApiError(
+        429,
+        "rate_limited",
+        f"Client {exc.client_id} made {what}; retry after {exc.retry_after} s.",
+        [{"limit": f"pin_write_{exc.limit}", "retry_after": exc.retry_after}],
+        headers=[("Retry-After", str(exc.retry_after))],
+    )
 
 
 async def delete_pin(request: web.Request) -> web.StreamResponse:
@@ -159,6 +178,19 @@ def register(api: Api) -> None:
                 "400": error_response(400, "The body is not JSON"),
                 "413": error_response(413),
                 "422": error_response(422, 'Not {"pin": "<4 to 12 digits>"}, or a bad ext'),
+                "429": {
+                    **error_response(
+                        429,
+                        "The client is over its PIN write limits (a rate, and a number in"
+                        " progress at once): try again after Retry-After seconds",
+                    ),
+                    "headers": {
+                        "Retry-After": {
+                            "description": "seconds to wait before the next PIN write",
+                            "schema": {"type": "integer", "minimum": 1},
+                        }
+                    },
+                },
             },
         },
     )

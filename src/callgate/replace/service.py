@@ -14,6 +14,9 @@ AstDB is written through an ``AstDb``: inside the replace session it is the AGI 
 connection (``DBPut``/``DBDel``), when there is one. Every AstDB key callgate writes is spelled in
 ``acting_key``/``device_key`` and nowhere else.
 
+PIN writes are limited per client (``limits.PinWriteLimiter``: ``PinWritesRefused`` past a rate
+or a number in progress); PIN checks during calls hash on threads of their own (``PinHasher``).
+
 Fails closed: any error on the way is a deny ``internal_error`` (``unavailable`` when the store
 is down), logged with its traceback. The PIN is never logged, audited or returned.
 """
@@ -32,8 +35,9 @@ from typing import Protocol
 from callgate.audit import AuditEvent, AuditSink
 from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
 from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.replace.limits import PinWriteLimiter
 from callgate.replace.lockout import LockoutRules, LockState
-from callgate.replace.pins import PinHasher
+from callgate.replace.pins import PinHasher, check_pin
 from callgate.store.db import StoreError
 from callgate.store.replace import AstDbKey, Attempt, Replacement, ReplaceRepository
 
@@ -124,6 +128,7 @@ class ReplaceService:
         audit: AuditSink,
         *,
         hasher: PinHasher | None = None,
+        pin_writes: PinWriteLimiter | None = None,
         rules: LockoutRules | None = None,
         live_astdb: LiveAstDb = lambda: None,
         clock: Clock = utc_now,
@@ -132,6 +137,7 @@ class ReplaceService:
         self._registry = registry
         self._audit = audit
         self._hasher = hasher or PinHasher()
+        self._pin_writes = pin_writes or PinWriteLimiter()
         self._rules = rules or LockoutRules()
         self._live_astdb = live_astdb
         self._clock = clock
@@ -142,8 +148,12 @@ class ReplaceService:
     # -- PINs (HTTP) -----------------------------------------------------------------------
 
     async def set_pin(self, client_id: str, ext: str, pin: str) -> None:
-        """Store ``ext``'s replace PIN (hashed). Raises ``PinFormatError`` for a bad PIN."""
-        await self._repo.set_pin(client_id, ext, await self._hasher.hash(pin), self._clock())
+        """Store ``ext``'s replace PIN (hashed). Raises ``PinFormatError`` for a bad PIN and
+        ``PinWritesRefused`` when the client is over its PIN write limits."""
+        check_pin(pin)  # a malformed PIN is refused before it counts towards the limits
+        with self._pin_writes.admit(client_id):
+            encoded = await self._hasher.hash(pin, client_id)
+            await self._repo.set_pin(client_id, ext, encoded, self._clock())
 
     async def delete_pin(self, client_id: str, ext: str) -> bool:
         return await self._repo.delete_pin(client_id, ext)
@@ -214,7 +224,7 @@ class ReplaceService:
         if encoded is None:
             await self._repo.forget_attempt(attempt)
             return Decision.deny(Reason.NO_REPLACE_PIN), challenge.version
-        if not await self._hasher.verify(digits, encoded):
+        if not await self._hasher.verify(digits, encoded, req.client_id):
             return Decision.deny(Reason.BAD_PIN), challenge.version
         return await self._take_over(req, attempt, astdb)
 
@@ -323,6 +333,10 @@ class ReplaceService:
         task = asyncio.create_task(work)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    def close(self) -> None:
+        """Stop the hashing threads (shutdown, after the servers have stopped)."""
+        self._hasher.close()
 
     async def idle(self) -> None:
         """Wait for the AstDB updates running in the background (shutdown, tests)."""
