@@ -26,7 +26,8 @@ Scenarios (the full sizes; --quick runs smaller ones):
   retried after its Retry-After (at most 2 s; --ignore-retry-after: at once).
 - garbage-sessions: 150,000 FastAGI sessions, 50 in flight, each with new values: client ids
   that have no policy (a tenth malformed), 32-character extensions and targets (a tenth
-  invalid), a few unknown actions; then the /metrics size and scrape time, the SQLite growth.
+  invalid: 256 characters), a few unknown actions; then the /metrics size and scrape time,
+  the SQLite growth.
 - slow-http: the server with RLIMIT_NOFILE 400; 395 HTTP connections that send half a header
   line and then nothing; 10 FastAGI sessions (how many are answered), and how many of the idle
   connections the server still holds 40 s after they opened.
@@ -301,12 +302,14 @@ async def run_scenario(
         await asyncio.sleep(1.0)  # the probe's first sessions are not measured
         await scenario(run)
     finally:
-        data = probe.stop() if probe is not None else ProbeData()
-        await run.close()
-        alive = server.process.poll() is None
-        server.stop()
-        if not alive:
-            print(f"  callgate died during {name}:\n{server.log_tail()}", file=sys.stderr)
+        try:
+            data = probe.stop() if probe is not None else ProbeData()
+        finally:
+            await run.close()
+            alive = server.process.poll() is None
+            server.stop()
+            if not alive:
+                print(f"  callgate died during {name}:\n{server.log_tail()}", file=sys.stderr)
     return run.rows(data)
 
 
@@ -462,9 +465,9 @@ def garbage_environment(run: Run, rng: random.Random, index: int) -> bytes:
     if index % 50 == 7:
         action = f"act{rng.getrandbits(32):08x}"
     ext = f"{rng.getrandbits(128):032x}"
-    if index % 10 == 3:
-        ext = f"{rng.getrandbits(160):040x}"  # 40 characters: not an extension
     target = "" if index % 7 == 0 else f"{rng.getrandbits(128):032x}"
+    if index % 10 == 3:  # not extensions: too long (and well within a FastAGI line)
+        ext, target = ext * 8, target * 8
     args = [client.encode(), ext.encode(), target.encode()]
     return run.envs.build(action, args, f"garbage.{index}.{rng.getrandbits(32)}")
 
