@@ -31,9 +31,14 @@ FIELD_LIMIT: Final = 128
 """Characters ``printable`` makes of one caller-supplied value at most (an Asterisk channel name
 is at most 80; an extension 32)."""
 
-# Printable ASCII but space, quotes and backslash: a value made only of these is written as is,
-# so an escaped value (which starts with a quote) can never be mistaken for one.
 _plain = re.compile(r"[!#-&(-\[\]-~]*").fullmatch
+
+
+def is_plain(value: str) -> bool:
+    """Printable ASCII but space, quotes and backslash: ``printable`` keeps such a value as is
+    (up to its limit), so an escaped value (which starts with a quote) is never mistaken for
+    one."""
+    return _plain(value) is not None
 
 
 def printable(value: str | None, limit: int = FIELD_LIMIT) -> str:

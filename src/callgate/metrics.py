@@ -113,6 +113,10 @@ class ClientLoopCounter(LoopCounter):
         ``PolicyRegistry.has_policy``; until then every client is ``OTHER_CLIENT``)."""
         self._labelled = labelled
 
+    def labelled(self, client_id: str) -> bool:
+        """Whether ``client_id`` has series of its own."""
+        return self._labelled(client_id)
+
     def labels(self, *values: str) -> LoopCount:
         if values and not self._labelled(values[0]):
             values = (OTHER_CLIENT, *values[1:])

@@ -25,7 +25,7 @@ from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
 from callgate.agi.session import AgiSession, AgiSessionError, mset_command
 from callgate.audit import AuditEvent, AuditSink
 from callgate.logs import DecisionLog, printable
-from callgate.metrics import Metrics
+from callgate.metrics import LoopCount, Metrics
 from callgate.policy import (
     ALL_TARGETS,
     Action,
@@ -178,6 +178,9 @@ class DecisionRecorder:
     ) -> None:
         self._audit = audit
         self._decisions = metrics.decisions
+        # The labelled series of the stored clients, looked up once: a client never loses its
+        # stored policy (a deletion stores the default document), so an entry never goes stale.
+        self._children: dict[tuple[str, str, str], LoopCount] = {}
         self.log = (
             DecisionLog(log, hold=DECISION_LOG_HOLD) if decision_log is None else decision_log
         )
@@ -206,9 +209,13 @@ class DecisionRecorder:
                 f"{outcome or log_outcome(decision, version)}"
                 f" uniqueid={printable(request.uniqueid)}"
             )
-        self._decisions.labels(
-            request.client_id if valid_client else "-", action, decision.verdict
-        ).inc()
+        key = (request.client_id if valid_client else "-", action, decision.verdict)
+        child = self._children.get(key)
+        if child is None:
+            child = self._decisions.labels(*key)
+            if self._decisions.labelled(key[0]):
+                self._children[key] = child
+        child.inc()
         if valid_client:  # an audit log is per client: there is none for a malformed id
             self._audit.record(
                 AuditEvent(

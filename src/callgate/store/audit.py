@@ -42,7 +42,7 @@ from functools import lru_cache, partial
 from typing import TYPE_CHECKING, Final
 
 from callgate.audit import AuditEvent, EndReason
-from callgate.logs import printable
+from callgate.logs import FIELD_LIMIT, is_plain, printable
 from callgate.store.db import Database
 
 if TYPE_CHECKING:
@@ -136,10 +136,13 @@ class AuditRetention:
 
 def storable(event: AuditEvent) -> AuditEvent:
     """``event`` with every caller-supplied text as ``printable`` makes it (the same event when
-    they all are already: the usual case, a few regex matches)."""
+    they all are already: the usual case, one regex match for them all)."""
+    target, uniqueid, channel = event.target, event.uniqueid, event.channel
+    together = f"{event.client_id}{event.ext}{target or ''}{uniqueid or ''}{channel or ''}"
+    if not event.extra and len(together) <= FIELD_LIMIT and is_plain(together):
+        return event  # each value is plain and shorter than the limit: what printable keeps
     p = printable
-    client_id, ext, target = p(event.client_id), p(event.ext), event.target
-    uniqueid, channel, extra = event.uniqueid, event.channel, event.extra
+    client_id, ext, extra = p(event.client_id), p(event.ext), event.extra
     if target is not None:
         target = p(target)
     if uniqueid is not None:
