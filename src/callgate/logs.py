@@ -1,4 +1,5 @@
-"""The log format, and the decision log: one line per FastAGI decision, cheaply.
+"""The log format, the decision log (one line per FastAGI decision, cheaply), and ``printable``:
+the one way a caller-supplied value goes into a log line or an audit row (escaped, bounded).
 
 Every FastAGI decision is an INFO line. Through ``logging.info`` it cost about 30 µs of a session
 in the daemon (a ``LogRecord`` built, filters, locks, ``%`` formatting, one write and one flush per
