@@ -46,3 +46,33 @@ def test_wrong_labels_are_refused_and_names_collide_as_usual() -> None:
         counter.labels("a", "b")
     with pytest.raises(ValueError, match="Duplicated timeseries"):
         Counter("c", "help", registry=registry)
+
+
+def test_decisions_have_a_client_series_only_for_the_clients_labelled() -> None:
+    from callgate.metrics import OTHER_CLIENT, Metrics
+
+    metrics = Metrics()
+    metrics.decisions.labels("acme", "pickup", "allow").inc()  # nothing labelled yet
+    metrics.decisions.label_clients({"acme"}.__contains__)
+    for client in ("acme", "globex", "-", "x" * 64):
+        metrics.decisions.labels(client, "pickup", "allow").inc()
+    registry = metrics.registry
+    labels = {"action": "pickup", "decision": "allow"}
+    assert registry.get_sample_value("callgate_decisions_total", {"client": "acme", **labels}) == 1
+    other = {"client": OTHER_CLIENT, **labels}
+    assert registry.get_sample_value("callgate_decisions_total", other) == 4
+    assert (
+        registry.get_sample_value("callgate_decisions_total", {"client": "globex", **labels})
+        is None
+    )
+
+
+def test_audit_losses_are_read_from_their_source_at_each_scrape() -> None:
+    from callgate.metrics import Metrics
+
+    metrics, counts = Metrics(), {"rejected": 2}
+    metrics.audit_lost.read_from(lambda: counts)
+    sample = {"reason": "rejected"}
+    assert metrics.registry.get_sample_value("callgate_audit_events_lost_total", sample) == 2
+    counts["rejected"] = 3
+    assert metrics.registry.get_sample_value("callgate_audit_events_lost_total", sample) == 3

@@ -128,6 +128,17 @@ class Settings(BaseSettings):
     fd_reserve: int = Field(default=64, ge=0)
     """File descriptors kept out of HTTP's reach beyond FastAGI's ``agi_max_sessions``: the
     store, the listeners, the Manager connection, logs."""
+    # What callers can make the daemon keep: remembered answers, the audit log's size
+    agi_answer_cache_size: int = Field(default=8192, ge=0)
+    """FastAGI answers remembered, all clients together (only well-formed requests of clients
+    with a stored policy); when full, the client with the most is forgotten. 0: none."""
+    audit_max_age_days: float = Field(default=365.0, ge=0)
+    """Audit events older than this many days are deleted. 0: kept whatever their age."""
+    audit_max_rows: int = Field(default=10_000_000, ge=0)
+    """At most this many audit events are kept, all clients together; the oldest go first.
+    0: no limit."""
+    audit_prune_interval: float = Field(default=60.0, gt=0)
+    """Seconds between two prunings of the audit log (each deletes in small transactions)."""
 
     @field_validator("agi", "http")
     @classmethod

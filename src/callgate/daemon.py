@@ -40,6 +40,7 @@ from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import LiveAstDb, ReplaceService
 from callgate.store import Store, open_store
+from callgate.store.audit import AuditRetention
 from callgate.store.policies import retention
 
 log = logging.getLogger(__name__)
@@ -114,7 +115,7 @@ async def _start_agi(services: Services, store: Store) -> None:
     # matches with its ChanSpyStart (SpyerUniqueid = agi_uniqueid).
     audit = AuditFanOut(store.audit, services.spy_grants)
     recorder = DecisionRecorder(audit, services.metrics)
-    routes = policy_routes(services.registry, recorder)
+    routes = policy_routes(services.registry, recorder, services.settings.agi_answer_cache_size)
     if services.replace is not None:
         flow = ReplaceFlow(services.replace, services.metrics)
         routes.update(replace=flow.replace, restore=flow.restore)
@@ -309,6 +310,9 @@ async def start(settings: Settings) -> Services:
         store = services.store = await open_store(settings.db_target)
         services.stoppers.append(store.close)
         store.policies.retention = retention(settings)
+        services.metrics.decisions.label_clients(services.registry.has_policy)
+        services.metrics.audit_lost.read_from(store.audit.lost_counts)
+        store.audit.start_pruning(AuditRetention.from_settings(settings))  # store.close stops it
         await load_policies(store, services.registry)
         live = _build_ami(services, store)
         await _start_replace(services, store)

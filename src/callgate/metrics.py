@@ -6,13 +6,18 @@ The three metrics every FastAGI session updates (``callgate_decisions``,
 prometheus_client's own take a lock on every update, which the hot path does not need: every
 update happens on the event-loop thread. The exposition is the same (``_total``, ``_bucket``,
 ``_sum``, ``_count``), without the optional ``_created`` samples.
+
+A label that callers choose is bounded: ``callgate_decisions`` has a ``client`` series only for
+the clients with a stored policy (``label_clients``); every other client id, well-formed or not,
+is counted under ``client="(other)"`` (``OTHER_CLIENT``, which no client id can be). A flood of
+made-up client ids then adds no series, and a scrape stays small and quick.
 """
 
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Iterator, Sequence
-from typing import cast
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import Final, cast
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, utils
 from prometheus_client.core import CounterMetricFamily, HistogramMetricFamily, Metric
@@ -84,6 +89,65 @@ class LoopCounter(Collector):
         yield family
 
 
+OTHER_CLIENT: Final = "(other)"
+"""The ``client`` label of every client without a stored policy (not a valid client id, so it
+never collides with one)."""
+
+
+def _no_client(_: str) -> bool:
+    return False
+
+
+class ClientLoopCounter(LoopCounter):
+    """A ``LoopCounter`` whose first label is a client id: a series of its own only for a client
+    ``label_clients`` accepts, ``OTHER_CLIENT`` for the rest."""
+
+    def __init__(
+        self, name: str, documentation: str, labelnames: Sequence[str], registry: CollectorRegistry
+    ) -> None:
+        super().__init__(name, documentation, labelnames, registry)
+        self._labelled: Callable[[str], bool] = _no_client
+
+    def label_clients(self, labelled: Callable[[str], bool]) -> None:
+        """``labelled(client_id)``: whether the client gets series of its own (the daemon passes
+        ``PolicyRegistry.has_policy``; until then every client is ``OTHER_CLIENT``)."""
+        self._labelled = labelled
+
+    def labelled(self, client_id: str) -> bool:
+        """Whether ``client_id`` has series of its own."""
+        return self._labelled(client_id)
+
+    def labels(self, *values: str) -> LoopCount:
+        if values and not self._labelled(values[0]):
+            values = (OTHER_CLIENT, *values[1:])
+        return super().labels(*values)
+
+
+class SampledCounter(Collector):
+    """A labelled counter kept elsewhere (a dict of counts), read at each scrape."""
+
+    def __init__(
+        self, name: str, documentation: str, labelname: str, registry: CollectorRegistry
+    ) -> None:
+        self._name = name
+        self._documentation = documentation
+        self._labelname = labelname
+        self._source: Callable[[], Mapping[str, int]] = dict
+        registry.register(self)
+
+    def read_from(self, source: Callable[[], Mapping[str, int]]) -> None:
+        self._source = source
+
+    def describe(self) -> Iterator[Metric]:
+        yield CounterMetricFamily(self._name, self._documentation, labels=[self._labelname])
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(self._name, self._documentation, labels=[self._labelname])
+        for value, count in sorted(self._source().items()):
+            family.add_metric([value], count)
+        yield family
+
+
 class LoopHistogram(Collector):
     """A histogram updated from the event loop only (no lock); ``observe(seconds)``."""
 
@@ -124,9 +188,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
-        self.decisions = LoopCounter(
+        self.decisions = ClientLoopCounter(
             "callgate_decisions",
-            "Decisions made, by client, action and decision",
+            f"Decisions made, by client ({OTHER_CLIENT} for those without a stored policy),"
+            " action and decision",
             ["client", "action", "decision"],
             registry=r,
         )
@@ -139,6 +204,13 @@ class Metrics:
             buckets=_LATENCY_BUCKETS,
             registry=r,
         )
+        self.audit_lost = SampledCounter(
+            "callgate_audit_events_lost",
+            "Audit events not stored, by reason (queue_full, closed, store_error, rejected)",
+            "reason",
+            registry=r,
+        )
+        """Read from ``AuditRepository.lost_counts`` (wired by the daemon)."""
         self.agi_active = Gauge("callgate_agi_active_sessions", "FastAGI sessions open", registry=r)
         self.http_requests = Counter(
             "callgate_http_requests",

@@ -50,6 +50,11 @@ class PolicyRegistry:
         policy = self._policies.get(client_id)
         return policy if policy is not None else default_policy(client_id)
 
+    def has_policy(self, client_id: str) -> bool:
+        """Whether a policy is stored for the client (a deleted one is stored as the default
+        document): only such clients are remembered or get metric series of their own."""
+        return client_id in self._policies
+
     def load(self, policy: ClientPolicy) -> None:
         """Install a policy at start-up, without telling the listeners."""
         self._policies[policy.client_id] = policy

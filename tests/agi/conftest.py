@@ -54,8 +54,10 @@ def audit() -> FakeAuditSink:
 
 
 @pytest.fixture
-def metrics() -> Metrics:
-    return Metrics()
+def metrics(registry: PolicyRegistry) -> Metrics:
+    metrics = Metrics()
+    metrics.decisions.label_clients(registry.has_policy)  # as daemon.py wires it
+    return metrics
 
 
 StartServer = Callable[..., Awaitable[AgiServer]]

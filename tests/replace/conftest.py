@@ -120,6 +120,7 @@ def agi_server(
     service: ReplaceService, registry: PolicyRegistry, audit: FakeAudit, metrics: Metrics
 ) -> AgiServer:
     """A FastAGI server on a free loopback port with the handler table as daemon.py builds it."""
+    metrics.decisions.label_clients(registry.has_policy)
     recorder = DecisionRecorder(audit, metrics)
     flow = ReplaceFlow(service, metrics)
     routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}

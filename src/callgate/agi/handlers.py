@@ -24,7 +24,7 @@ from callgate.agi import variables
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
 from callgate.agi.session import AgiSession, AgiSessionError, mset_command
 from callgate.audit import AuditEvent, AuditSink
-from callgate.logs import DecisionLog
+from callgate.logs import DecisionLog, printable
 from callgate.metrics import LoopCount, Metrics
 from callgate.policy import (
     ALL_TARGETS,
@@ -46,6 +46,7 @@ POLICY_ACTIONS: Final = (Action.PICKUP, Action.EAVESDROP, Action.WHISPER)
 
 _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _INTERNAL_ERROR: Final = Decision.deny(Reason.INTERNAL_ERROR)
+_INVALID_REASON: Final = Reason.INVALID_REQUEST
 
 
 class AgiRequest(NamedTuple):
@@ -165,13 +166,20 @@ per line (and the event-loop iteration that made it) cost 13 µs of each session
 
 
 class DecisionRecorder:
-    """One log line, one audit event and one metric per decision."""
+    """One log line, one audit event and one metric per decision.
+
+    Nothing here grows with what callers send: the metric's ``client`` label is bounded by
+    ``Metrics.decisions`` (``OTHER_CLIENT`` for a client without a stored policy), and every
+    caller-supplied value in the line is ``printable`` (escaped, at most ``FIELD_LIMIT``
+    characters); the audit store bounds the event's values the same way."""
 
     def __init__(
         self, audit: AuditSink, metrics: Metrics, decision_log: DecisionLog | None = None
     ) -> None:
         self._audit = audit
         self._decisions = metrics.decisions
+        # The labelled series of the stored clients, looked up once: a client never loses its
+        # stored policy (a deletion stores the default document), so an entry never goes stale.
         self._children: dict[tuple[str, str, str], LoopCount] = {}
         self.log = (
             DecisionLog(log, hold=DECISION_LOG_HOLD) if decision_log is None else decision_log
@@ -193,18 +201,20 @@ class DecisionRecorder:
             valid_client = is_valid_client_id(request.client_id)
         action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
         if self.log.enabled():
-            client = request.client_id if valid_client else _printable(request.client_id)
+            client = request.client_id if valid_client else printable(request.client_id)
             self.log.info(
                 f"decision client={client}"
-                f" action={action if action != 'invalid' else _printable(request.action)}"
-                f" ext={_printable(request.ext)} target={_printable(request.target or '-')}"
+                f" action={action if action != 'invalid' else printable(request.action)}"
+                f" ext={printable(request.ext)} target={printable(request.target)}"
                 f"{outcome or log_outcome(decision, version)}"
-                f" uniqueid={_printable(request.uniqueid or '-')}"
+                f" uniqueid={printable(request.uniqueid)}"
             )
         key = (request.client_id if valid_client else "-", action, decision.verdict)
         child = self._children.get(key)
         if child is None:
-            child = self._children[key] = self._decisions.labels(*key)
+            child = self._decisions.labels(*key)
+            if self._decisions.labelled(key[0]):
+                self._children[key] = child
         child.inc()
         if valid_client:  # an audit log is per client: there is none for a malformed id
             self._audit.record(
@@ -255,23 +265,30 @@ class _Answers:
     """(action, ext, target) -> the answer."""
 
 
-ANSWERS_PER_CLIENT: Final = 4096
-"""Answers a policy route remembers per client; when full it starts again from empty."""
-CLIENTS_REMEMBERED: Final = 4096
-"""Clients whose answers a policy route remembers; when full it starts again from empty."""
+REMEMBERED_ANSWERS: Final = 8192
+"""Answers a policy route remembers, all clients together (``agi_answer_cache_size``)."""
 
 
 class PolicyRoute:
     """``pickup``, ``eavesdrop``, ``whisper``: decided by the compiled policy alone."""
 
-    def __init__(self, registry: PolicyRegistry, recorder: DecisionRecorder) -> None:
+    def __init__(
+        self,
+        registry: PolicyRegistry,
+        recorder: DecisionRecorder,
+        remembered: int = REMEMBERED_ANSWERS,
+    ) -> None:
         self._registry = registry
         self._recorder = recorder
         # client -> its answers under the policy that gave them. A phone asks the same few
         # questions again and again: the decision, the Pickup() argument and the encoded command
         # are then a lookup. A client's answers count only while the registry still holds that
         # very compiled policy and version: a policy change drops them, old policy and all.
+        # Only well-formed requests of clients with a stored policy are remembered, and at most
+        # ``remembered`` answers in all: made-up clients, extensions or targets cannot grow it.
         self._answers: dict[str, _Answers] = {}
+        self._remembered = 0
+        self._budget = remembered
 
     def _decide(
         self, request: AgiRequest, environment: AgiEnvironment, policy: ClientPolicy | None
@@ -288,7 +305,7 @@ class PolicyRoute:
             if request.action == Action.PICKUP:
                 pickup = pickup_argument(request.client_id, decision, request.target)
         except Exception:
-            log.exception("decision failed for %s", _printable(request.uniqueid or "-"))
+            log.exception("decision failed for %s", printable(request.uniqueid))
             decision, pickup = _INTERNAL_ERROR, ""
         return decision, version, pickup
 
@@ -302,7 +319,12 @@ class PolicyRoute:
         """The whole session as one command (the server's quick path), or ``None``."""
         request = AgiRequest.from_environment(environment)
         policy = self._policy(request)
-        if policy is None or environment.duplicate_keys:
+        if (
+            policy is None
+            or environment.duplicate_keys
+            or policy.version == 0  # no stored policy: nothing worth remembering for it
+            or not self._budget
+        ):
             decision, version, pickup = self._decide(request, environment, policy)
             return Answered.of(self._recorder, request, decision, version, pickup)
         answers = self._answers.get(request.client_id)
@@ -311,8 +333,8 @@ class PolicyRoute:
             or answers.compiled is not policy.compiled
             or answers.version != (policy.version)
         ):
-            if answers is None and len(self._answers) >= CLIENTS_REMEMBERED:
-                self._answers.clear()
+            if answers is not None:
+                self._remembered -= len(answers.by_request)
             answers = _Answers(policy.compiled, policy.version, {})
             self._answers[request.client_id] = answers
         key = (request.action, request.ext, request.target)
@@ -323,12 +345,16 @@ class PolicyRoute:
                 line = mset_command(answer_pairs(decision, version, pickup))
             except AgiProtocolError:
                 line = None
-            if line is None or decision is _INTERNAL_ERROR:
+            if line is None or decision is _INTERNAL_ERROR or decision.reason is _INVALID_REASON:
                 return Answered.of(self._recorder, request, decision, version, pickup)
             answer = _Answer(decision, version, line, log_outcome(decision, version))
-            if len(answers.by_request) >= ANSWERS_PER_CLIENT:
-                answers.by_request.clear()
+            if self._remembered >= self._budget:
+                self._make_room()
+                answers = self._answers.setdefault(
+                    request.client_id, _Answers(policy.compiled, policy.version, {})
+                )
             answers.by_request[key] = answer
+            self._remembered += 1
         return Answered(
             answer.line,
             self._recorder,
@@ -339,6 +365,21 @@ class PolicyRoute:
             valid_client=True,  # a policy was found for it
         )
 
+    def _make_room(self) -> None:
+        """Forget the answers of the client that has the most (the one asking made-up
+        questions, most likely), so that the others keep theirs; everything if that frees less
+        than a quarter of the budget (many clients with a few each: rare, and cheap to refill)."""
+        if not self._answers:
+            self._remembered = 0
+            return
+        client, most = max(self._answers.items(), key=lambda item: len(item[1].by_request))
+        if len(most.by_request) * 4 >= self._budget:
+            del self._answers[client]
+            self._remembered -= len(most.by_request)
+        else:
+            self._answers.clear()
+            self._remembered = 0
+
     async def __call__(self, session: AgiSession) -> Decision:
         request = AgiRequest.from_environment(session.environment)
         policy = self._policy(request)
@@ -347,7 +388,7 @@ class PolicyRoute:
             try:
                 await answer(session, decision, version, pickup)
             except AgiProtocolError:
-                uniqueid = _printable(request.uniqueid)
+                uniqueid = printable(request.uniqueid)
                 log.exception("the answer for %s does not fit in one AGI command", uniqueid)
                 decision = _INTERNAL_ERROR
                 await answer(session, decision, version)
@@ -389,8 +430,8 @@ class AgiDispatcher:
         except Exception:
             log.exception(
                 "FastAGI route %s failed (uniqueid %s)",
-                _printable(session.environment.action),
-                _printable(session.environment.uniqueid),
+                printable(session.environment.action),
+                printable(session.environment.uniqueid),
             )
             await self._deny(session, _INTERNAL_ERROR)
 
@@ -399,16 +440,10 @@ class AgiDispatcher:
         await answer(session, decision, 0)
 
 
-def policy_routes(registry: PolicyRegistry, recorder: DecisionRecorder) -> dict[str, AgiRoute]:
-    """The routes decided by the policy alone; ``daemon.py`` adds ``replace`` and ``restore``."""
-    route = PolicyRoute(registry, recorder)
+def policy_routes(
+    registry: PolicyRegistry, recorder: DecisionRecorder, remembered: int = REMEMBERED_ANSWERS
+) -> dict[str, AgiRoute]:
+    """The routes decided by the policy alone; ``daemon.py`` adds ``replace`` and ``restore``.
+    ``remembered``: answers remembered in all (``agi_answer_cache_size``)."""
+    route = PolicyRoute(registry, recorder, remembered)
     return {action.value: route for action in POLICY_ACTIONS}
-
-
-def _printable(value: str | None, limit: int = 64) -> str:
-    """Untrusted text for a log line: as is when short and printable ASCII, else escaped."""
-    if value is None:
-        return "-"
-    if len(value) <= limit and value.isascii() and value.isprintable() and " " not in value:
-        return value
-    return ascii(value[:limit]) + ("..." if len(value) > limit else "")

@@ -7,7 +7,19 @@ after the first unwritten event, or at once when ``batch_size`` are waiting, so 
 durable COMMIT carries many decisions instead of one each. ``flush()`` and ``close()`` write
 everything recorded so far; a clean stop loses nothing, a crash at most the last
 ``flush_interval`` seconds. If the list is full or the store fails, events are dropped and
-counted (``lost``) with a log line: the decision itself has already been answered.
+counted (``lost``, ``lost_counts()`` by reason) with a log line: the decision itself has
+already been answered.
+
+No event takes another down: every caller-supplied value (client, extension, target, uniqueid,
+channel, extra facts) is made storable before it is queued (``logs.printable``: escaped, so a
+byte that was not UTF-8 is no surrogate SQLite refuses, and at most ``FIELD_LIMIT`` characters),
+and a batch that fails anyway is written again row by row, each row in a savepoint of one
+transaction: only the rows that still fail are lost, each logged with its reason and counted as
+``rejected``.
+
+Retention (``start_pruning``): events older than ``max_age`` and beyond the newest ``max_rows``
+are deleted periodically, ``PRUNE_BATCH`` rows a transaction, so a pruning never holds the
+writer for long (audit writes and policy changes take their turn between two batches).
 
 Listen/whisper sessions: the Manager side records a session's start and end as events with
 ``started`` / ``ended`` + ``end_reason`` set. They do not become rows of their own: they complete
@@ -19,14 +31,22 @@ as a row of its own.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import sqlite3
-from datetime import UTC, datetime
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache, partial
+from typing import TYPE_CHECKING, Final
 
 from callgate.audit import AuditEvent, EndReason
+from callgate.logs import FIELD_LIMIT, is_plain, printable
 from callgate.store.db import Database
+
+if TYPE_CHECKING:
+    from callgate.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +110,66 @@ def _event(row: sqlite3.Row) -> AuditEvent:
     )
 
 
+PRUNE_BATCH: Final = 500
+"""Rows one pruning transaction deletes at most (a few milliseconds of the writer)."""
+
+
+@dataclass(frozen=True, slots=True)
+class AuditRetention:
+    """How much of the audit log is kept; ``None``: no bound of that kind."""
+
+    max_age: timedelta | None = None
+    max_rows: int | None = None
+    interval: float = 60.0
+    """Seconds between two prunings."""
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AuditRetention:
+        """``audit_max_age_days``, ``audit_max_rows`` (0: no bound), ``audit_prune_interval``."""
+        days, rows = settings.audit_max_age_days, settings.audit_max_rows
+        return cls(
+            max_age=timedelta(days=days) if days else None,
+            max_rows=rows or None,
+            interval=settings.audit_prune_interval,
+        )
+
+
+def storable(event: AuditEvent) -> AuditEvent:
+    """``event`` with every caller-supplied text as ``printable`` makes it (the same event when
+    they all are already: the usual case, one regex match for them all)."""
+    target, uniqueid, channel = event.target, event.uniqueid, event.channel
+    together = f"{event.client_id}{event.ext}{target or ''}{uniqueid or ''}{channel or ''}"
+    if not event.extra and len(together) <= FIELD_LIMIT and is_plain(together):
+        return event  # each value is plain and shorter than the limit: what printable keeps
+    p = printable
+    client_id, ext, extra = p(event.client_id), p(event.ext), event.extra
+    if target is not None:
+        target = p(target)
+    if uniqueid is not None:
+        uniqueid = p(uniqueid)
+    if channel is not None:
+        channel = p(channel)
+    if extra:
+        extra = tuple((p(key), p(value)) for key, value in extra)
+    if (
+        client_id is event.client_id
+        and ext is event.ext
+        and target is event.target
+        and uniqueid is event.uniqueid
+        and channel is event.channel
+        and extra == event.extra
+    ):
+        return event
+    return event._replace(
+        client_id=client_id,
+        ext=ext,
+        target=target,
+        uniqueid=uniqueid,
+        channel=channel,
+        extra=extra,
+    )
+
+
 class AuditRepository:
     """The audit log on the shared database; also the daemon's ``AuditSink``."""
 
@@ -109,20 +189,35 @@ class AuditRepository:
         self._timer: asyncio.TimerHandle | None = None
         self._writer: asyncio.Task[None] | None = None
         self._closed = False
+        self._pruner: asyncio.Task[None] | None = None
         self.lost = 0
-        """Events dropped (list full, store error, or recorded after close)."""
+        """Events dropped (list full, store error, rejected by the store, recorded after close)."""
+        self._lost: dict[str, int] = {}
+
+    def lost_counts(self) -> Mapping[str, int]:
+        """Events lost so far by reason: ``queue_full``, ``closed``, ``store_error`` (the store
+        failed the whole batch), ``rejected`` (the store refused that very row)."""
+        return dict(self._lost)
+
+    def _count_lost(self, reason: str, count: int = 1) -> None:
+        self.lost += count
+        self._lost[reason] = self._lost.get(reason, 0) + count
 
     # ---------------------------------------------------------------- AuditSink
 
     def record(self, event: AuditEvent) -> None:
         """Keep ``event`` for the next batch; never blocks, never raises."""
+        try:
+            event = storable(event)
+        except Exception:  # not text at all: queued as is, the row-by-row retry has the last word
+            log.exception("audit: event values not checked: %r", event)
         if self._closed:
-            self.lost += 1
+            self._count_lost("closed")
             log.warning("audit event recorded after close, dropped: %s", event)
             return
         pending = self._pending
         if len(pending) >= self._queue_size:
-            self.lost += 1
+            self._count_lost("queue_full")
             log.error("audit queue full, event dropped (%d lost so far): %s", self.lost, event)
             return
         pending.append(event)
@@ -145,6 +240,11 @@ class AuditRepository:
     async def close(self) -> None:
         """Write what is pending; later events are dropped."""
         self._closed = True
+        if self._pruner is not None:
+            self._pruner.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._pruner
+            self._pruner = None
         await self.flush()
         if self._timer is not None:
             self._timer.cancel()
@@ -166,12 +266,25 @@ class AuditRepository:
                 try:
                     await self._db.write(partial(_insert, events=events))
                 except Exception:
-                    self.lost += len(events)
-                    log.exception("audit: %d event(s) could not be written", len(events))
+                    log.warning("audit: a batch failed, writing it row by row", exc_info=True)
+                    await self._write_each(events)
         finally:
             self._writer = None
             if self._pending and not self._closed:
                 self._schedule()  # what arrived during the write
+
+    async def _write_each(self, events: list[AuditEvent]) -> None:
+        """``events`` one row a savepoint, in one transaction: a row the store refuses is lost
+        alone (logged with its reason, counted ``rejected``), the others are written."""
+        try:
+            refused = await self._db.write(partial(_insert_each, events=events))
+        except Exception:
+            self._count_lost("store_error", len(events))
+            log.exception("audit: %d event(s) could not be written", len(events))
+            return
+        for event, reason in refused:
+            self._count_lost("rejected")
+            log.error("audit: event refused by the store (%s): %r", reason, event)
 
     def _schedule(self) -> None:
         """Write now if a batch is full, else in ``flush_interval`` seconds."""
@@ -180,6 +293,47 @@ class AuditRepository:
         elif self._timer is None:
             loop = asyncio.get_running_loop()
             self._timer = loop.call_later(self._flush_interval, self._start_writer)
+
+    # ---------------------------------------------------------------- retention
+
+    def start_pruning(self, retention: AuditRetention) -> None:
+        """Prune now and every ``retention.interval`` seconds until ``close()``."""
+        if retention.max_age is None and retention.max_rows is None:
+            return
+        if self._pruner is None:
+            self._pruner = asyncio.get_running_loop().create_task(
+                self._keep_pruning(retention), name="audit-pruner"
+            )
+
+    async def _keep_pruning(self, retention: AuditRetention) -> None:
+        while True:
+            try:
+                await self.prune(retention)
+            except Exception:
+                log.exception("audit: pruning failed; trying again later")
+            await asyncio.sleep(retention.interval)
+
+    async def prune(self, retention: AuditRetention, now: datetime | None = None) -> int:
+        """Delete what ``retention`` does not keep, ``PRUNE_BATCH`` rows a transaction; the
+        number of rows deleted."""
+        deleted = 0
+        if retention.max_age is not None:
+            cutoff = _us((now or datetime.now(UTC)) - retention.max_age)
+            deleted += await self._prune_batches(partial(_delete_older, cutoff=cutoff))
+        if retention.max_rows is not None:
+            deleted += await self._prune_batches(partial(_delete_beyond, keep=retention.max_rows))
+        if deleted:
+            log.info("audit: %d event(s) pruned", deleted)
+        return deleted
+
+    async def _prune_batches(self, delete: partial[int]) -> int:
+        deleted = 0
+        while True:
+            count = await self._db.write(delete)
+            deleted += count
+            if count == 0:
+                return deleted
+            await asyncio.sleep(0)  # what waits for the writer goes before the next batch
 
     # ---------------------------------------------------------------- reading
 
@@ -272,6 +426,43 @@ def _row(event: AuditEvent) -> tuple[object, ...]:
         _us(event.ended),
         event.end_reason.value if event.end_reason else None,
     )
+
+
+def _insert_each(
+    conn: sqlite3.Connection, events: list[AuditEvent]
+) -> list[tuple[AuditEvent, str]]:
+    """Insert ``events`` one by one, each in a savepoint; the refused ones with their reason."""
+    refused: list[tuple[AuditEvent, str]] = []
+    for event in events:
+        conn.execute("SAVEPOINT audit_row")
+        try:
+            _insert(conn, [event])
+        except Exception as exc:  # noqa: BLE001 - the reason is kept and reported per row
+            conn.execute("ROLLBACK TO audit_row")
+            refused.append((event, f"{type(exc).__name__}: {exc}"))
+        conn.execute("RELEASE audit_row")
+    return refused
+
+
+def _delete_older(conn: sqlite3.Connection, cutoff: int | None) -> int:
+    # Looks at the oldest PRUNE_BATCH rows by id only (ids grow with time): a pruning never
+    # scans the table, and stops at the first batch with nothing old enough.
+    return conn.execute(
+        "DELETE FROM audit_events WHERE id IN (SELECT id FROM (SELECT id, time_us FROM"
+        " audit_events ORDER BY id LIMIT ?) WHERE time_us < ?)",
+        (PRUNE_BATCH, cutoff),
+    ).rowcount
+
+
+def _delete_beyond(conn: sqlite3.Connection, keep: int) -> int:
+    # Ids are never reused and only the oldest rows are deleted, so every row below
+    # MAX(id) - keep is beyond the newest ``keep``.
+    (newest,) = conn.execute("SELECT COALESCE(MAX(id), 0) FROM audit_events").fetchone()
+    return conn.execute(
+        "DELETE FROM audit_events WHERE id IN (SELECT id FROM audit_events WHERE id <= ?"
+        " ORDER BY id LIMIT ?)",
+        (newest - keep, PRUNE_BATCH),
+    ).rowcount
 
 
 def _complete_session(conn: sqlite3.Connection, event: AuditEvent) -> bool:
