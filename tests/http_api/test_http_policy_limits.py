@@ -6,6 +6,7 @@ import asyncio
 import io
 import json
 import multiprocessing
+import os
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
@@ -20,7 +21,7 @@ from callgate.http.policy_routes import (
     POLICY_CONFIG,
     PolicyConfig,
 )
-from callgate.http.policy_writes import WriteConfig
+from callgate.http.policy_writes import WORKER_NICENESS, Preparer, WriteConfig
 from callgate.metrics import Metrics
 from callgate.policy import parse_document
 from callgate.registry import PolicyRegistry
@@ -252,3 +253,14 @@ async def test_errors_found_in_the_worker_are_the_usual_answers(
     assert response.status == status
     assert (await response.json())["error"] == code
     assert registry.get(CLIENT).version == 0
+
+
+async def test_the_validator_worker_runs_below_the_daemons_priority() -> None:
+    preparer = Preparer(WriteConfig())
+    try:
+        loop = asyncio.get_running_loop()
+        # os.nice(0) answers the calling process's niceness without changing it
+        worker = await loop.run_in_executor(preparer._executor(), os.nice, 0)
+    finally:
+        await preparer.close()
+    assert worker == min(19, os.nice(0) + WORKER_NICENESS)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import math
 import multiprocessing
 import os
@@ -102,6 +103,18 @@ class WriteLimiter:
                 del self._buckets[client_id]
 
 
+WORKER_NICENESS = 10
+"""How much lower a validator worker runs than the daemon: on a machine short of cores, the
+event loop (every client's FastAGI answers) goes first and only the writing client waits."""
+
+
+def start_worker(parent: int) -> None:
+    """In a worker: run at a lower priority, and exit once the daemon is gone."""
+    with contextlib.suppress(OSError):  # a platform without nice() keeps the same priority
+        os.nice(WORKER_NICENESS)
+    watch_parent(parent)
+
+
 def watch_parent(parent: int) -> None:
     """In a worker: exit once the daemon is gone (killed, it cannot shut its workers down)."""
 
@@ -126,7 +139,7 @@ class Preparer:
             self._pool = ProcessPoolExecutor(
                 max_workers=self._config.workers,
                 mp_context=multiprocessing.get_context("spawn"),
-                initializer=watch_parent,
+                initializer=start_worker,
                 initargs=(os.getpid(),),
             )
         return self._pool
