@@ -180,10 +180,20 @@ async def test_after_a_reconnect_the_picture_is_rebuilt_and_revocation_still_wor
     await wait_until(lambda: not sessions(live))
 
 
+def ami_state(live: Live) -> dict[str, float | None]:
+    """``callgate_ami_state`` by its label values (the names dashboards have always used)."""
+    return {
+        state: live.metrics.registry.get_sample_value("callgate_ami_state", {"state": state})
+        for state in ("connected", "disconnected", "auth_failed")
+    }
+
+
 async def test_connection_state_is_a_metric(live: Live) -> None:
     assert live.metrics.registry.get_sample_value("callgate_ami_connected") == 1
+    assert ami_state(live) == {"connected": 1, "disconnected": 0, "auth_failed": 0}
     await live.fake.drop()
     await wait_until(lambda: live.metrics.registry.get_sample_value("callgate_ami_connected") == 0)
+    assert ami_state(live) == {"connected": 0, "disconnected": 1, "auth_failed": 0}
 
 
 async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_once(
