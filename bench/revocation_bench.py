@@ -42,6 +42,7 @@ from pydantic import SecretStr
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from callgate.config import Settings
 from callgate.daemon import Services, start
+from callgate.pbx import DEFAULT_PBX
 from callgate.policy import Action, compile_policy, parse_document
 from callgate.registry import ClientPolicy
 from fake_ami import FakeAmi
@@ -85,7 +86,15 @@ class Bench:
         target = str(int(ext) + self.sessions)
         version = self.services.registry.get(client).version
         self.services.spy_grants.note_allowed(
-            client, Action.EAVESDROP, ext, target, uniqueid, channel, version, "eavesdrop_group"
+            client,
+            Action.EAVESDROP,
+            ext,
+            target,
+            uniqueid,
+            channel,
+            version,
+            "eavesdrop_group",
+            pbx=DEFAULT_PBX,
         )
         await self.fake.start_spy(channel, uniqueid, f"PJSIP/{client}_{target}-1", f"1.{n}")
         self.channel[client, ext] = channel

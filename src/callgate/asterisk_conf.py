@@ -700,14 +700,14 @@ def check_endpoints(sections: list[Section], plan: Dialplan | None = None) -> li
         if section.template or (value(section, "type") or "").lower() != "endpoint":
             continue
         set_vars = dict(v.partition("=")[::2] for v in values(section, "set_var"))
-        client = set_vars.get("CALLGATE_CLIENT", "").strip()
-        ext = set_vars.get("CALLGATE_EXT", "").strip()
+        client = set_vars.get(variables.ENDPOINT_CLIENT, "").strip()
+        ext = set_vars.get(variables.ENDPOINT_EXT, "").strip()
 
         def problem(message: str, s: Section = section) -> None:
             findings.append(Finding("endpoint", s.where, f"[{s.name}] {message}"))
 
         if not client or not ext:
-            problem("has no set_var=CALLGATE_CLIENT / CALLGATE_EXT")
+            problem(f"has no set_var={variables.ENDPOINT_CLIENT} / {variables.ENDPOINT_EXT}")
             continue
         if "-" in section.name or section.name != f"{client}_{ext}":
             problem(f"is not named {client}_{ext} (<client>_<ext>, no '-')")

@@ -19,18 +19,19 @@ from pathlib import Path
 
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
 from callgate.agi.server import AgiConfig, AgiServer
-from callgate.ami.client import ManagerConfig, ManagerState
+from callgate.ami.client import ManagerConfig
 from callgate.ami.service import LiveEnforcement
 from callgate.ami.tracker import SpyGrants
 from callgate.audit import AuditFanOut
 from callgate.config import Settings
-from callgate.http.api import AmiStatus, ami_not_configured
+from callgate.http.api import ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
 from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_connection_cap
 from callgate.http.policy_routes import POLICY_CONFIG, policy_config
 from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.logs import LOG_FORMAT, LogFormatter
 from callgate.metrics import Metrics
+from callgate.pbx import DEFAULT_PBX, ManagerState
 from callgate.policy import compile_policy
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
@@ -59,7 +60,7 @@ class Services:
     metrics: Metrics = field(default_factory=Metrics)
     store: Store | None = None
     agi: AgiServer | None = None
-    ami_status: Callable[[], AmiStatus] = ami_not_configured
+    ami_status: Callable[[], ManagerState] = ami_not_configured
     """Set by the Manager component; ``/readyz`` reports it."""
     replace: ReplaceService | None = None
     manager_astdb: LiveAstDb = lambda: None
@@ -245,13 +246,6 @@ async def _start_http(services: Services, store: Store) -> None:
     services.stoppers.append(runner.cleanup)
 
 
-_READYZ_AMI = {
-    ManagerState.CONNECTED: AmiStatus.UP,
-    ManagerState.AUTH_FAILED: AmiStatus.AUTH_FAILED,
-    ManagerState.NOT_CONFIGURED: AmiStatus.NOT_CONFIGURED,
-}
-
-
 def _build_ami(services: Services, store: Store) -> LiveEnforcement | None:
     """Live enforcement, built (and subscribed to policy changes) before the other listeners:
     the registry calls its listeners one after the other, and a Hangup must not wait behind
@@ -273,17 +267,19 @@ def _build_ami(services: Services, store: Store) -> LiveEnforcement | None:
         ping_timeout=settings.ami_ping_timeout,
         backoff_max=settings.ami_backoff_max,
         auth_retry=settings.ami_auth_retry,
+        pbx=DEFAULT_PBX,
     )
     live = LiveEnforcement(
-        config,
-        services.registry,
+        [config],
+        services.registry.get,
         store.audit,
         services.metrics,
         grants=services.spy_grants,
         reconcile_interval=settings.ami_reconcile_interval,
     )
-    services.ami_status = lambda: _READYZ_AMI.get(live.status(), AmiStatus.DOWN)
-    services.manager_astdb = manager_astdb(live.client)
+    services.registry.subscribe(live.on_policy_change)
+    services.ami_status = live.status
+    services.manager_astdb = manager_astdb(live.links[DEFAULT_PBX].client)
     return live
 
 

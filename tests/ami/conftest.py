@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 
-from callgate.ami.client import ManagerConfig, ManagerState
+from callgate.ami.client import ManagerConfig
 from callgate.ami.service import LiveEnforcement
+from callgate.ami.tracker import SpySession
 from callgate.audit import AuditEvent
 from callgate.metrics import Metrics
+from callgate.pbx import DEFAULT_PBX, ChannelRef, ManagerState
 from callgate.policy import compile_policy, parse_document
 from callgate.registry import ClientPolicy, PolicyRegistry
 from fake_ami import FakeAmi
@@ -75,7 +77,15 @@ class Live:
         """What the FastAGI handler does after an allowed eavesdrop/whisper decision."""
         current = self.registry.get(CLIENT)
         self.service.grants.note_allowed(
-            CLIENT, action, ext, target, uniqueid, channel, current.version, "eavesdrop_group"
+            CLIENT,
+            action,
+            ext,
+            target,
+            uniqueid,
+            channel,
+            current.version,
+            "eavesdrop_group",
+            pbx=DEFAULT_PBX,
         )
 
     async def spy(
@@ -92,6 +102,9 @@ class Live:
             announce=announce,
         )
         return channel, uniqueid
+
+    def session(self, uniqueid: str) -> SpySession | None:
+        return self.service.session(ChannelRef(DEFAULT_PBX, uniqueid))
 
     def hangups(self) -> list[str]:
         return [a.get("Channel") for a in self.fake.received("Hangup")]
@@ -115,8 +128,14 @@ async def live(fake: FakeAmi) -> AsyncIterator[Live]:
     audit = RecordingAudit()
     metrics = Metrics()
     service = LiveEnforcement(
-        fast_config(fake.port), registry, audit, metrics, stop_grace=0.3, reconcile_interval=3600
+        [fast_config(fake.port)],
+        registry.get,
+        audit,
+        metrics,
+        stop_grace=0.3,
+        reconcile_interval=3600,
     )
+    registry.subscribe(service.on_policy_change)
     service.start()
     live = Live(fake, registry, audit, metrics, service)
     await live.connected()

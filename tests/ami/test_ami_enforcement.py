@@ -6,8 +6,9 @@ from __future__ import annotations
 import asyncio
 import copy
 
-from callgate.ami.client import ManagerState
+from callgate.agi import variables
 from callgate.audit import EndReason
+from callgate.pbx import ManagerState
 from callgate.policy import Action
 from support import wait_until
 
@@ -21,7 +22,7 @@ def without(document: dict[str, object], key: str) -> dict[str, object]:
 
 
 def sessions(live: Live) -> set[str]:
-    return {s.spyer_channel for s in live.service.tracker.sessions()}
+    return {s.spyer_channel for s in live.service.sessions()}
 
 
 def active(live: Live, mode: str) -> float:
@@ -34,7 +35,7 @@ def active(live: Live, mode: str) -> float:
 async def test_a_listen_session_is_tracked_from_its_allowing_decision(live: Live) -> None:
     channel, uniqueid = await live.spy(Action.EAVESDROP, "100", "101", 1)
     await wait_until(lambda: sessions(live) == {channel})
-    session = live.service.tracker.get(uniqueid)
+    session = live.session(uniqueid)
     assert session is not None
     assert (session.grant.ext, session.grant.target, session.grant.policy_version) == (
         "100",
@@ -170,7 +171,7 @@ async def test_after_a_reconnect_the_picture_is_rebuilt_and_revocation_still_wor
     await live.fake.wait_for(lambda a: a.name == "Hangup")
     await wait_until(lambda: sessions(live) == {missed})
     assert live.hangups() == [first]
-    assert live.service.tracker.get(missed_uid) is not None
+    assert live.session(missed_uid) is not None
     assert (first_uid, EndReason.REVOKED) in live.audit.ends()
 
     # Revocation works on the rebuilt picture: the adopted session ends with its grant.
@@ -179,10 +180,20 @@ async def test_after_a_reconnect_the_picture_is_rebuilt_and_revocation_still_wor
     await wait_until(lambda: not sessions(live))
 
 
+def ami_state(live: Live) -> dict[str, float | None]:
+    """``callgate_ami_state`` by its label values (the names dashboards have always used)."""
+    return {
+        state: live.metrics.registry.get_sample_value("callgate_ami_state", {"state": state})
+        for state in ("connected", "disconnected", "auth_failed")
+    }
+
+
 async def test_connection_state_is_a_metric(live: Live) -> None:
     assert live.metrics.registry.get_sample_value("callgate_ami_connected") == 1
+    assert ami_state(live) == {"connected": 1, "disconnected": 0, "auth_failed": 0}
     await live.fake.drop()
     await wait_until(lambda: live.metrics.registry.get_sample_value("callgate_ami_connected") == 0)
+    assert ami_state(live) == {"connected": 0, "disconnected": 1, "auth_failed": 0}
 
 
 async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_once(
@@ -213,7 +224,7 @@ async def test_a_revoked_listener_on_a_silent_call_is_hung_up_once_and_ended_onc
     assert active(live, "eavesdrop") == 0
 
 
-def allowed_listener(live: Live, uniqueid: str, **variables: str) -> str:
+def allowed_listener(live: Live, uniqueid: str, **overrides: str) -> str:
     """A spier of the shipped dialplan's ``listen`` that callgate allowed before it restarted:
     in ChanSpy, with the variables callgate and the dialplan left on it, and no grant here."""
     channel = f"PJSIP/acme_100-{int(uniqueid.rsplit('.', 1)[1]):08x}"
@@ -227,13 +238,13 @@ def allowed_listener(live: Live, uniqueid: str, **variables: str) -> str:
     )
     spier.context, spier.exten = "callgate", "listen"
     spier.variables = {
-        "CALLGATE_DECISION": "ALLOW",
-        "CALLGATE_VERSION": "1",
-        "CALLGATE_REASON": "eavesdrop_group",
-        "CG_CLIENT": CLIENT,
-        "CG_ACTING": "100",
+        variables.DECISION: variables.ALLOW,
+        variables.VERSION: "1",
+        variables.REASON: "eavesdrop_group",
+        variables.DIALPLAN_CLIENT: CLIENT,
+        variables.DIALPLAN_ACTING: "100",
         "ARG2": "101",
-        **variables,
+        **overrides,
     }
     return channel
 
@@ -245,7 +256,7 @@ async def test_a_listen_allowed_before_callgate_restarted_is_recovered_and_revoc
     # in memory, so the session went untracked and a policy change did not end it.
     channel = allowed_listener(live, "1795723300.1")
     await live.service.reconcile()
-    session = live.service.tracker.get("1795723300.1")
+    session = live.session("1795723300.1")
     assert session is not None
     assert (session.grant.action, session.grant.ext, session.grant.target) == (
         Action.EAVESDROP,
@@ -260,8 +271,8 @@ async def test_a_listen_allowed_before_callgate_restarted_is_recovered_and_revoc
 
 
 async def test_only_chanspy_that_callgate_allowed_is_recovered(live: Live) -> None:
-    allowed_listener(live, "1795723300.1", CALLGATE_DECISION="DENY")  # cannot happen, but
-    allowed_listener(live, "1795723300.2", CG_CLIENT="")  # nothing proves callgate allowed it
+    allowed_listener(live, "1795723300.1", **{variables.DECISION: variables.DENY})  # cannot be
+    allowed_listener(live, "1795723300.2", **{variables.DIALPLAN_CLIENT: ""})  # no proof of ours
     other = allowed_listener(live, "1795723300.3")
     live.fake.channels["1795723300.3"].context = "operators"  # an operator's own ChanSpy
     await live.service.reconcile()

@@ -11,6 +11,7 @@ from callgate.ami.protocol import Message
 from callgate.ami.tracker import SessionTracker, SpyGrants
 from callgate.audit import EndReason
 from callgate.metrics import Metrics
+from callgate.pbx import DEFAULT_PBX
 from callgate.policy import Action
 
 from .conftest import RecordingAudit
@@ -40,7 +41,13 @@ def audit() -> RecordingAudit:
 def tracker(clock: Clock, audit: RecordingAudit) -> SessionTracker:
     grants = SpyGrants(ttl=60, clock=clock)
     return SessionTracker(
-        grants, audit=audit, metrics=Metrics(), stop_grace=3, clock=clock, now=lambda: NOW
+        DEFAULT_PBX,
+        grants,
+        audit=audit,
+        metrics=Metrics(),
+        stop_grace=3,
+        clock=clock,
+        now=lambda: NOW,
     )
 
 
@@ -61,7 +68,15 @@ def event(name: str, uniqueid: str) -> Message:
 
 def grant(tracker: SessionTracker, uniqueid: str, action: str = Action.EAVESDROP) -> None:
     tracker.grants.note_allowed(
-        "acme", action, "100", "101", uniqueid, f"PJSIP/acme_100-{uniqueid}", 3, "eavesdrop_group"
+        "acme",
+        action,
+        "100",
+        "101",
+        uniqueid,
+        f"PJSIP/acme_100-{uniqueid}",
+        3,
+        "eavesdrop_group",
+        pbx=tracker.pbx,
     )
 
 

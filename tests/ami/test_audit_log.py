@@ -15,6 +15,7 @@ from callgate.audit import AuditEvent, EndReason
 from callgate.http.app import HttpDeps, build_app
 from callgate.http.audit_routes import event_json
 from callgate.metrics import Metrics
+from callgate.pbx import DEFAULT_PBX
 from callgate.policy import Action
 from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
@@ -128,7 +129,10 @@ async def test_the_audit_route_shows_sessions_with_their_ends_and_reasons(
     registry = PolicyRegistry()
     registry.load(policy(1, REFERENCE))
     metrics = Metrics()
-    live = LiveEnforcement(fast_config(fake.port), registry, store.audit, metrics, stop_grace=0.3)
+    live = LiveEnforcement(
+        [fast_config(fake.port)], registry.get, store.audit, metrics, stop_grace=0.3
+    )
+    registry.subscribe(live.on_policy_change)
     live.start()
     app = build_app(HttpDeps(store=store, registry=registry, metrics=metrics, admin_token=TOKEN))
     client = TestClient(TestServer(app))
@@ -155,14 +159,14 @@ async def test_the_audit_route_shows_sessions_with_their_ends_and_reasons(
                 )
             )
             live.grants.note_allowed(
-                CLIENT, action, ext, target, uid, channel, 1, "eavesdrop_group"
+                CLIENT, action, ext, target, uid, channel, 1, "eavesdrop_group", pbx=DEFAULT_PBX
             )
             await fake.start_spy(channel, uid, f"PJSIP/acme_{target}-0000010{n}", f"1795723206.{n}")
-        await wait_until(lambda: len(live.tracker) == 2)
+        await wait_until(lambda: len(live.sessions()) == 2)
         await fake.hang_up("1795723209.2")  # the whisperer hangs up
         changed = {k: v for k, v in REFERENCE.items() if k != "eavesdrop_100"}
         await registry.publish(policy(2, changed))
-        await wait_until(lambda: len(live.tracker) == 0)
+        await wait_until(lambda: not live.sessions())
         await store.audit.flush()
 
         response = await client.get(

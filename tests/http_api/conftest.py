@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from callgate.http.api import AmiStatus
 from callgate.http.app import HttpDeps, build_app
 from callgate.metrics import Metrics
+from callgate.pbx import ManagerState
 from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
 
@@ -27,7 +27,7 @@ async def store(tmp_path: Path) -> AsyncIterator[Store]:
 async def _harness(store: Store, admin_token: str | None) -> Harness:
     registry = PolicyRegistry()
     metrics = Metrics()
-    ami: list[AmiStatus] = [AmiStatus.NOT_CONFIGURED]
+    ami: list[ManagerState] = [ManagerState.NOT_CONFIGURED]
     ready = [True]
     app = build_app(
         HttpDeps(

@@ -6,8 +6,8 @@ from dataclasses import dataclass, field
 
 from aiohttp.test_utils import TestClient
 
-from callgate.http.api import AmiStatus
 from callgate.metrics import Metrics
+from callgate.pbx import ManagerState
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
 
@@ -27,5 +27,5 @@ class Harness:
     registry: PolicyRegistry
     store: Store
     metrics: Metrics
-    ami: list[AmiStatus] = field(default_factory=lambda: [AmiStatus.NOT_CONFIGURED])
+    ami: list[ManagerState] = field(default_factory=lambda: [ManagerState.NOT_CONFIGURED])
     ready: list[bool] = field(default_factory=lambda: [True])

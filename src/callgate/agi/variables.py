@@ -31,3 +31,18 @@ PICKUPMARK: Final = "PICKUPMARK"
 """``__PICKUPMARK=<client>/<ext>`` marks a ringing leg; ``Pickup(<client>/<ext>@PICKUPMARK)``."""
 AGISTATUS: Final = "AGISTATUS"
 """Set by Asterisk after the AGI; the dialplan requires ``SUCCESS`` and ``ALLOW``."""
+
+# Set on the PJSIP endpoint (``set_var=`` in pjsip.conf): who a phone is, from server-side data
+# only. The dialplan reads them, ``asterisk_conf`` checks every endpoint has them, the replace
+# flow reads ``ENDPOINT_EXT`` with ``GET VARIABLE``.
+ENDPOINT_CLIENT: Final = "CALLGATE_CLIENT"
+"""The client (tenant) the phone belongs to."""
+ENDPOINT_EXT: Final = "CALLGATE_EXT"
+"""The phone's own extension (never taken from caller ID)."""
+
+# Set by the shipped dialplan's ``identify`` step; callgate reads them back over the Manager
+# (``Getvar``) to recover the grant of a listen/whisper that outlived a restart of callgate.
+DIALPLAN_CLIENT: Final = "CG_CLIENT"
+"""The client the dialplan checked ``ENDPOINT_CLIENT`` against (the AGI's first argument)."""
+DIALPLAN_ACTING: Final = "CG_ACTING"
+"""The extension the phone acts as now: its own, or the one it replaced (the AGI's second)."""

@@ -7,7 +7,7 @@ every 2 s forever with no backoff (bad credentials included), and after a reconn
 actions that were in flight (a Hangup among them). ``tests/ami/test_panoramisk_defects.py`` shows
 the first defect against panoramisk itself.
 
-Conduct, one ``ManagerClient`` per daemon:
+Conduct, one ``ManagerClient`` per PBX (``ManagerConfig.pbx``):
 - one reader task per connection; it feeds ``protocol.ManagerParser`` and routes each message:
   a known ``ActionID`` to the action waiting for it, any other event to ``on_event``;
 - ``Login`` with ``Events: call`` (ChanSpyStart/Stop and Hangup are all class ``call``);
@@ -29,23 +29,15 @@ import logging
 import random
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any, TypeVar
 
 from callgate.ami.protocol import Banner, ManagerParser, Message, ProtocolError, format_action
+from callgate.pbx import DEFAULT_PBX, PbxName
+from callgate.pbx import ManagerState as ManagerState  # what ``ManagerClient.state`` returns
 
 log = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-
-class ManagerState(StrEnum):
-    """What ``/readyz`` reports about live enforcement."""
-
-    NOT_CONFIGURED = "not_configured"
-    CONNECTED = "connected"
-    DISCONNECTED = "disconnected"
-    AUTH_FAILED = "auth_failed"
 
 
 class ManagerError(Exception):
@@ -80,6 +72,9 @@ class ManagerConfig:
     backoff_max: float = 30.0
     auth_retry: float = 60.0
     max_line: int = 8192
+    pbx: PbxName = DEFAULT_PBX
+    """The PBX this Manager belongs to: the connection, its watchdog and the sessions tracked
+    over it are that PBX's."""
 
 
 EventHandler = Callable[[Message], None]
@@ -121,9 +116,13 @@ class ManagerClient:
     def state(self) -> ManagerState:
         return self._state
 
+    @property
+    def pbx(self) -> PbxName:
+        return self._config.pbx
+
     def start(self) -> None:
         if self._task is None:
-            self._task = asyncio.create_task(self._run(), name="ami-client")
+            self._task = asyncio.create_task(self._run(), name=f"ami-client[{self.pbx}]")
 
     async def stop(self) -> None:
         task, self._task = self._task, None
@@ -279,7 +278,9 @@ class ManagerClient:
             reader, writer = await asyncio.open_connection(cfg.host, cfg.port)
         self._writer = writer
         banner: asyncio.Future[Banner] = asyncio.get_running_loop().create_future()
-        reader_task = asyncio.create_task(self._read(reader, writer, banner), name="ami-reader")
+        reader_task = asyncio.create_task(
+            self._read(reader, writer, banner), name=f"ami-reader[{self.pbx}]"
+        )
         tasks: list[asyncio.Task[None]] = [reader_task]
         try:
             await self._until(banner, reader_task, cfg.login_timeout, "no banner")
@@ -291,10 +292,12 @@ class ManagerClient:
             self._session_started = True
             self._set_state(ManagerState.CONNECTED)
             log.info("Asterisk Manager at %s:%s: logged in as %r", cfg.host, cfg.port, cfg.username)
-            watchdog = asyncio.create_task(self._watchdog(), name="ami-watchdog")
+            watchdog = asyncio.create_task(self._watchdog(), name=f"ami-watchdog[{self.pbx}]")
             tasks.append(watchdog)
             if self._on_connected is not None:
-                tasks.append(asyncio.create_task(self._after_login(), name="ami-after-login"))
+                tasks.append(
+                    asyncio.create_task(self._after_login(), name=f"ami-after-login[{self.pbx}]")
+                )
             done, _ = await asyncio.wait({reader_task, watchdog}, return_when="FIRST_COMPLETED")
             for task in done:
                 task.result()  # raises what ended the session

@@ -8,6 +8,9 @@ returns; the answers are awaited in the background so a slow or absent Manager n
 HTTP request that changed the policy. The same check runs when a session starts (the policy may
 have changed between the FastAGI decision and ChanSpyStart) and after every reconciliation with
 ``CoreShowChannels`` (a change made while the Manager connection was down).
+
+One enforcer per PBX, holding that PBX's Manager connection and tracker: a session is only ever
+hung up over the connection of the PBX it runs on.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ log = logging.getLogger(__name__)
 
 
 class Enforcer:
+    """Hangs up the withdrawn sessions of one PBX (``tracker.pbx``) over its ``client``."""
+
     def __init__(
         self,
         client: ManagerClient,
@@ -38,6 +43,10 @@ class Enforcer:
         *,
         clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        if client.pbx != tracker.pbx:
+            raise ValueError(
+                f"the Manager of PBX {client.pbx!r} cannot end {tracker.pbx!r}'s calls"
+            )
         self._client = client
         self._tracker = tracker
         self._policies = policies
@@ -46,7 +55,7 @@ class Enforcer:
         self._tasks: set[asyncio.Task[None]] = set()
 
     async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
-        """The registry's change listener."""
+        """A policy change: re-decide this PBX's sessions of that client."""
         self.enforce(self._tracker.sessions_of(new.client_id), new)
 
     def enforce(self, sessions: Iterable[SpySession], policy: ClientPolicy | None = None) -> int:
@@ -65,6 +74,10 @@ class Enforcer:
 
     def _revoke(self, session: SpySession, version: int, reason: str, started: float) -> int:
         channel = session.spyer_channel
+        if session.pbx != self._client.pbx:
+            # A channel name means nothing on another Asterisk: it could be someone else's call.
+            log.error("not hanging up %s: it runs on PBX %r", channel, session.pbx)
+            return 0
         if not channel or channel.startswith("/"):
             # `/.../` would be read by Asterisk as a regex over every channel: never send that.
             log.error("not hanging up %r: not a single channel name", channel)
@@ -85,7 +98,7 @@ class Enforcer:
             return 0
         self._metrics.revocation_seconds.observe(self._clock() - started)
         self._metrics.revocations.labels(grant.client_id, grant.action).inc()
-        self._tracker.mark_revoking(session.uniqueid, Revocation(version, reason))
+        self._tracker.mark_revoking(session.ref, Revocation(version, reason))
         log.info(
             "policy v%s of client %s withdraws %s %s -> %s (%s): hanging up %s",
             version,
@@ -110,14 +123,14 @@ class Enforcer:
             (response,) = await self._client.wait(future, "Hangup")
         except ManagerError as exc:
             log.warning("Hangup of %s: %s; retried later", session.spyer_channel, exc)
-            self._tracker.mark_revoking(session.uniqueid, None)
+            self._tracker.mark_revoking(session.ref, None)
             return
         if response.is_success or response.get("Message") == "No such channel":
             # Hung up now, or gone already: either way it has ended under a withdrawn right.
-            self._tracker.close(session.uniqueid, EndReason.REVOKED)
+            self._tracker.close(session.ref, EndReason.REVOKED)
         else:
             log.error("Hangup of %s refused: %s", session.spyer_channel, response.get("Message"))
-            self._tracker.mark_revoking(session.uniqueid, None)
+            self._tracker.mark_revoking(session.ref, None)
 
     async def stop(self) -> None:
         for task in list(self._tasks):

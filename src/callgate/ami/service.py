@@ -1,9 +1,15 @@
-"""Live enforcement as one component: Manager client, session tracker, enforcer, housekeeping.
+"""Live enforcement as one component: per PBX a Manager client, tracker and enforcer; housekeeping.
 
-``daemon.py`` builds one ``LiveEnforcement`` when ``--ami`` is given, hands its ``grants`` to the
-FastAGI handlers and its ``status`` to ``/readyz``. Without ``--ami`` there is no Manager
-connection: decisions are still made, but nothing already running can be ended
-(``status()`` is then ``not_configured``).
+``daemon.py`` builds one ``LiveEnforcement`` when ``--ami`` is given (one PBX, ``DEFAULT_PBX``,
+today), hands its ``grants`` to the FastAGI handlers, its ``on_policy_change`` to the policy
+changes and its ``status`` to ``/readyz``. Without ``--ami`` there is no Manager connection:
+decisions are still made, but nothing already running can be ended (``/readyz`` then says
+``not_configured``).
+
+Each PBX is a ``PbxLink``: its own connection (and watchdog), its own tracker and enforcer, so a
+session is followed through, and hung up over, the Manager of the PBX it runs on. What they
+share: the grants the FastAGI side notes (keyed by PBX and uniqueid), the audit sink, the
+metrics and one housekeeping task.
 """
 
 from __future__ import annotations
@@ -12,76 +18,72 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections.abc import Callable, Iterable, Mapping
 
-from callgate.ami.client import ManagerClient, ManagerConfig, ManagerError, ManagerState
+from callgate.agi import variables
+from callgate.ami.client import ManagerClient, ManagerConfig, ManagerError
 from callgate.ami.enforcer import Enforcer
 from callgate.ami.protocol import Message
-from callgate.ami.tracker import SessionTracker, SpyGrants
+from callgate.ami.tracker import SessionTracker, SpyGrants, SpySession
 from callgate.audit import AuditSink
 from callgate.metrics import Metrics
+from callgate.pbx import ChannelRef, ManagerState, PbxName
 from callgate.policy import Action, is_valid_client_id, is_valid_extension
-from callgate.registry import PolicyRegistry
+from callgate.registry import ClientPolicy
 
 log = logging.getLogger(__name__)
 
 _SPY_CONTEXT = "callgate"
 """The shipped dialplan's subroutines (``asterisk-conf/extensions_callgate.conf``)."""
 _SPY_EXTENS = {"listen": Action.EAVESDROP, "whisper": Action.WHISPER}
+_TARGET_ARGUMENT = "ARG2"
+"""The ``listen``/``whisper`` subroutine's second argument: the target extension."""
 _GRANT_VARIABLES = (
-    "CALLGATE_DECISION",
-    "CALLGATE_VERSION",
-    "CALLGATE_REASON",
-    "CG_CLIENT",
-    "CG_ACTING",
-    "ARG2",
+    variables.DECISION,
+    variables.VERSION,
+    variables.REASON,
+    variables.DIALPLAN_CLIENT,
+    variables.DIALPLAN_ACTING,
+    _TARGET_ARGUMENT,
 )
+_WORST_FIRST = (
+    ManagerState.AUTH_FAILED,
+    ManagerState.DISCONNECTED,
+    ManagerState.CONNECTED,
+    ManagerState.NOT_CONFIGURED,
+)
+"""How the states of several PBXes sum up for ``/readyz``: the worst one shows."""
+
+Policies = Callable[[str], ClientPolicy]
 
 
-class LiveEnforcement:
+class PbxLink:
+    """One PBX's live enforcement: its Manager connection, the sessions seen over it, and the
+    enforcer that hangs them up over it."""
+
     def __init__(
         self,
         config: ManagerConfig,
-        registry: PolicyRegistry,
+        grants: SpyGrants,
+        policies: Policies,
         audit: AuditSink,
         metrics: Metrics,
         *,
-        grants: SpyGrants | None = None,
-        stop_grace: float = 3.0,
-        reconcile_interval: float = 60.0,
+        stop_grace: float,
+        on_state: Callable[[ManagerState], None],
     ) -> None:
-        self.grants = grants if grants is not None else SpyGrants()
+        self.pbx: PbxName = config.pbx
+        self.grants = grants
         self.tracker = SessionTracker(
-            self.grants, audit=audit, metrics=metrics, stop_grace=stop_grace
+            config.pbx, grants, audit=audit, metrics=metrics, stop_grace=stop_grace
         )
         self.client = ManagerClient(
             config,
             on_event=self._on_event,
             on_connected=self.reconcile,
-            on_state=self._on_state,
+            on_state=on_state,
         )
-        self.enforcer = Enforcer(self.client, self.tracker, registry.get, metrics)
-        self._metrics = metrics
-        self._reconcile_interval = reconcile_interval
-        self._housekeeping: asyncio.Task[None] | None = None
-        registry.subscribe(self.enforcer.on_policy_change)
-
-    def status(self) -> ManagerState:
-        return self.client.state
-
-    def start(self) -> None:
-        self.client.start()
-        if self._housekeeping is None:
-            self._housekeeping = asyncio.create_task(self._housekeep(), name="ami-housekeeping")
-
-    async def stop(self) -> None:
-        task, self._housekeeping = self._housekeeping, None
-        if task is not None:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await self.enforcer.stop()
-        await self.client.stop()
-        self._metrics.ami_connected.set(0)
+        self.enforcer = Enforcer(self.client, self.tracker, policies, metrics)
 
     async def reconcile(self) -> None:
         """Trust nothing tracked until it matches Asterisk's channels; then re-decide it all."""
@@ -119,15 +121,16 @@ class LiveEnforcement:
         recovered = 0
         for row in rows:
             uniqueid, channel = row.get("Uniqueid"), row.get("Channel")
+            spyer = self.tracker.ref(uniqueid)
             action = _SPY_EXTENS.get(row.get("Exten"))
             if (
                 row.get("Application") != "ChanSpy"
                 or row.get("Context") != _SPY_CONTEXT
                 or action is None
                 or not uniqueid
-                or self.tracker.get(uniqueid) is not None
-                or self.tracker.ended(uniqueid)
-                or uniqueid in self.grants
+                or self.tracker.get(spyer) is not None
+                or self.tracker.ended(spyer)
+                or spyer in self.grants
             ):
                 continue
             values = {}
@@ -139,26 +142,30 @@ class LiveEnforcement:
                     break  # gone meanwhile
                 values[name] = response.get("Value")
             else:
-                version = values["CALLGATE_VERSION"]
+                version = values[variables.VERSION]
+                client_id = values[variables.DIALPLAN_CLIENT]
+                acting = values[variables.DIALPLAN_ACTING]
+                target = values[_TARGET_ARGUMENT]
                 if (
-                    values["CALLGATE_DECISION"] != "ALLOW"
+                    values[variables.DECISION] != variables.ALLOW
                     or not version.isdigit()
-                    or not is_valid_client_id(values["CG_CLIENT"])
-                    or not is_valid_extension(values["CG_ACTING"])
-                    or not is_valid_extension(values["ARG2"])
+                    or not is_valid_client_id(client_id)
+                    or not is_valid_extension(acting)
+                    or not is_valid_extension(target)
                 ):
                     continue
                 self.grants.note_allowed(
-                    values["CG_CLIENT"],
+                    client_id,
                     action,
-                    values["CG_ACTING"],
-                    values["ARG2"],
+                    acting,
+                    target,
                     uniqueid,
                     channel,
                     int(version),
-                    values["CALLGATE_REASON"],
+                    values[variables.REASON],
+                    pbx=self.pbx,
                 )
-                recovered += uniqueid in self.grants
+                recovered += spyer in self.grants
         return recovered
 
     def _on_event(self, message: Message) -> None:
@@ -166,22 +173,108 @@ class LiveEnforcement:
         if session is not None:
             self.enforcer.enforce([session])
 
-    def _on_state(self, state: ManagerState) -> None:
+
+class LiveEnforcement:
+    """Every PBX's ``PbxLink`` (one per ``ManagerConfig.pbx``), started and stopped together."""
+
+    def __init__(
+        self,
+        managers: Iterable[ManagerConfig],
+        policies: Policies,
+        audit: AuditSink,
+        metrics: Metrics,
+        *,
+        grants: SpyGrants | None = None,
+        stop_grace: float = 3.0,
+        reconcile_interval: float = 60.0,
+    ) -> None:
+        self.grants = grants if grants is not None else SpyGrants()
+        links: dict[PbxName, PbxLink] = {}
+        for config in managers:
+            if config.pbx in links:
+                raise ValueError(f"two Manager connections for PBX {config.pbx!r}")
+            links[config.pbx] = PbxLink(
+                config,
+                self.grants,
+                policies,
+                audit,
+                metrics,
+                stop_grace=stop_grace,
+                on_state=self._on_state,
+            )
+        if not links:
+            raise ValueError("live enforcement needs at least one Manager connection")
+        self.links: Mapping[PbxName, PbxLink] = links
+        self._metrics = metrics
+        self._reconcile_interval = reconcile_interval
+        self._housekeeping: asyncio.Task[None] | None = None
+
+    def status(self) -> ManagerState:
+        """``/readyz``'s one ``ami`` value: the PBX's state (of several, the worst one)."""
+        states = {link.client.state for link in self.links.values()}
+        return next(state for state in _WORST_FIRST if state in states)
+
+    def states(self) -> dict[PbxName, ManagerState]:
+        return {pbx: link.client.state for pbx, link in self.links.items()}
+
+    def session(self, spyer: ChannelRef) -> SpySession | None:
+        """The session of that spier, on the PBX it runs on."""
+        link = self.links.get(spyer.pbx)
+        return link.tracker.get(spyer) if link is not None else None
+
+    def sessions(self) -> list[SpySession]:
+        return [s for link in self.links.values() for s in link.tracker.sessions()]
+
+    def start(self) -> None:
+        for link in self.links.values():
+            link.client.start()
+        if self._housekeeping is None:
+            self._housekeeping = asyncio.create_task(self._housekeep(), name="ami-housekeeping")
+
+    async def stop(self) -> None:
+        task, self._housekeeping = self._housekeeping, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        for link in self.links.values():
+            await link.enforcer.stop()
+            await link.client.stop()
+        self._metrics.ami_connected.set(0)
+
+    async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
+        """The policy-change listener: each PBX's sessions of that client are decided again."""
+        for link in self.links.values():
+            await link.enforcer.on_policy_change(old, new)
+
+    async def reconcile(self) -> None:
+        """Reconcile every PBX (see ``PbxLink.reconcile``)."""
+        for link in self.links.values():
+            await link.reconcile()
+
+    def _on_state(self, _: ManagerState) -> None:
+        state = self.status()
         self._metrics.ami_connected.set(1 if state is ManagerState.CONNECTED else 0)
         for each in ManagerState:
             if each is not ManagerState.NOT_CONFIGURED:
-                self._metrics.ami_state.labels(each.value).set(1 if each is state else 0)
+                self._metrics.ami_state.labels(each.metric_label).set(1 if each is state else 0)
 
     async def _housekeep(self) -> None:
         last_reconcile = time.monotonic()
         while True:
             await asyncio.sleep(1.0)
-            self.tracker.expire()
+            for link in self.links.values():
+                link.tracker.expire()
             now = time.monotonic()
             if now - last_reconcile >= self._reconcile_interval:
                 last_reconcile = now
-                if self.client.state is ManagerState.CONNECTED:
-                    try:
-                        await self.reconcile()
-                    except ManagerError as exc:
-                        log.warning("periodic reconciliation with Asterisk failed: %s", exc)
+                for link in self.links.values():
+                    if link.client.state is ManagerState.CONNECTED:
+                        try:
+                            await link.reconcile()
+                        except ManagerError as exc:
+                            log.warning(
+                                "periodic reconciliation with the Manager of PBX %s failed: %s",
+                                link.pbx,
+                                exc,
+                            )

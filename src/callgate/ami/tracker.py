@@ -16,6 +16,10 @@ Why a session ended: ``revoked`` when callgate hung it up, ``call_ended`` when t
 hung up first, else ``listener_hangup``. Each start and end is recorded in the audit log and in
 the ``spy_sessions`` gauge. ChanSpy runs that callgate did not allow (an operator's own dialplan)
 are not tracked.
+
+Every key here is a ``ChannelRef`` (PBX and uniqueid): a tracker follows one PBX's Manager
+connection, but the grants it takes from are shared by every PBX, and a uniqueid is unique on
+one Asterisk server only.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from datetime import UTC, datetime, timedelta
 from callgate.ami.protocol import Message
 from callgate.audit import AuditEvent, AuditSink, EndReason
 from callgate.metrics import Metrics
+from callgate.pbx import DEFAULT_PBX, ChannelRef, PbxName
 from callgate.policy.types import Action, Reason
 
 log = logging.getLogger(__name__)
@@ -47,14 +52,19 @@ class SpyGrant:
     action: Action
     ext: str
     target: str
-    uniqueid: str
-    """``agi_uniqueid``: the channel that will run ChanSpy (ChanSpyStart's ``SpyerUniqueid``)."""
+    spyer: ChannelRef
+    """``agi_uniqueid`` on the PBX the FastAGI session came from: the channel that will run
+    ChanSpy (ChanSpyStart's ``SpyerUniqueid`` on that PBX's Manager)."""
     channel: str
     """``agi_channel``: the same channel's name."""
     policy_version: int
     reason: Reason
     noted_at: float
     """``time.monotonic()`` when noted."""
+
+    @property
+    def uniqueid(self) -> str:
+        return self.spyer.uniqueid
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,7 +84,7 @@ class SpySession:
     grant: SpyGrant
     spyer_channel: str
     spyee_channel: str | None
-    spyee_uniqueid: str | None
+    spyee: ChannelRef | None
     started: datetime
     started_at: float
     """``time.monotonic()`` when the session began (or was adopted)."""
@@ -83,8 +93,21 @@ class SpySession:
     """Set once a Hangup of the spier was sent because a policy change withdrew the right."""
 
     @property
+    def ref(self) -> ChannelRef:
+        """The spier: the key of the session."""
+        return self.grant.spyer
+
+    @property
+    def pbx(self) -> PbxName:
+        return self.grant.spyer.pbx
+
+    @property
     def uniqueid(self) -> str:
-        return self.grant.uniqueid
+        return self.grant.spyer.uniqueid
+
+    @property
+    def spyee_uniqueid(self) -> str | None:
+        return self.spyee.uniqueid if self.spyee is not None else None
 
     @property
     def client_id(self) -> str:
@@ -100,19 +123,21 @@ class SpyGrants:
     allowed an ``eavesdrop`` or ``whisper`` request with a target, call::
 
         grants.note_allowed(client_id, action, ext, target, agi_uniqueid, agi_channel,
-                            policy_version, reason)
+                            policy_version, reason, pbx=pbx)
 
-    ``action`` is ``Action.EAVESDROP`` or ``Action.WHISPER``; ``ext`` the acting extension
-    (``agi_arg_2``), ``target`` the target extension (``agi_arg_3``), ``reason`` the decision's
-    reason. It never blocks, never does I/O and never raises for ordinary input (other actions
-    and group forms are ignored), so it is safe on the FastAGI hot path. Without ``--ami`` the
+    ``pbx`` is the PBX the FastAGI session came from (``DEFAULT_PBX`` today): the grant is
+    matched with a ChanSpyStart on that PBX's Manager only. ``action`` is ``Action.EAVESDROP`` or
+    ``Action.WHISPER``; ``ext`` the acting extension (``agi_arg_2``), ``target`` the target
+    extension (``agi_arg_3``), ``reason`` the decision's reason.
+    It never blocks, never does I/O and never raises for ordinary input (other actions and
+    group forms are ignored), so it is safe on the FastAGI hot path. Without ``--ami`` the
     daemon still hands one in; grants then simply expire.
     """
 
     def __init__(self, *, ttl: float = 60.0, clock: Callable[[], float] = time.monotonic) -> None:
         self._ttl = ttl
         self._clock = clock
-        self._grants: OrderedDict[str, SpyGrant] = OrderedDict()
+        self._grants: OrderedDict[ChannelRef, SpyGrant] = OrderedDict()
 
     def note_allowed(
         self,
@@ -124,6 +149,8 @@ class SpyGrants:
         channel: str,
         policy_version: int,
         reason: str = "",
+        *,
+        pbx: PbxName,
     ) -> None:
         if action not in SPY_ACTIONS or not target or not uniqueid:
             return
@@ -133,17 +160,20 @@ class SpyGrants:
             why = Reason(reason)
         except ValueError:
             why = Reason.WHISPER_GROUP if action == Action.WHISPER else Reason.EAVESDROP_GROUP
+        spyer = ChannelRef(pbx, uniqueid)
         grant = SpyGrant(
-            client_id, Action(action), ext, target, uniqueid, channel, policy_version, why, now
+            client_id, Action(action), ext, target, spyer, channel, policy_version, why, now
         )
-        self._grants.pop(uniqueid, None)
-        self._grants[uniqueid] = grant
+        self._grants.pop(spyer, None)
+        self._grants[spyer] = grant
 
     def record(self, event: AuditEvent) -> None:
         """``AuditSink``: note the grant an allowed listen/whisper decision's audit event shows.
 
         This is how the daemon connects the FastAGI handler to live enforcement without the
         handler knowing about it: the handler's audit sink fans out to the store and here.
+        An audit event does not say which PBX asked: the one FastAGI server serves
+        ``DEFAULT_PBX``.
         """
         if (
             event.decision == "allow"
@@ -161,18 +191,19 @@ class SpyGrants:
                 event.channel,
                 event.policy_version,
                 event.reason,
+                pbx=DEFAULT_PBX,
             )
 
-    def take(self, uniqueid: str) -> SpyGrant | None:
+    def take(self, spyer: ChannelRef) -> SpyGrant | None:
         """The grant for a spier channel, removed (a grant starts one session), or ``None``."""
         self._expire(self._clock())
-        return self._grants.pop(uniqueid, None)
+        return self._grants.pop(spyer, None)
 
     def __len__(self) -> int:
         return len(self._grants)
 
-    def __contains__(self, uniqueid: object) -> bool:
-        return uniqueid in self._grants
+    def __contains__(self, spyer: object) -> bool:
+        return spyer in self._grants
 
     def _expire(self, now: float) -> None:
         grants = self._grants
@@ -184,10 +215,12 @@ class SpyGrants:
 
 
 class SessionTracker:
-    """Sessions in progress, keyed by the spier's uniqueid; fed with Manager events."""
+    """Sessions in progress on one PBX, keyed by the spier's ``ChannelRef``; fed with that PBX's
+    Manager events (which name bare uniqueids: the tracker adds its PBX)."""
 
     def __init__(
         self,
+        pbx: PbxName,
         grants: SpyGrants,
         *,
         audit: AuditSink,
@@ -196,38 +229,43 @@ class SessionTracker:
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = lambda: datetime.now(UTC),
     ) -> None:
+        self.pbx = pbx
         self.grants = grants
         self._audit = audit
         self._metrics = metrics
         self._stop_grace = stop_grace
         self._clock = clock
         self._now = now
-        self._sessions: dict[str, SpySession] = {}
-        self._by_client: dict[str, set[str]] = {}
-        self._by_spyee: dict[str, set[str]] = {}
-        self._gone: OrderedDict[str, float] = OrderedDict()
-        """Uniqueids whose Hangup we saw lately (to tell ``call_ended`` and to not adopt them)."""
-        self._ended: OrderedDict[str, None] = OrderedDict()
+        self._sessions: dict[ChannelRef, SpySession] = {}
+        self._by_client: dict[str, set[ChannelRef]] = {}
+        self._by_spyee: dict[ChannelRef, set[ChannelRef]] = {}
+        self._gone: OrderedDict[ChannelRef, float] = OrderedDict()
+        """Channels whose Hangup we saw lately (to tell ``call_ended`` and to not adopt them)."""
+        self._ended: OrderedDict[ChannelRef, None] = OrderedDict()
         """Spiers whose session ended (the last ``ENDED_MEMORY``): never adopted again, even if
         the channel is still in ChanSpy (a revoked listener on a call without media)."""
 
+    def ref(self, uniqueid: str) -> ChannelRef:
+        """A uniqueid this PBX's Manager named, as a key."""
+        return ChannelRef(self.pbx, uniqueid)
+
     # ---------------------------------------------------------------- queries
 
-    def get(self, uniqueid: str) -> SpySession | None:
-        return self._sessions.get(uniqueid)
+    def get(self, spyer: ChannelRef) -> SpySession | None:
+        return self._sessions.get(spyer)
 
     def sessions(self) -> list[SpySession]:
         return list(self._sessions.values())
 
     def sessions_of(self, client_id: str) -> list[SpySession]:
-        return [self._sessions[u] for u in self._by_client.get(client_id, ())]
+        return [self._sessions[s] for s in self._by_client.get(client_id, ())]
 
     def __len__(self) -> int:
         return len(self._sessions)
 
-    def ended(self, uniqueid: str) -> bool:
+    def ended(self, spyer: ChannelRef) -> bool:
         """A session of this spier was tracked and has ended."""
-        return uniqueid in self._ended
+        return spyer in self._ended
 
     # ---------------------------------------------------------------- events
 
@@ -237,28 +275,27 @@ class SessionTracker:
             case "ChanSpyStart":
                 return self._on_start(message)
             case "ChanSpyStop":
-                self._on_stop(message.get("SpyerUniqueid"))
+                self._on_stop(self.ref(message.get("SpyerUniqueid")))
             case "Hangup":
-                self._on_hangup(message.get("Uniqueid"))
+                if uniqueid := message.get("Uniqueid"):
+                    self._on_hangup(self.ref(uniqueid))
             case "HangupRequest" | "SoftHangupRequest":
                 # Comes before the Hangup itself: enough to tell a call that is ending.
                 if uniqueid := message.get("Uniqueid"):
-                    self._gone.setdefault(uniqueid, self._clock())
+                    self._gone.setdefault(self.ref(uniqueid), self._clock())
         return None
 
     def _on_start(self, message: Message) -> SpySession | None:
-        spyer = message.get("SpyerUniqueid")
-        spyee_uniqueid = message.get("SpyeeUniqueid") or None
+        spyer = self.ref(message.get("SpyerUniqueid"))
+        spyee_uniqueid = message.get("SpyeeUniqueid")
+        spyee = self.ref(spyee_uniqueid) if spyee_uniqueid else None
         spyee_channel = message.get("SpyeeChannel") or None
         current = self._sessions.get(spyer)
         if current is not None:
             # The same ChanSpy moved on to another channel (only without the `u` option).
             self._replace(
                 dataclasses.replace(
-                    current,
-                    spyee_channel=spyee_channel,
-                    spyee_uniqueid=spyee_uniqueid,
-                    stopped_at=None,
+                    current, spyee_channel=spyee_channel, spyee=spyee, stopped_at=None
                 )
             )
             return None
@@ -267,24 +304,22 @@ class SessionTracker:
             log.debug("ChanSpy on %s was not allowed by callgate: not tracked", spyer)
             return None
         channel = message.get("SpyerChannel") or grant.channel
-        return self._open(grant, channel, spyee_channel, spyee_uniqueid, self._now())
+        return self._open(grant, channel, spyee_channel, spyee, self._now())
 
-    def _on_stop(self, spyer: str) -> None:
+    def _on_stop(self, spyer: ChannelRef) -> None:
         session = self._sessions.get(spyer)
         if session is None:
             return
-        if session.spyee_uniqueid is not None and session.spyee_uniqueid in self._gone:
+        if session.spyee is not None and session.spyee in self._gone:
             self.close(spyer)
         else:
             self._replace(dataclasses.replace(session, stopped_at=self._clock()))
 
-    def _on_hangup(self, uniqueid: str) -> None:
-        if not uniqueid:
-            return
-        self._gone[uniqueid] = self._clock()
-        if uniqueid in self._sessions:
-            self.close(uniqueid)
-        for spyer in list(self._by_spyee.get(uniqueid, ())):
+    def _on_hangup(self, channel: ChannelRef) -> None:
+        self._gone[channel] = self._clock()
+        if channel in self._sessions:
+            self.close(channel)
+        for spyer in list(self._by_spyee.get(channel, ())):
             session = self._sessions[spyer]
             if session.stopped_at is not None:
                 self.close(spyer)
@@ -294,28 +329,28 @@ class SessionTracker:
 
     # ---------------------------------------------------------------- changes
 
-    def mark_revoking(self, uniqueid: str, revocation: Revocation | None) -> None:
+    def mark_revoking(self, spyer: ChannelRef, revocation: Revocation | None) -> None:
         """The spier is being hung up for ``revocation`` (``None``: that attempt failed)."""
-        session = self._sessions.get(uniqueid)
+        session = self._sessions.get(spyer)
         if session is not None:
             self._replace(dataclasses.replace(session, revocation=revocation))
 
-    def close(self, uniqueid: str, reason: EndReason | None = None) -> SpySession | None:
+    def close(self, spyer: ChannelRef, reason: EndReason | None = None) -> SpySession | None:
         """End a session; ``reason`` defaults to what the events tell (see the module doc)."""
-        session = self._sessions.pop(uniqueid, None)
+        session = self._sessions.pop(spyer, None)
         if session is None:
             return None
-        self._ended[uniqueid] = None
+        self._ended[spyer] = None
         if len(self._ended) > ENDED_MEMORY:
             self._ended.popitem(last=False)
-        self._by_client[session.client_id].discard(uniqueid)
+        self._by_client[session.client_id].discard(spyer)
         if not self._by_client[session.client_id]:
             del self._by_client[session.client_id]
-        if session.spyee_uniqueid is not None:
-            spyers = self._by_spyee.get(session.spyee_uniqueid, set())
-            spyers.discard(uniqueid)
+        if session.spyee is not None:
+            spyers = self._by_spyee.get(session.spyee, set())
+            spyers.discard(spyer)
             if not spyers:
-                self._by_spyee.pop(session.spyee_uniqueid, None)
+                self._by_spyee.pop(session.spyee, None)
         if reason is None:
             reason = self._end_reason(session)
         grant = session.grant
@@ -338,7 +373,7 @@ class SessionTracker:
     def _end_reason(self, session: SpySession) -> EndReason:
         if session.revocation is not None:
             return EndReason.REVOKED
-        if session.spyee_uniqueid is not None and session.spyee_uniqueid in self._gone:
+        if session.spyee is not None and session.spyee in self._gone:
             return EndReason.CALL_ENDED
         return EndReason.LISTENER_HANGUP
 
@@ -347,36 +382,35 @@ class SessionTracker:
         now = self._clock()
         for session in list(self._sessions.values()):
             if session.stopped_at is not None and now - session.stopped_at >= self._stop_grace:
-                self.close(session.uniqueid)
+                self.close(session.ref)
         while self._gone and now - next(iter(self._gone.values())) > 60.0:
             self._gone.popitem(last=False)
 
     def rebuild(self, rows: Iterable[Message], *, asked_at: float) -> list[SpySession]:
-        """Reconcile with a ``CoreShowChannels`` list asked for at ``asked_at`` (monotonic).
-
-        Returns the sessions adopted from rows (their ChanSpyStart was missed).
+        """Reconcile with this PBX's ``CoreShowChannels`` list asked for at ``asked_at``
+        (monotonic). Returns the sessions adopted from rows (their ChanSpyStart was missed).
         """
         rows = list(rows)
-        by_uniqueid = {row.get("Uniqueid"): row for row in rows}
+        by_channel_ref = {self.ref(row.get("Uniqueid")): row for row in rows}
         by_channel = {row.get("Channel"): row for row in rows}
-        spying = {u for u, row in by_uniqueid.items() if row.get("Application") == "ChanSpy"}
+        spying = {c for c, row in by_channel_ref.items() if row.get("Application") == "ChanSpy"}
         for session in list(self._sessions.values()):
-            if session.uniqueid in spying or session.started_at > asked_at:
+            if session.ref in spying or session.started_at > asked_at:
                 continue  # still spying, or started after the snapshot was taken
-            if session.spyee_uniqueid is not None and session.spyee_uniqueid not in by_uniqueid:
-                self._gone.setdefault(session.spyee_uniqueid, self._clock())
-            self.close(session.uniqueid)
+            if session.spyee is not None and session.spyee not in by_channel_ref:
+                self._gone.setdefault(session.spyee, self._clock())
+            self.close(session.ref)
         adopted = []
-        for uniqueid in spying - self._sessions.keys() - self._gone.keys() - self._ended.keys():
-            grant = self.grants.take(uniqueid)
+        for spyer in spying - self._sessions.keys() - self._gone.keys() - self._ended.keys():
+            grant = self.grants.take(spyer)
             if grant is None:
                 continue
-            row = by_uniqueid[uniqueid]
+            row = by_channel_ref[spyer]
             spyee_channel = row.get("ApplicationData").split(",", 1)[0] or None
             spyee_row = by_channel.get(spyee_channel) if spyee_channel else None
-            spyee_uniqueid = spyee_row.get("Uniqueid") if spyee_row is not None else None
+            spyee = self.ref(spyee_row.get("Uniqueid")) if spyee_row is not None else None
             started = self._now() - _duration(row.get("Duration"))
-            session = self._open(grant, row.get("Channel"), spyee_channel, spyee_uniqueid, started)
+            session = self._open(grant, row.get("Channel"), spyee_channel, spyee, started)
             adopted.append(session)
         return adopted
 
@@ -387,14 +421,14 @@ class SessionTracker:
         grant: SpyGrant,
         channel: str,
         spyee_channel: str | None,
-        spyee_uniqueid: str | None,
+        spyee: ChannelRef | None,
         started: datetime,
     ) -> SpySession:
         session = SpySession(
-            grant, channel, spyee_channel, spyee_uniqueid, started, started_at=self._clock()
+            grant, channel, spyee_channel, spyee, started, started_at=self._clock()
         )
         self._replace(session)
-        self._by_client.setdefault(grant.client_id, set()).add(grant.uniqueid)
+        self._by_client.setdefault(grant.client_id, set()).add(grant.spyer)
         self._metrics.spy_sessions.labels(grant.client_id, grant.action).inc()
         log.info(
             "%s session started: client %s, %s -> %s, channel %s, spying on %s",
@@ -409,12 +443,12 @@ class SessionTracker:
         return session
 
     def _replace(self, session: SpySession) -> None:
-        old = self._sessions.get(session.uniqueid)
-        if old is not None and old.spyee_uniqueid not in (None, session.spyee_uniqueid):
-            self._by_spyee.get(old.spyee_uniqueid or "", set()).discard(session.uniqueid)
-        self._sessions[session.uniqueid] = session
-        if session.spyee_uniqueid is not None:
-            self._by_spyee.setdefault(session.spyee_uniqueid, set()).add(session.uniqueid)
+        old = self._sessions.get(session.ref)
+        if old is not None and old.spyee is not None and old.spyee != session.spyee:
+            self._by_spyee.get(old.spyee, set()).discard(session.ref)
+        self._sessions[session.ref] = session
+        if session.spyee is not None:
+            self._by_spyee.setdefault(session.spyee, set()).add(session.ref)
 
     def _audit_event(
         self,

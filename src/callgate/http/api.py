@@ -6,7 +6,6 @@ Route modules import from here, never from ``callgate.http.app`` (which imports 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping
-from enum import StrEnum
 
 from aiohttp import web
 
@@ -14,6 +13,7 @@ from callgate.http.auth import Access, Authenticator, Principal, forbidden
 from callgate.http.errors import ApiError
 from callgate.http.openapi import OpenApi
 from callgate.metrics import Metrics
+from callgate.pbx import ManagerState
 from callgate.policy import is_valid_client_id
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
@@ -21,18 +21,8 @@ from callgate.store import Store
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
-class AmiStatus(StrEnum):
-    """Live enforcement over the Asterisk Manager, as ``/readyz`` reports it."""
-
-    UP = "up"
-    DOWN = "down"
-    AUTH_FAILED = "auth_failed"
-    """Asterisk refused the Manager credentials: fix ``ami_user``/``ami_secret``."""
-    NOT_CONFIGURED = "not_configured"
-
-
-def ami_not_configured() -> AmiStatus:
-    return AmiStatus.NOT_CONFIGURED
+def ami_not_configured() -> ManagerState:
+    return ManagerState.NOT_CONFIGURED
 
 
 def never_ready() -> bool:
@@ -44,7 +34,7 @@ REGISTRY = web.AppKey("registry", PolicyRegistry)
 METRICS = web.AppKey("metrics", Metrics)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
-AMI_STATUS: web.AppKey[Callable[[], AmiStatus]] = web.AppKey("ami_status")
+AMI_STATUS: web.AppKey[Callable[[], ManagerState]] = web.AppKey("ami_status")
 OPENAPI = web.AppKey("openapi", dict[str, object])
 PRINCIPAL = web.RequestKey("principal", Principal)
 

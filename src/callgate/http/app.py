@@ -41,7 +41,6 @@ from callgate.http.api import (
     READY,
     REGISTRY,
     STORE,
-    AmiStatus,
     Api,
     Handler,
     ami_not_configured,
@@ -51,6 +50,7 @@ from callgate.http.auth import Authenticator
 from callgate.http.errors import error_middleware
 from callgate.http.listener import GuardedRunner, ListenerLimits
 from callgate.metrics import Metrics
+from callgate.pbx import ManagerState
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
 
@@ -72,7 +72,7 @@ class HttpDeps:
     admin_token: str | None
     ready: Callable[[], bool] = field(default=never_ready)
     """True once every stored policy is loaded and both listeners are open."""
-    ami_status: Callable[[], AmiStatus] = field(default=ami_not_configured)
+    ami_status: Callable[[], ManagerState] = field(default=ami_not_configured)
 
 
 def _route_template(request: web.Request) -> str:

@@ -8,6 +8,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from callgate.http.api import AMI_STATUS, METRICS, READY, Api
 from callgate.http.auth import Access
 from callgate.http.openapi import JsonObject, json_response
+from callgate.pbx import ManagerState
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -20,7 +21,7 @@ async def readyz(request: web.Request) -> web.Response:
     body = {
         "status": "ready" if ready else "starting",
         "policies_loaded": ready,
-        "ami": str(request.app[AMI_STATUS]()),
+        "ami": request.app[AMI_STATUS]().value,
     }
     return web.json_response(body, status=200 if ready else 503)
 
@@ -40,7 +41,7 @@ _READINESS: JsonObject = {
         "policies_loaded": {"type": "boolean"},
         "ami": {
             "type": "string",
-            "enum": ["up", "down", "auth_failed", "not_configured"],
+            "enum": [state.value for state in ManagerState],
             "description": (
                 "live enforcement over the Asterisk Manager: up, down (reconnecting),"
                 " auth_failed (Asterisk refused the credentials), not configured"

@@ -1,14 +1,17 @@
 """AstDB over the Asterisk Manager connection (``DBPut`` / ``DBDel``), for what happens outside a
 call: a restore over HTTP, and the revocation of replacements by a policy change.
 
-The Manager user needs ``write = system`` for these two actions (see ``asterisk-conf/``).
+The Manager user needs ``write = system`` for these two actions (see ``asterisk-conf/``). Each
+adapter is one PBX's AstDB (the PBX of its Manager connection, ``pbx``): a key written or deleted
+here is on that Asterisk server only.
 """
 
 from __future__ import annotations
 
 from typing import Final
 
-from callgate.ami.client import ManagerClient, ManagerError, ManagerState
+from callgate.ami.client import ManagerClient, ManagerError
+from callgate.pbx import ManagerState, PbxName
 from callgate.replace.service import AstDb, AstDbError, LiveAstDb
 
 _NOT_FOUND: Final = "database entry not found"
@@ -18,6 +21,11 @@ _NOT_FOUND: Final = "database entry not found"
 class ManagerAstDb:
     def __init__(self, client: ManagerClient) -> None:
         self._client = client
+
+    @property
+    def pbx(self) -> PbxName:
+        """The PBX whose AstDB this is."""
+        return self._client.pbx
 
     async def put(self, family: str, key: str, value: str) -> None:
         # DBPut's value header is ``Val``, not ``Value`` (manager.c: action_dbput())
@@ -59,7 +67,8 @@ class ManagerAstDb:
 
 
 def manager_astdb(client: ManagerClient | None) -> LiveAstDb:
-    """``live_astdb`` for ``ReplaceService``: the Manager's AstDB while it is logged in."""
+    """``live_astdb`` for ``ReplaceService``: the AstDB of the PBX of ``client`` (its Manager
+    connection) while it is logged in."""
     if client is None:
         return lambda: None
     astdb = ManagerAstDb(client)
