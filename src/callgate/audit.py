@@ -12,6 +12,9 @@ from datetime import datetime
 from enum import StrEnum
 from typing import NamedTuple, Protocol
 
+SESSION_ACTIONS = frozenset({"eavesdrop", "whisper"})
+"""The actions whose allowing decision opens a listen/whisper session with a start and an end."""
+
 
 class EndReason(StrEnum):
     """Why a listen/whisper session ended (the audit API's ``end_reason``)."""

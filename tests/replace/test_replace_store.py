@@ -6,6 +6,7 @@ import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
+from callgate.http.replace_routes import replacement_json
 from callgate.replace.lockout import LockoutRules, LockState
 from callgate.store.db import Database
 from callgate.store.replace import SCHEMA, Attempt, Replacement, ReplaceRepository
@@ -121,7 +122,7 @@ async def test_end_replacement_only_ends_the_one_it_saw(
 async def test_replacement_json_shape(repo: ReplaceRepository, clock: Clock) -> None:
     await repo.start_replacement(_replacement("100", "101", clock))
     (only,) = await repo.replacements(CLIENT)
-    assert only.to_json() == {
+    assert replacement_json(only) == {
         "phone": "100",
         "from_ext": "100",
         "to_ext": "101",

@@ -33,13 +33,13 @@ from enum import StrEnum
 from typing import Protocol
 
 from callgate.audit import AuditEvent, AuditSink
+from callgate.domain import AstDbKey, Attempt, Replacement, StoreError
 from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.limits import PinWriteLimiter
 from callgate.replace.lockout import LockoutRules, LockState
 from callgate.replace.pins import PinHasher, check_pin
-from callgate.store.db import StoreError
-from callgate.store.replace import AstDbKey, Attempt, Replacement, ReplaceRepository
+from callgate.store.replace import ReplaceRepository
 
 log = logging.getLogger(__name__)
 

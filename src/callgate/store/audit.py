@@ -36,17 +36,16 @@ import json
 import logging
 import sqlite3
 from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from functools import lru_cache, partial
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
-from callgate.audit import AuditEvent, EndReason
+from callgate.audit import SESSION_ACTIONS, AuditEvent, EndReason
+from callgate.domain import AuditRetention
 from callgate.logs import FIELD_LIMIT, is_plain, printable
 from callgate.store.db import Database
 
-if TYPE_CHECKING:
-    from callgate.config import Settings
+__all__ = ["PRUNE_BATCH", "SCHEMA", "SESSION_ACTIONS", "AuditRepository", "AuditRetention"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +72,6 @@ SCHEMA = (
     "CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (client_id, time_us)",
     "CREATE INDEX IF NOT EXISTS audit_events_by_uniqueid ON audit_events (client_id, uniqueid)",
 )
-
-SESSION_ACTIONS = frozenset({"eavesdrop", "whisper"})
 
 
 def _us(value: datetime | None) -> int | None:
@@ -112,26 +109,6 @@ def _event(row: sqlite3.Row) -> AuditEvent:
 
 PRUNE_BATCH: Final = 500
 """Rows one pruning transaction deletes at most (a few milliseconds of the writer)."""
-
-
-@dataclass(frozen=True, slots=True)
-class AuditRetention:
-    """How much of the audit log is kept; ``None``: no bound of that kind."""
-
-    max_age: timedelta | None = None
-    max_rows: int | None = None
-    interval: float = 60.0
-    """Seconds between two prunings."""
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> AuditRetention:
-        """``audit_max_age_days``, ``audit_max_rows`` (0: no bound), ``audit_prune_interval``."""
-        days, rows = settings.audit_max_age_days, settings.audit_max_rows
-        return cls(
-            max_age=timedelta(days=days) if days else None,
-            max_rows=rows or None,
-            interval=settings.audit_prune_interval,
-        )
 
 
 def storable(event: AuditEvent) -> AuditEvent:

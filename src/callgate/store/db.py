@@ -18,11 +18,11 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
+from callgate.domain import StoreError
+
+__all__ = ["Database", "StoreError"]
+
 T = TypeVar("T")
-
-
-class StoreError(Exception):
-    """The store could not do what was asked (unavailable, corrupt, closed)."""
 
 
 class Database:

@@ -22,12 +22,32 @@ from __future__ import annotations
 import json
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime
 
+from callgate.domain import (
+    HistoryPage,
+    Retention,
+    RetentionSettings,
+    StoredJson,
+    StoredPolicy,
+    VersionConflictError,
+    canonical_json,
+    retention,
+)
 from callgate.policy import PolicyDocument, PolicyValidationError, parse_document
 from callgate.store.db import Database, StoreError
+
+__all__ = [  # the domain names are re-exported for the callers that imported them from here
+    "HistoryPage",
+    "PolicyRepository",
+    "Retention",
+    "RetentionSettings",
+    "StoredJson",
+    "StoredPolicy",
+    "VersionConflictError",
+    "canonical_json",
+    "retention",
+]
 
 SCHEMA = (
     """CREATE TABLE IF NOT EXISTS policy_versions (
@@ -39,73 +59,6 @@ SCHEMA = (
         PRIMARY KEY (client_id, version)
     ) WITHOUT ROWID""",
 )
-
-
-@dataclass(frozen=True, slots=True)
-class StoredPolicy:
-    client_id: str
-    version: int
-    document: PolicyDocument
-    changed_at: datetime
-    changed_by: str
-
-
-class VersionConflictError(StoreError):
-    """The write expected another current version (HTTP 412); nothing was written."""
-
-    def __init__(self, client_id: str, current: int) -> None:
-        super().__init__(f"client {client_id!r} is at version {current}")
-        self.client_id = client_id
-        self.current = current
-
-
-@dataclass(frozen=True, slots=True)
-class StoredJson:
-    """A stored version with its document as the stored JSON text (not decoded)."""
-
-    version: int
-    changed_at: str
-    """RFC 3339, as stored"""
-    changed_by: str
-    document_json: str
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    versions: tuple[StoredJson, ...]
-    """newest first"""
-    next_before: int | None
-    """the ``before`` of the next page; None when no older version remains"""
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How many versions a client keeps: the newest ``keep``, none older than ``max_age``."""
-
-    keep: int = 100
-    max_age: timedelta | None = None
-
-    def __post_init__(self) -> None:
-        if self.keep < 1:
-            raise ValueError("retention must keep at least the current version")
-
-
-def retention(settings: RetentionSettings) -> Retention:
-    """The retention the settings ask for (``policy_history_keep``, ``..._max_age_days``)."""
-    days = settings.policy_history_max_age_days
-    return Retention(settings.policy_history_keep, timedelta(days=days) if days else None)
-
-
-class RetentionSettings(Protocol):
-    @property
-    def policy_history_keep(self) -> int: ...
-    @property
-    def policy_history_max_age_days(self) -> float: ...
-
-
-def canonical_json(document: PolicyDocument) -> str:
-    """The stored (and answered) text of a document: compact, ASCII, ``to_json`` order."""
-    return json.dumps(document.to_json(), separators=(",", ":"))
 
 
 def _decode(row: sqlite3.Row) -> StoredPolicy:

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import sqlite3
 from collections.abc import Sequence
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from callgate.domain import AstDbKey, Attempt, Replacement, Takeover
 from callgate.replace.lockout import LockoutRules, LockState
 from callgate.store.db import Database
+
+__all__ = ["SCHEMA", "AstDbKey", "Attempt", "ReplaceRepository", "Replacement", "Takeover"]
 
 SCHEMA: tuple[str, ...] = (
     """CREATE TABLE IF NOT EXISTS replace_pins (
@@ -57,44 +59,6 @@ SCHEMA: tuple[str, ...] = (
         PRIMARY KEY (client_id, family, key)
     )""",
 )
-
-AstDbKey = tuple[str, str]
-"""(family, key) of an AstDB entry."""
-
-
-@dataclass(frozen=True, slots=True)
-class Replacement:
-    """Phone ``phone`` (its own extension) acts as ``to_ext``; ``from_ext`` asked for it."""
-
-    client_id: str
-    phone: str
-    from_ext: str
-    to_ext: str
-    since: datetime
-
-    def to_json(self) -> dict[str, str]:
-        return {
-            "phone": self.phone,
-            "from_ext": self.from_ext,
-            "to_ext": self.to_ext,
-            "since": self.since.isoformat(),
-        }
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """A PIN attempt counted in advance; ``forget_attempt`` takes it back when the PIN was right."""
-
-    id: int
-
-
-@dataclass(frozen=True, slots=True)
-class Takeover:
-    """What ``start_replacement`` displaced: the phone's previous replacement, and the
-    replacements of other phones that answered for the same extension until now."""
-
-    previous: Replacement | None
-    displaced: tuple[Replacement, ...]
 
 
 def _ts(at: datetime) -> float:
