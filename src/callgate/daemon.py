@@ -24,6 +24,7 @@ from callgate.ami.service import LiveEnforcement
 from callgate.ami.tracker import SpyGrants
 from callgate.audit import AuditFanOut
 from callgate.config import Settings
+from callgate.domain import AuditRetention, retention
 from callgate.http.api import ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
 from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_connection_cap
@@ -41,8 +42,6 @@ from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import LiveAstDb, ReplaceService
 from callgate.store import Store, open_store
-from callgate.store.audit import AuditRetention
-from callgate.store.policies import retention
 
 log = logging.getLogger(__name__)
 

@@ -16,14 +16,13 @@ from datetime import datetime
 
 from aiohttp import web
 
-from callgate.audit import AuditEvent
+from callgate.audit import SESSION_ACTIONS, AuditEvent
 from callgate.http.api import STORE, Api
 from callgate.http.auth import Access
 from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
 from callgate.http.query import TIME_SCHEMA, QueryReader, integer_schema
 from callgate.policy import Action, is_valid_extension
 from callgate.policy.syntax import EXTENSION_RULE
-from callgate.store.audit import SESSION_ACTIONS
 
 _TAG = "audit"
 DEFAULT_LIMIT = 1000

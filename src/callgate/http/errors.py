@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Sequence
 
 from aiohttp import web
 
-from callgate.store import StoreError
+from callgate.domain import StoreError
 
 log = logging.getLogger(__name__)
 

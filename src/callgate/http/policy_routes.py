@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from aiohttp import web
 
 from callgate.config import Settings
+from callgate.domain import HistoryPage, StoredPolicy, VersionConflictError, canonical_json
 from callgate.http.api import REGISTRY, STORE, Api, principal
 from callgate.http.auth import Access
 from callgate.http.body import is_json_media_type, unsupported_media_type
@@ -36,8 +37,6 @@ from callgate.policy import (
     decide,
 )
 from callgate.registry import ClientPolicy
-from callgate.store import StoredPolicy, VersionConflictError
-from callgate.store.policies import HistoryPage, canonical_json
 
 __all__ = [
     "BASE",

@@ -21,10 +21,10 @@ import pickle
 from dataclasses import dataclass
 from typing import Any
 
+from callgate.domain import canonical_json
 from callgate.http.body import parse_json
 from callgate.http.errors import ApiError, JsonDetail, unprocessable
 from callgate.policy import PolicyDocument, PolicyValidationError, parse_document
-from callgate.store.policies import canonical_json
 
 WRAPPER_KEY = "call_control_groups"
 

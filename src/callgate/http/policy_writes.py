@@ -22,11 +22,11 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 
+from callgate.domain import canonical_json
 from callgate.http.body import parse_json
 from callgate.http.errors import ApiError
 from callgate.http.policy_worker import Rejected, document_from_body, prepare, rebuild
 from callgate.policy import PolicyDocument
-from callgate.store.policies import canonical_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from callgate.domain import Replacement
 from callgate.http.api import Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
@@ -62,6 +63,16 @@ _REPLACEMENTS: JsonObject = {
     "required": ["replacements"],
     "properties": {"replacements": {"type": "array", "items": ref("Replacement")}},
 }
+
+
+def replacement_json(replacement: Replacement) -> dict[str, str]:
+    """A replacement as the API shows it (the ``Replacement`` schema)."""
+    return {
+        "phone": replacement.phone,
+        "from_ext": replacement.from_ext,
+        "to_ext": replacement.to_ext,
+        "since": replacement.since.isoformat(),
+    }
 
 
 def _extension(request: web.Request, name: str) -> str:
@@ -137,7 +148,7 @@ async def delete_pin(request: web.Request) -> web.StreamResponse:
 async def list_replacements(request: web.Request) -> web.StreamResponse:
     client_id = request.match_info["client_id"]
     current = await _service(request).replacements(client_id)
-    return web.json_response({"replacements": [r.to_json() for r in current]})
+    return web.json_response({"replacements": [replacement_json(r) for r in current]})
 
 
 async def restore_replacement(request: web.Request) -> web.StreamResponse:

@@ -9,6 +9,14 @@ import re
 
 from aiohttp import web
 
+from callgate.domain import (
+    NAME_PATTERN,
+    NAME_RULE,
+    RESERVED_NAMES,
+    TokenExistsError,
+    TokenInfo,
+    is_valid_token_name,
+)
 from callgate.http.api import STORE, Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
@@ -16,8 +24,6 @@ from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
 from callgate.http.openapi import JsonObject, error_response, json_response, ref
 from callgate.policy import is_valid_client_id
 from callgate.policy.syntax import CLIENT_ID_PATTERN, CLIENT_ID_RULE
-from callgate.store import TokenExistsError, TokenInfo
-from callgate.store.tokens import NAME_PATTERN, NAME_RULE, RESERVED_NAMES, is_valid_token_name
 
 
 def _token_json(info: TokenInfo) -> dict[str, object]:

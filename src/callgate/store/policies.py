@@ -4,8 +4,14 @@ A client's current policy is its newest version. Versions count up from 1 per cl
 means "nothing stored" and is never written. Resetting a client to the default (HTTP ``DELETE``)
 is a new version that holds the default document, so the history shows who reset it and when.
 
-The optimistic-concurrency check (HTTP ``If-Match``) happens inside the write transaction, so two
-operators racing cannot both win against the same version.
+Versions are unique by the table's key ``(client_id, version)``, and that key alone decides who
+gets a version: a save reads the current version, checks it against ``if_version`` (HTTP
+``If-Match``), and inserts the next one; if another save inserted it first, the insert fails on
+the key, nothing is written, and the save reads again — a conflict if the version it expected is
+gone, another try otherwise. Nothing rests on SQLite's single writer, so a backend with
+concurrent writers (PostgreSQL at READ COMMITTED) keeps the same guarantee with the same key.
+A committed save is published on the store's change feed (``PolicyChange``), from the writer
+thread right after COMMIT, so the feed sees the versions in commit order.
 
 Retention (``Retention``): each save prunes, in its own transaction, the client's versions beyond
 the newest ``keep`` and those older than ``max_age``; the version just written is never pruned,
@@ -19,93 +25,48 @@ HTTP answers) send as it is, without decoding and encoding megabytes again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Protocol
+from datetime import UTC, datetime
 
+from callgate.domain import (
+    HistoryPage,
+    PolicyChange,
+    Retention,
+    RetentionSettings,
+    StoredJson,
+    StoredPolicy,
+    VersionConflictError,
+    canonical_json,
+    retention,
+)
 from callgate.policy import PolicyDocument, PolicyValidationError, parse_document
+from callgate.ports import ChangeFeed
 from callgate.store.db import Database, StoreError
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS policy_versions (
-        client_id  TEXT    NOT NULL,
-        version    INTEGER NOT NULL CHECK (version > 0),
-        document   TEXT    NOT NULL,
-        changed_at TEXT    NOT NULL,
-        changed_by TEXT    NOT NULL,
-        PRIMARY KEY (client_id, version)
-    ) WITHOUT ROWID""",
-)
+__all__ = [  # the domain names are re-exported for the callers that imported them from here
+    "HistoryPage",
+    "PolicyChange",
+    "PolicyRepository",
+    "Retention",
+    "RetentionSettings",
+    "StoredJson",
+    "StoredPolicy",
+    "VersionConflictError",
+    "canonical_json",
+    "retention",
+]
+
+_SAVE_ATTEMPTS = 100
+"""Saves without ``if_version`` that lose the race for the next version retry this often: each
+loss means another save got through, so only a storm of concurrent writers to one client gets
+this far (then ``StoreError``)."""
 
 
-@dataclass(frozen=True, slots=True)
-class StoredPolicy:
-    client_id: str
-    version: int
-    document: PolicyDocument
-    changed_at: datetime
-    changed_by: str
-
-
-class VersionConflictError(StoreError):
-    """The write expected another current version (HTTP 412); nothing was written."""
-
-    def __init__(self, client_id: str, current: int) -> None:
-        super().__init__(f"client {client_id!r} is at version {current}")
-        self.client_id = client_id
-        self.current = current
-
-
-@dataclass(frozen=True, slots=True)
-class StoredJson:
-    """A stored version with its document as the stored JSON text (not decoded)."""
-
-    version: int
-    changed_at: str
-    """RFC 3339, as stored"""
-    changed_by: str
-    document_json: str
-
-
-@dataclass(frozen=True, slots=True)
-class HistoryPage:
-    versions: tuple[StoredJson, ...]
-    """newest first"""
-    next_before: int | None
-    """the ``before`` of the next page; None when no older version remains"""
-
-
-@dataclass(frozen=True, slots=True)
-class Retention:
-    """How many versions a client keeps: the newest ``keep``, none older than ``max_age``."""
-
-    keep: int = 100
-    max_age: timedelta | None = None
-
-    def __post_init__(self) -> None:
-        if self.keep < 1:
-            raise ValueError("retention must keep at least the current version")
-
-
-def retention(settings: RetentionSettings) -> Retention:
-    """The retention the settings ask for (``policy_history_keep``, ``..._max_age_days``)."""
-    days = settings.policy_history_max_age_days
-    return Retention(settings.policy_history_keep, timedelta(days=days) if days else None)
-
-
-class RetentionSettings(Protocol):
-    @property
-    def policy_history_keep(self) -> int: ...
-    @property
-    def policy_history_max_age_days(self) -> float: ...
-
-
-def canonical_json(document: PolicyDocument) -> str:
-    """The stored (and answered) text of a document: compact, ASCII, ``to_json`` order."""
-    return json.dumps(document.to_json(), separators=(",", ":"))
+class _VersionTakenError(Exception):
+    """Another save inserted the version this one meant to write (the unique key said so)."""
 
 
 def _decode(row: sqlite3.Row) -> StoredPolicy:
@@ -167,8 +128,11 @@ def _current_version(conn: sqlite3.Connection, client_id: str) -> int:
 
 
 class PolicyRepository:
-    def __init__(self, db: Database) -> None:
+    """``ports.PolicyStore`` on SQLite."""
+
+    def __init__(self, db: Database, changes: ChangeFeed) -> None:
         self._db = db
+        self._changes = changes
         self.retention = Retention()
         """Applied by every save; the daemon sets it from the settings."""
 
@@ -279,19 +243,38 @@ class PolicyRepository:
         """
         if encoded is None:
             encoded = canonical_json(document)
-        retention = self.retention
-
-        def write(conn: sqlite3.Connection) -> StoredPolicy:
-            current = _current_version(conn, client_id)
+        for _ in range(_SAVE_ATTEMPTS):
+            current = await self._db.read(lambda conn: _current_version(conn, client_id))
             if if_version is not None and current not in if_version:
                 raise VersionConflictError(client_id, current)
-            changed_at = datetime.now(UTC)
-            conn.execute(
-                "INSERT INTO policy_versions (client_id, version, document, changed_at,"
-                " changed_by) VALUES (?, ?, ?, ?, ?)",
-                (client_id, current + 1, encoded, changed_at.isoformat(), changed_by),
-            )
-            _prune(conn, client_id, current + 1, changed_at, retention)
-            return StoredPolicy(client_id, current + 1, document, changed_at, changed_by)
+            try:
+                return await self._insert(client_id, current + 1, document, encoded, changed_by)
+            except _VersionTakenError:
+                continue  # read again: a conflict if ``if_version`` no longer holds
+        raise StoreError(f"client {client_id!r}: too many concurrent saves, none of this one's won")
 
-        return await self._db.write(write)
+    async def _insert(
+        self, client_id: str, version: int, document: PolicyDocument, encoded: str, by: str
+    ) -> StoredPolicy:
+        """Insert ``version`` (the unique key refuses it if taken) and apply the retention."""
+        retention = self.retention
+        loop = asyncio.get_running_loop()
+
+        def write(conn: sqlite3.Connection) -> StoredPolicy:
+            changed_at = datetime.now(UTC)
+            try:
+                conn.execute(
+                    "INSERT INTO policy_versions (client_id, version, document, changed_at,"
+                    " changed_by) VALUES (?, ?, ?, ?, ?)",
+                    (client_id, version, encoded, changed_at.isoformat(), by),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _VersionTakenError from exc
+            _prune(conn, client_id, version, changed_at, retention)
+            return StoredPolicy(client_id, version, document, changed_at, by)
+
+        def publish(saved: StoredPolicy) -> None:
+            change = PolicyChange(saved.client_id, saved.version)
+            loop.call_soon_threadsafe(self._changes.publish, change)
+
+        return await self._db.write(write, on_commit=publish)

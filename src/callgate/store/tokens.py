@@ -8,49 +8,32 @@ slow KDF needed, unlike a PIN), and it lets a request find its token by an index
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import sqlite3
-from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from callgate.store.db import Database, StoreError
-
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS api_tokens (
-        name       TEXT PRIMARY KEY,
-        client_id  TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL
-    )""",
+from callgate.domain import (
+    NAME_PATTERN,
+    NAME_RULE,
+    RESERVED_NAMES,
+    TokenExistsError,
+    TokenInfo,
+    is_reserved_token_name,
+    is_valid_token_name,
 )
+from callgate.store.db import Database
 
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_TOKEN_NAME = re.compile(NAME_PATTERN[1:-1])
-RESERVED_NAMES = frozenset({"admin"})
-"""``admin`` names the admin token in ``changed_by`` and the audit; no client token may pass for
-it, in any case (``Admin`` reads the same to a person). Names are ASCII (``NAME_PATTERN``), so
-no Unicode look-alike such as ``ADMİN`` gets this far."""
-NAME_RULE = "1 to 64 characters of A-Z a-z 0-9 _ - ., and not 'admin' in any case"
-
-
-def is_reserved_token_name(name: str) -> bool:
-    return name.casefold() in RESERVED_NAMES
-
-
-def is_valid_token_name(name: str) -> bool:
-    return _TOKEN_NAME.fullmatch(name) is not None and not is_reserved_token_name(name)
-
-
-@dataclass(frozen=True, slots=True)
-class TokenInfo:
-    name: str
-    client_id: str
-    created_at: datetime
-
-
-class TokenExistsError(StoreError):
-    """A token with that name already exists (HTTP 409)."""
+__all__ = [  # the domain names are re-exported for the callers that imported them from here
+    "NAME_PATTERN",
+    "NAME_RULE",
+    "RESERVED_NAMES",
+    "TokenExistsError",
+    "TokenInfo",
+    "TokenRepository",
+    "hash_token",
+    "is_reserved_token_name",
+    "is_valid_token_name",
+]
 
 
 def hash_token(token: str) -> str:
