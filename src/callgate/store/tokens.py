@@ -8,12 +8,12 @@ slow KDF needed, unlike a PIN), and it lets a request find its token by an index
 from __future__ import annotations
 
 import hashlib
-import re
 import secrets
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from callgate.policy.syntax import TOKEN_NAME_RULE, is_valid_token_name
 from callgate.store.db import Database, StoreError
 
 SCHEMA = (
@@ -24,22 +24,6 @@ SCHEMA = (
         created_at TEXT NOT NULL
     )""",
 )
-
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_TOKEN_NAME = re.compile(NAME_PATTERN[1:-1])
-RESERVED_NAMES = frozenset({"admin"})
-"""``admin`` names the admin token in ``changed_by`` and the audit; no client token may pass for
-it, in any case (``Admin`` reads the same to a person). Names are ASCII (``NAME_PATTERN``), so
-no Unicode look-alike such as ``ADMİN`` gets this far."""
-NAME_RULE = "1 to 64 characters of A-Z a-z 0-9 _ - ., and not 'admin' in any case"
-
-
-def is_reserved_token_name(name: str) -> bool:
-    return name.casefold() in RESERVED_NAMES
-
-
-def is_valid_token_name(name: str) -> bool:
-    return _TOKEN_NAME.fullmatch(name) is not None and not is_reserved_token_name(name)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +59,7 @@ class TokenRepository:
         ValueError for a name that ``is_valid_token_name`` refuses (callers check it first, to
         answer the user): no path may store a token that passes for the admin."""
         if not is_valid_token_name(name):
-            raise ValueError(f"{name!r} is not a valid token name ({NAME_RULE})")
+            raise ValueError(f"{name!r} is not a valid token name ({TOKEN_NAME_RULE})")
         token = "cg_" + secrets.token_urlsafe(32)
         info = TokenInfo(name, client_id, datetime.now(UTC))
 
