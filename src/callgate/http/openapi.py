@@ -24,9 +24,8 @@ from pydantic_core import CoreSchema, core_schema
 
 from callgate import __version__
 from callgate.http.auth import Access
-from callgate.policy.syntax import CLIENT_ID_PATH_PATTERN, CLIENT_ID_RULE
+from callgate.policy.syntax import CLIENT_ID_PATH_PATTERN, CLIENT_ID_RULE, EXTENSION_RULE
 from callgate.policy.syntax import EXTENSION_PATTERN as EXTENSION_PATTERN  # route modules use it
-from callgate.policy.syntax import EXTENSION_RULE as EXTENSION_RULE
 
 JsonObject = dict[str, object]
 """A fragment of the OpenAPI document (it is JSON by nature; it never leaves this layer)."""

@@ -21,13 +21,7 @@ from callgate.http.api import Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
-from callgate.http.openapi import (
-    EXTENSION_SCHEMA,
-    JsonObject,
-    error_response,
-    json_response,
-    ref,
-)
+from callgate.http.openapi import EXTENSION_SCHEMA, JsonObject, error_response, json_response, ref
 from callgate.policy import is_valid_extension
 from callgate.policy.syntax import EXTENSION_RULE, PIN_PATTERN, PIN_RULE
 from callgate.replace.limits import PinLimit, PinWritesRefused
