@@ -9,7 +9,6 @@ the store returns. The contracts that produce and consume them are the Protocols
 from __future__ import annotations
 
 import json
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Final, Protocol
@@ -116,22 +115,6 @@ class PolicyChange:
 
 
 # ---------------------------------------------------------------------------------- tokens
-
-NAME_PATTERN = r"^[A-Za-z0-9_.-]{1,64}$"
-_TOKEN_NAME = re.compile(NAME_PATTERN[1:-1])
-RESERVED_NAMES = frozenset({"admin"})
-"""``admin`` names the admin token in ``changed_by`` and the audit; no client token may pass for
-it, in any case (``Admin`` reads the same to a person). Names are ASCII (``NAME_PATTERN``), so
-no Unicode look-alike such as ``ADMİN`` gets this far."""
-NAME_RULE = "1 to 64 characters of A-Z a-z 0-9 _ - ., and not 'admin' in any case"
-
-
-def is_reserved_token_name(name: str) -> bool:
-    return name.casefold() in RESERVED_NAMES
-
-
-def is_valid_token_name(name: str) -> bool:
-    return _TOKEN_NAME.fullmatch(name) is not None and not is_reserved_token_name(name)
 
 
 @dataclass(frozen=True, slots=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import html
+import json
 import re
 import shutil
 from pathlib import Path
@@ -126,3 +127,22 @@ async def test_the_page_and_its_assets_are_served_from_the_package(api: Harness)
     root = await api.client.get("/", allow_redirects=False)
     assert root.status == 302
     assert root.headers["Location"] == "/docs"
+
+
+async def test_the_browser_fills_a_put_with_the_published_example(
+    api: Harness, tmp_path: Path
+) -> None:
+    """The body field starts as the PolicyDocument schema's example (2020-12 ``examples``,
+    reached through the body's ``anyOf``), and that example is a document the service stores."""
+    port = api.client.server.port
+    url = f"http://127.0.0.1:{port}/docs?op=putPolicy&client_id=acme&run=1#token={ADMIN_TOKEN}"
+
+    dom = await run_chromium(tmp_path / "profile", "--dump-dom", url)
+
+    assert 'data-state="done"' in dom
+    assert 'data-status="200"' in dom
+    stored = await api.store.policies.current_json("acme")
+    assert stored is not None
+    document = await (await api.client.get("/openapi.json")).json()
+    [example] = document["components"]["schemas"]["PolicyDocument"]["examples"]
+    assert json.loads(stored.document_json) == example

@@ -14,7 +14,7 @@ import pytest
 from callgate.policy import PolicyValidationError, parse_document
 from callgate.policy.syntax import MAX_GRANT_KEYS, MAX_GROUP_LIST, MAX_GROUP_SIZE, MAX_GROUPS
 
-GROUPS = {"groups": {"support": ["100", "101"]}}
+from .policy_examples import GROUPS, LIST_FIELDS, grants
 
 
 def forms(document: dict[str, Any]) -> list[object]:
@@ -25,13 +25,6 @@ def issues_of(data: object) -> list[tuple[tuple[str | int, ...], str]]:
     with pytest.raises(PolicyValidationError) as caught:
         parse_document(data)
     return [(issue.loc, issue.message) for issue in caught.value.errors]
-
-
-def grants(prefix: str, count: int) -> dict[str, list[str]]:
-    return {f"{prefix}{n}": ["support"] for n in range(count)}
-
-
-LIST_FIELDS = ["pickup_share_groups", "phone_replace_groups", "eavesdrop_100", "whisper_1.2+3"]
 
 
 def test_the_limits_follow_from_the_group_rules() -> None:

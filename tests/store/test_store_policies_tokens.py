@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 from callgate.policy import PolicyDocument, parse_document
+from callgate.policy.syntax import is_valid_token_name
 from callgate.store import (
     Store,
     StoreError,
@@ -21,7 +22,7 @@ from callgate.store import (
     VersionConflictError,
     open_store,
 )
-from callgate.store.tokens import hash_token, is_valid_token_name
+from callgate.store.tokens import hash_token
 
 BACKENDS = ["sqlite"]
 

@@ -15,6 +15,7 @@ from callgate.http.openapi import OpenApi
 from callgate.metrics import Metrics
 from callgate.pbx import ManagerState
 from callgate.policy import is_valid_client_id
+from callgate.policy.syntax import CLIENT_ID_RULE
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
 
@@ -69,7 +70,7 @@ def invalid_client_id(client_id: str) -> ApiError:
     return ApiError(
         422,
         "invalid_client_id",
-        "A client id is 1 to 64 characters of A-Z a-z 0-9 _ - .",
+        f"A client id is {CLIENT_ID_RULE}.",
         [{"loc": ["path", "client_id"], "message": f"{client_id!r} is not a valid client id"}],
     )
 

@@ -4,6 +4,11 @@ A route module hands ``Api.route`` an operation fragment (operationId, summary, 
 request body, its own responses). This module adds what follows from the route's access level
 (the bearer security requirement and the 401/403 answers) and the path parameters, so that the
 published document matches what the service really does: the schemathesis test holds it to that.
+
+The schemas of bodies that have a pydantic model (the policy document above all) are generated
+from it (``OpenApi.add_type``), so that what is published is what is validated:
+``tests/http_api/test_openapi_schema.py`` runs the policy tests' documents through the served
+schema. OpenAPI 3.1's schema dialect is JSON Schema 2020-12, which is what pydantic writes.
 """
 
 from __future__ import annotations
@@ -11,21 +16,87 @@ from __future__ import annotations
 import copy
 import re
 from collections.abc import Mapping
+from typing import Any
+
+from pydantic import TypeAdapter
+from pydantic.json_schema import GenerateJsonSchema, JsonSchemaMode, JsonSchemaValue
+from pydantic_core import CoreSchema, core_schema
 
 from callgate import __version__
 from callgate.http.auth import Access
-from callgate.policy.syntax import CLIENT_ID_PATTERN, CLIENT_ID_RULE
+from callgate.policy.syntax import CLIENT_ID_PATH_PATTERN, CLIENT_ID_RULE, EXTENSION_RULE
 from callgate.policy.syntax import EXTENSION_PATTERN as EXTENSION_PATTERN  # route modules use it
 
 JsonObject = dict[str, object]
 """A fragment of the OpenAPI document (it is JSON by nature; it never leaves this layer)."""
 
+REF_TEMPLATE = "#/components/schemas/{model}"
+
 CLIENT_ID_SCHEMA: JsonObject = {
     "type": "string",
-    # "." and ".." are valid client ids in policy.md but cannot travel as a URL path segment.
-    "pattern": r"^(?!\.{1,2}$)" + CLIENT_ID_PATTERN.removeprefix("^"),
+    "pattern": CLIENT_ID_PATH_PATTERN,
     "description": CLIENT_ID_RULE,
 }
+
+EXTENSION_SCHEMA: JsonObject = {
+    "type": "string",
+    "pattern": EXTENSION_PATTERN,
+    "description": EXTENSION_RULE,
+}
+
+
+class ComponentSchema(GenerateJsonSchema):
+    """pydantic's JSON Schema, with the key checks it leaves out put back.
+
+    pydantic checks the keys of a model's typed extra data (``eavesdrop_<ext>``) and of a
+    ``dict`` whose key type has a pattern (group names), but its JSON Schema lets any key through:
+    it writes ``additionalProperties`` for the former and a bare ``patternProperties`` for the
+    latter. Here both become ``patternProperties`` with ``additionalProperties: false``, as
+    strict as the model. Field titles are left out (they only repeat the field's name) and
+    keywords stay in the order they were written.
+    """
+
+    def model_fields_schema(self, schema: core_schema.ModelFieldsSchema) -> JsonSchemaValue:
+        json_schema = super().model_fields_schema(schema)
+        keys = schema.get("extras_keys_schema")
+        if keys is not None:
+            target = self.resolve_ref_schema(json_schema)
+            values = target.pop("additionalProperties", {})
+            key_schema = self.generate_inner(keys)
+            if "pattern" in key_schema:
+                target["patternProperties"] = {key_schema["pattern"]: values}
+                target["additionalProperties"] = False
+            else:
+                target["propertyNames"] = key_schema
+                target["additionalProperties"] = values
+        return json_schema
+
+    def dict_schema(self, schema: core_schema.DictSchema) -> JsonSchemaValue:
+        json_schema = super().dict_schema(schema)
+        if "patternProperties" in json_schema:  # keys that miss the pattern are refused too
+            json_schema.setdefault("additionalProperties", False)
+        return json_schema
+
+    def field_title_should_be_set(self, schema: CoreSchema | Any) -> bool:
+        return False
+
+    def sort(self, value: JsonSchemaValue, parent_key: str | None = None) -> JsonSchemaValue:
+        return value  # in declaration order, examples included, as a person reads them
+
+
+def type_schema(type_: Any, mode: JsonSchemaMode) -> tuple[JsonObject, dict[str, JsonObject]]:
+    """The JSON Schema of ``type_`` (a model, or a union of them) and of the models it names.
+
+    ``mode="validation"`` describes what the model accepts (a request body: fields with defaults
+    may be left out); ``"serialization"`` what it writes (an answer).
+    """
+    schema: JsonObject = TypeAdapter(type_).json_schema(
+        mode=mode, ref_template=REF_TEMPLATE, schema_generator=ComponentSchema
+    )
+    definitions = schema.pop("$defs", {})
+    assert isinstance(definitions, dict)
+    return schema, definitions
+
 
 ERROR_SCHEMA: JsonObject = {
     "type": "object",
@@ -83,7 +154,21 @@ class OpenApi:
         self._tags: dict[str, str] = {}
 
     def add_schema(self, name: str, schema: JsonObject) -> None:
+        existing = self._schemas.get(name)
+        if existing is not None and existing != schema:
+            raise ValueError(f"two different schemas are named {name!r}")
         self._schemas[name] = schema
+
+    def add_type(
+        self, name: str, type_: Any, mode: JsonSchemaMode = "validation", **overrides: object
+    ) -> None:
+        """The schema generated from ``type_`` as ``name``, with the models it names beside it
+        (under their own names). ``overrides`` replace top-level keywords (a title, a
+        description that speaks to API users)."""
+        schema, definitions = type_schema(type_, mode)
+        for model_name, model_schema in definitions.items():
+            self.add_schema(model_name, model_schema)
+        self.add_schema(name, {**schema, **overrides})
 
     def add_path_param(self, name: str, schema: JsonObject) -> None:
         """The schema of ``{name}`` wherever it appears in a path."""

@@ -10,8 +10,10 @@ import json
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
+from typing import Annotated
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from callgate.config import Settings
 from callgate.domain import HistoryPage, StoredPolicy, VersionConflictError, canonical_json
@@ -19,13 +21,7 @@ from callgate.http.api import REGISTRY, STORE, Api, principal
 from callgate.http.auth import Access
 from callgate.http.body import is_json_media_type, unsupported_media_type
 from callgate.http.errors import ApiError
-from callgate.http.openapi import (
-    EXTENSION_PATTERN,
-    JsonObject,
-    error_response,
-    json_response,
-    ref,
-)
+from callgate.http.openapi import JsonObject, error_response, json_response, ref
 from callgate.http.policy_worker import WRAPPER_KEY, document_from_body
 from callgate.http.policy_writes import Preparer, WriteConfig, WriteLimiter
 from callgate.http.query import MAX_INTEGER, query_int
@@ -274,80 +270,31 @@ async def check(request: web.Request) -> web.Response:
 # --- OpenAPI -----------------------------------------------------------------------------------
 
 _STRINGS: JsonObject = {"type": "array", "items": {"type": "string"}}
-_GROUP_NAMES: JsonObject = {"type": "array", "items": {"type": "string", "minLength": 1}}
 
-POLICY_DOCUMENT: JsonObject = {
-    "type": "object",
-    "description": "A call control group policy (see policy.md). Unknown keys are rejected.",
-    "properties": {
-        "allow_all": {"type": "boolean", "default": False},
-        "pickup_all": {"type": "boolean", "default": True},
-        "groups": {
-            "type": "object",
-            "maxProperties": 100,
-            "additionalProperties": {
-                "type": "array",
-                "maxItems": 200,
-                "items": {"type": "string", "pattern": EXTENSION_PATTERN},
-            },
-        },
-        "pickup_share_groups": _GROUP_NAMES,
-        "phone_replace_groups": _GROUP_NAMES,
-    },
-    "patternProperties": {
-        r"^eavesdrop_[A-Za-z0-9_.+-]{1,32}$": _GROUP_NAMES,
-        r"^whisper_[A-Za-z0-9_.+-]{1,32}$": _GROUP_NAMES,
-    },
-    "additionalProperties": False,
-    "example": {
-        "allow_all": False,
-        "pickup_all": True,
-        "groups": {"support": ["100", "101"], "sales": ["102", "101"]},
-        "pickup_share_groups": ["support", "sales"],
-        "phone_replace_groups": ["support"],
-        "eavesdrop_100": ["support"],
-        "whisper_101": ["sales"],
-    },
-}
 
-STORED_DOCUMENT: JsonObject = {
-    "type": "object",
-    "required": [
-        "allow_all",
-        "pickup_all",
-        "groups",
-        "pickup_share_groups",
-        "phone_replace_groups",
-    ],
-    "properties": {
-        "allow_all": {"type": "boolean"},
-        "pickup_all": {"type": "boolean"},
-        "groups": {"type": "object", "additionalProperties": _STRINGS},
-        "pickup_share_groups": _STRINGS,
-        "phone_replace_groups": _STRINGS,
-    },
-    "additionalProperties": _STRINGS,
-    "description": "The stored document with every field explicit.",
-}
+# The published schema of the wrapped forms, which document_from_body reads.
+class WrappedPolicy(BaseModel):
+    """The document under call_control_groups, as itself or as a JSON string."""
 
-POLICY_BODY: JsonObject = {
-    "oneOf": [
-        ref("PolicyDocument"),
-        {
-            "type": "object",
-            "required": [WRAPPER_KEY],
-            "additionalProperties": False,
-            "properties": {
-                WRAPPER_KEY: {
-                    "oneOf": [
-                        ref("PolicyDocument"),
-                        {"type": "string", "description": "the document as a JSON string"},
-                    ]
+    model_config = ConfigDict(extra="forbid", title="WrappedPolicy")
+
+    document: (
+        PolicyDocument
+        | Annotated[
+            str,
+            WithJsonSchema(
+                {
+                    "type": "string",
+                    "description": "the document (a PolicyDocument) as a JSON string",
+                    "contentMediaType": "application/json",
                 }
-            },
-        },
-    ]
-}
+            ),
+        ]
+    ) = Field(alias=WRAPPER_KEY)
+
+
+PolicyBody = PolicyDocument | WrappedPolicy
+"""The PUT body: the document itself, or wrapped (``WrappedPolicy``)."""
 
 CHECK_RESULT: JsonObject = {
     "type": "object",
@@ -446,9 +393,15 @@ def register(api: Api) -> None:
     api.app.cleanup_ctx.append(_writes_lifecycle)
     spec = api.openapi
     spec.add_tag("policy", "A client's call control group policy")
-    spec.add_schema("PolicyDocument", POLICY_DOCUMENT)
-    spec.add_schema("StoredDocument", STORED_DOCUMENT)
-    spec.add_schema("PolicyBody", POLICY_BODY)
+    spec.add_type("PolicyDocument", PolicyDocument)
+    spec.add_type(
+        "StoredDocument",
+        PolicyDocument,
+        mode="serialization",
+        title="StoredDocument",
+        description="The stored document with every field explicit.",
+    )
+    spec.add_type("PolicyBody", PolicyBody)
     spec.add_schema("CheckResult", CHECK_RESULT)
     spec.add_schema("History", HISTORY)
 

@@ -12,42 +12,45 @@ message or a log line (an error names the field, never its value).
 
 from __future__ import annotations
 
+from typing import Annotated
+
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
 from callgate.domain import Replacement
 from callgate.http.api import Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
-from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
+from callgate.http.openapi import EXTENSION_SCHEMA, JsonObject, error_response, json_response, ref
 from callgate.policy import is_valid_extension
+from callgate.policy.syntax import EXTENSION_RULE, PIN_PATTERN, PIN_RULE
 from callgate.replace.limits import PinLimit, PinWritesRefused
 from callgate.replace.pins import PinFormatError, check_pin
 from callgate.replace.service import ReplaceService
 
 REPLACE_SERVICE = web.AppKey("replace_service", ReplaceService)
 
-_PIN_MESSAGE = 'The body must be {"pin": "<4 to 12 digits, as a string>"} and nothing else.'
+_PIN_MESSAGE = f'The body must be {{"pin": "<{PIN_RULE}>"}} and nothing else.'
 _TAG = "phone replace"
 
-_EXTENSION_SCHEMA: JsonObject = {
-    "type": "string",
-    "pattern": EXTENSION_PATTERN,
-    "description": "1 to 32 characters of A-Z a-z 0-9 _ - . +",
-}
-_PIN_BODY: JsonObject = {
-    "type": "object",
-    "required": ["pin"],
-    "additionalProperties": False,
-    "properties": {
-        "pin": {
-            "type": "string",
-            "pattern": "^[0-9]{4,12}$",
-            "description": "4 to 12 digits, as a string (a JSON number would lose leading zeros)",
-            "writeOnly": True,
-        }
-    },
-}
+
+# The published schema of the body, which _read_pin reads (never naming a value back).
+class ReplacePin(BaseModel):
+    """An extension's new replace PIN (write-only: it is never returned)."""
+
+    model_config = ConfigDict(extra="forbid", title="ReplacePin")
+
+    pin: Annotated[
+        str,
+        Field(
+            pattern=PIN_PATTERN,
+            description=f"{PIN_RULE} (a JSON number would lose leading zeros)",
+            json_schema_extra={"writeOnly": True},
+        ),
+    ]
+
+
 _REPLACEMENT: JsonObject = {
     "type": "object",
     "required": ["phone", "from_ext", "to_ext", "since"],
@@ -80,7 +83,7 @@ def _extension(request: web.Request, name: str) -> str:
     if not is_valid_extension(ext):
         raise unprocessable(
             "invalid_extension",
-            "An extension is 1 to 32 characters of A-Z a-z 0-9 _ - . +",
+            f"An extension is {EXTENSION_RULE}",
             [{"loc": ["path", name], "message": "not a valid extension"}],
         )
     return ext
@@ -165,9 +168,9 @@ def _not_found(description: str) -> JsonObject:
 
 def register(api: Api) -> None:
     api.openapi.add_tag(_TAG, "Replace PINs and the phones acting as another extension")
-    api.openapi.add_path_param("ext", _EXTENSION_SCHEMA)
-    api.openapi.add_path_param("phone", {**_EXTENSION_SCHEMA, "description": "own extension"})
-    api.openapi.add_schema("ReplacePin", _PIN_BODY)
+    api.openapi.add_path_param("ext", EXTENSION_SCHEMA)
+    api.openapi.add_path_param("phone", {**EXTENSION_SCHEMA, "description": "own extension"})
+    api.openapi.add_type("ReplacePin", ReplacePin)
     api.openapi.add_schema("Replacement", _REPLACEMENT)
     api.openapi.add_schema("Replacements", _REPLACEMENTS)
     pin_path = "/client/{client_id}/extension/{ext}/replace_pin"
@@ -188,7 +191,7 @@ def register(api: Api) -> None:
                 "204": {"description": "PIN set"},
                 "400": error_response(400, "The body is not JSON"),
                 "413": error_response(413),
-                "422": error_response(422, 'Not {"pin": "<4 to 12 digits>"}, or a bad ext'),
+                "422": error_response(422, f'Not {{"pin": "<{PIN_RULE}>"}}, or a bad ext'),
                 "429": {
                     **error_response(
                         429,

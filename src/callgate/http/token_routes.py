@@ -5,25 +5,25 @@ The token value is returned once, by ``POST``; only its hash is stored.
 
 from __future__ import annotations
 
-import re
+from typing import Annotated
 
 from aiohttp import web
+from pydantic import BaseModel, ConfigDict, Field
 
-from callgate.domain import (
-    NAME_PATTERN,
-    NAME_RULE,
-    RESERVED_NAMES,
-    TokenExistsError,
-    TokenInfo,
-    is_valid_token_name,
-)
+from callgate.domain import TokenExistsError, TokenInfo
 from callgate.http.api import STORE, Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
-from callgate.http.openapi import JsonObject, error_response, json_response, ref
+from callgate.http.openapi import JsonObject, error_response, json_response, ref, type_schema
 from callgate.policy import is_valid_client_id
-from callgate.policy.syntax import CLIENT_ID_PATTERN, CLIENT_ID_RULE
+from callgate.policy.syntax import (
+    CLIENT_ID_PATTERN,
+    CLIENT_ID_RULE,
+    TOKEN_NAME_PATTERN,
+    TOKEN_NAME_RULE,
+    is_valid_token_name,
+)
 
 
 def _token_json(info: TokenInfo) -> dict[str, object]:
@@ -48,7 +48,7 @@ def _parse_new_token(data: object) -> tuple[str, str]:
     ]
     name, client_id = data.get("name"), data.get("client_id")
     if not isinstance(name, str) or not is_valid_token_name(name):
-        errors.append({"loc": ["name"], "message": f"a token name is {NAME_RULE}"})
+        errors.append({"loc": ["name"], "message": f"a token name is {TOKEN_NAME_RULE}"})
     if not isinstance(client_id, str) or not is_valid_client_id(client_id):
         errors.append({"loc": ["client_id"], "message": f"a client id is {CLIENT_ID_RULE}"})
     if errors:
@@ -80,53 +80,39 @@ async def delete_token(request: web.Request) -> web.Response:
     return web.Response(status=204)
 
 
-_TOKEN_INFO: JsonObject = {
-    "type": "object",
-    "required": ["name", "client_id", "created_at"],
-    "properties": {
-        "name": {"type": "string"},
-        "client_id": {"type": "string"},
-        "created_at": {"type": "string", "format": "date-time"},
-    },
-}
+# The published schema of the body, which _parse_new_token reads (naming each field's mistake).
+class TokenRequest(BaseModel):
+    """A new token's name and the one client it may act on."""
 
-_NEW_TOKEN: JsonObject = {
-    "type": "object",
-    "required": ["name", "client_id", "token", "created_at"],
-    "properties": {
-        "name": {"type": "string"},
-        "client_id": {"type": "string"},
-        "created_at": {"type": "string", "format": "date-time"},
-        "token": {"type": "string", "description": "shown once; only its hash is stored"},
-    },
-}
+    # The name's pattern refuses the reserved names with a look-ahead: Python's engine has it.
+    model_config = ConfigDict(extra="forbid", title="TokenRequest", regex_engine="python-re")
+
+    name: Annotated[str, Field(pattern=TOKEN_NAME_PATTERN, description=TOKEN_NAME_RULE)]
+    client_id: Annotated[str, Field(pattern=CLIENT_ID_PATTERN, description=CLIENT_ID_RULE)]
 
 
-def _any_case(word: str) -> str:
-    return "".join(f"[{c.upper()}{c.lower()}]" if c.isalpha() else re.escape(c) for c in word)
-
-
-# The name pattern, with the reserved names refused in any case (as is_valid_token_name does).
-_RESERVED = "|".join(_any_case(name) for name in sorted(RESERVED_NAMES))
-_TOKEN_NAME_PATTERN = f"^(?!(?:{_RESERVED})$){NAME_PATTERN.removeprefix('^')}"
-
-_TOKEN_REQUEST: JsonObject = {
-    "type": "object",
-    "required": ["name", "client_id"],
-    "additionalProperties": False,
-    "properties": {
-        "name": {"type": "string", "pattern": _TOKEN_NAME_PATTERN, "description": NAME_RULE},
-        "client_id": {"type": "string", "pattern": CLIENT_ID_PATTERN},
-    },
-}
+def _new_token_schema(info: JsonObject) -> JsonObject:
+    """``TokenInfo`` and the token itself, as ``create_token`` answers."""
+    properties = info["properties"]
+    required = info["required"]
+    assert isinstance(properties, dict)
+    assert isinstance(required, list)
+    token = {"type": "string", "description": "shown once; only its hash is stored"}
+    return {
+        **info,
+        "title": "NewToken",
+        "required": [*required, "token"],
+        "properties": {**properties, "token": token},
+    }
 
 
 def register(api: Api) -> None:
     spec = api.openapi
     spec.add_tag("tokens", "Client-scoped API tokens (admin only)")
-    spec.add_schema("TokenInfo", _TOKEN_INFO)
-    spec.add_schema("NewToken", _NEW_TOKEN)
-    spec.add_schema("TokenRequest", _TOKEN_REQUEST)
+    token_info, _ = type_schema(TokenInfo, "serialization")
+    spec.add_schema("TokenInfo", token_info)
+    spec.add_schema("NewToken", _new_token_schema(token_info))
+    spec.add_type("TokenRequest", TokenRequest)
     api.route(
         "POST",
         "/tokens",

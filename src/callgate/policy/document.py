@@ -21,6 +21,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    JsonValue,
     StrictBool,
     StringConstraints,
     ValidationError,
@@ -56,20 +57,56 @@ REFERENCING_FIELDS = ("pickup_share_groups", "phone_replace_groups")
 """The fixed fields that name groups; the ``eavesdrop_*`` and ``whisper_*`` keys do too."""
 
 
+def _describe(schema: dict[str, JsonValue]) -> None:
+    """What the JSON Schema of a document says beyond its fields (``model_json_schema``)."""
+    schema["description"] = (
+        "A call control group policy (policy.md). Besides the fields, eavesdrop_<extension> and"
+        " whisper_<extension> keys list the groups that extension may listen or whisper to;"
+        " any other key is refused. Every group named must be defined in groups, and there are"
+        f" at most {MAX_GRANT_KEYS} keys of each prefix (rules a JSON Schema cannot state)."
+    )
+    # The bound that the per-prefix limit implies for the document as a whole.
+    schema["maxProperties"] = len(PolicyDocument.model_fields) + 2 * MAX_GRANT_KEYS
+    schema["examples"] = [
+        {
+            "allow_all": False,
+            "pickup_all": True,
+            "groups": {"support": ["100", "101"], "sales": ["102", "101"]},
+            "pickup_share_groups": ["support", "sales"],
+            "phone_replace_groups": ["support"],
+            "eavesdrop_100": ["support"],
+            "whisper_101": ["sales"],
+        }
+    ]
+
+
 class PolicyDocument(BaseModel):
     """One client's policy. ``PolicyDocument()`` is the default document (no policy stored)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(
+        extra="allow",
+        frozen=True,
+        # JSON Schema only: the attribute docstrings describe the fields, and an answer (the
+        # serialization schema) always has every field, as ``to_json`` writes them.
+        use_attribute_docstrings=True,
+        json_schema_serialization_defaults_required=True,
+        json_schema_extra=_describe,
+    )
 
     __pydantic_extra__: dict[DynamicKey, GroupList] = Field(init=False)
 
     allow_all: StrictBool = False
+    """Every action is allowed between any two extensions of the client."""
     pickup_all: StrictBool = True
+    """Directed pickup of any extension; when false, only within the picker's share groups."""
     groups: Annotated[Mapping[GroupName, Members], Field(max_length=MAX_GROUPS)] = Field(
         default_factory=dict
     )
+    """Each group's name and its member extensions."""
     pickup_share_groups: GroupList = ()
+    """Groups within which a call can be picked up without naming the extension (group pickup)."""
     phone_replace_groups: GroupList = ()
+    """Groups within which an extension may act as another, with that one's replace PIN."""
 
     @property
     def eavesdrop(self) -> Mapping[str, GroupList]:

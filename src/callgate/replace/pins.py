@@ -23,7 +23,6 @@ import hashlib
 import hmac
 import logging
 import os
-import re
 import secrets
 import sys
 import threading
@@ -33,12 +32,13 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import TypeVar
 
+from callgate.policy.syntax import MAX_PIN_DIGITS as MAX_PIN_DIGITS  # agi_flow asks for as many
+from callgate.policy.syntax import PIN_FORMAT_RULE, is_well_formed_pin
+
 _T = TypeVar("_T")
 
 log = logging.getLogger(__name__)
 
-PIN_PATTERN = re.compile(r"[0-9]{4,12}")
-MAX_PIN_DIGITS = 12
 
 _SALT_BYTES = 16
 _KEY_BYTES = 32
@@ -51,7 +51,7 @@ _MAX_P = 16
 
 
 class PinFormatError(ValueError):
-    """The value is not a PIN callgate accepts (4 to 12 digits, as a string)."""
+    """The value is not a PIN callgate accepts (``PIN_FORMAT_RULE``)."""
 
 
 class PinHashError(ValueError):
@@ -84,8 +84,8 @@ def check_pin(value: object) -> str:
     Only a ``str`` of ASCII digits: ``1234`` as a JSON number would lose leading zeros, and
     ``str.isdigit`` would accept digits from other scripts that no keypad sends.
     """
-    if not isinstance(value, str) or PIN_PATTERN.fullmatch(value) is None:
-        raise PinFormatError("a PIN is a string of 4 to 12 digits (0-9)")
+    if not is_well_formed_pin(value):
+        raise PinFormatError(f"a PIN is {PIN_FORMAT_RULE}")
     return value
 
 
@@ -139,7 +139,7 @@ def verify_pin(candidate: str, encoded: str) -> bool:
     Raises ``PinHashError`` for a damaged hash (the caller fails closed).
     """
     params, salt, key = _parse(encoded)
-    well_formed = PIN_PATTERN.fullmatch(candidate) is not None
+    well_formed = is_well_formed_pin(candidate)
     material = candidate if well_formed else "0000"
     derived = _derive(material, salt, params)
     return hmac.compare_digest(derived, key) and well_formed

@@ -12,27 +12,15 @@ import secrets
 import sqlite3
 from datetime import UTC, datetime
 
-from callgate.domain import (
-    NAME_PATTERN,
-    NAME_RULE,
-    RESERVED_NAMES,
-    TokenExistsError,
-    TokenInfo,
-    is_reserved_token_name,
-    is_valid_token_name,
-)
+from callgate.domain import TokenExistsError, TokenInfo
+from callgate.policy.syntax import TOKEN_NAME_RULE, is_valid_token_name
 from callgate.store.db import Database
 
 __all__ = [  # the domain names are re-exported for the callers that imported them from here
-    "NAME_PATTERN",
-    "NAME_RULE",
-    "RESERVED_NAMES",
     "TokenExistsError",
     "TokenInfo",
     "TokenRepository",
     "hash_token",
-    "is_reserved_token_name",
-    "is_valid_token_name",
 ]
 
 
@@ -58,7 +46,7 @@ class TokenRepository:
         ValueError for a name that ``is_valid_token_name`` refuses (callers check it first, to
         answer the user): no path may store a token that passes for the admin."""
         if not is_valid_token_name(name):
-            raise ValueError(f"{name!r} is not a valid token name ({NAME_RULE})")
+            raise ValueError(f"{name!r} is not a valid token name ({TOKEN_NAME_RULE})")
         token = "cg_" + secrets.token_urlsafe(32)
         info = TokenInfo(name, client_id, datetime.now(UTC))
 

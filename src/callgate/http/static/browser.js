@@ -31,9 +31,12 @@ function resolve(schema) {
 
 function exampleOf(schema, depth = 0) {
   schema = resolve(schema);
+  // JSON Schema 2020-12 (OpenAPI 3.1) writes "examples"; OpenAPI 3.0's "example" still works
+  if (Array.isArray(schema.examples) && schema.examples.length) return schema.examples[0];
   if (schema.example !== undefined) return schema.example;
   if (depth > 6) return null;
-  if (schema.oneOf) return exampleOf(schema.oneOf[0], depth + 1);
+  const choices = schema.oneOf || schema.anyOf;
+  if (choices && choices.length) return exampleOf(choices[0], depth + 1);
   if (schema.default !== undefined) return schema.default;
   switch (schema.type) {
     case "object": {
