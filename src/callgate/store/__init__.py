@@ -22,6 +22,7 @@ from typing import Protocol
 
 from callgate.store.audit import AuditRepository
 from callgate.store.db import Database, StoreError
+from callgate.store.feed import LocalChangeFeed
 from callgate.store.policies import PolicyRepository, StoredPolicy, VersionConflictError
 from callgate.store.replace import ReplaceRepository
 from callgate.store.tokens import TokenExistsError, TokenInfo, TokenRepository
@@ -54,7 +55,12 @@ class Store:
     replace: ReplaceRepository
     audit: AuditRepository
 
+    @property
+    def changes(self) -> LocalChangeFeed:
+        return self.policies.changes
+
     async def close(self) -> None:
+        await self.policies.changes.close()
         await self.audit.close()  # writes the audit events still queued
         await self.db.close()
 

@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 
 from callgate.domain import (
     HistoryPage,
+    PolicyChange,
     Retention,
     RetentionSettings,
     StoredJson,
@@ -36,6 +37,7 @@ from callgate.domain import (
 )
 from callgate.policy import PolicyDocument, PolicyValidationError, parse_document
 from callgate.store.db import Database, StoreError
+from callgate.store.feed import LocalChangeFeed
 
 __all__ = [  # the domain names are re-exported for the callers that imported them from here
     "HistoryPage",
@@ -124,6 +126,8 @@ class PolicyRepository:
         self._db = db
         self.retention = Retention()
         """Applied by every save; the daemon sets it from the settings."""
+        self.changes = LocalChangeFeed()
+        """Every committed save, published once ``save`` has its commit (``ports.ChangeFeed``)."""
 
     async def current(self, client_id: str) -> StoredPolicy | None:
         """The newest version for ``client_id``, or None when nothing was ever stored."""
@@ -247,4 +251,6 @@ class PolicyRepository:
             _prune(conn, client_id, current + 1, changed_at, retention)
             return StoredPolicy(client_id, current + 1, document, changed_at, changed_by)
 
-        return await self._db.write(write)
+        stored = await self._db.write(write)
+        self.changes.publish(PolicyChange(client_id, stored.version))
+        return stored
