@@ -52,14 +52,3 @@ class AuditEvent(NamedTuple):
 
 class AuditSink(Protocol):
     def record(self, event: AuditEvent) -> None: ...
-
-
-class AuditFanOut:
-    """One ``AuditSink`` that hands every event to several (the store, the live enforcement)."""
-
-    def __init__(self, *sinks: AuditSink) -> None:
-        self._sinks = sinks
-
-    def record(self, event: AuditEvent) -> None:
-        for sink in self._sinks:
-            sink.record(event)

@@ -20,6 +20,7 @@ from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
 from fake_ami import FakeAmi
 from support import wait_until
+from wiring import app_services
 
 from .conftest import CLIENT, REFERENCE, fast_config, policy
 
@@ -129,8 +130,10 @@ async def test_the_audit_route_shows_sessions_with_their_ends_and_reasons(
     registry.load(policy(1, REFERENCE))
     metrics = Metrics()
     live = LiveEnforcement(fast_config(fake.port), registry, store.audit, metrics, stop_grace=0.3)
+    registry.subscribe(live.enforcer.on_policy_change)
     live.start()
-    app = build_app(HttpDeps(store=store, registry=registry, metrics=metrics, admin_token=TOKEN))
+    services = app_services(store, registry)
+    app = build_app(HttpDeps(services=services, metrics=metrics, admin_token=TOKEN))
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

@@ -63,7 +63,6 @@ class LiveEnforcement:
         self._metrics = metrics
         self._reconcile_interval = reconcile_interval
         self._housekeeping: asyncio.Task[None] | None = None
-        registry.subscribe(self.enforcer.on_policy_change)
 
     def status(self) -> ManagerState:
         return self.client.state

@@ -94,10 +94,9 @@ class SpySession:
 class SpyGrants:
     """Allowed listen/whisper decisions waiting for their ChanSpy to start.
 
-    Fed by the FastAGI side: either through ``record`` (an ``AuditSink``: the daemon gives the
-    FastAGI handler's decision recorder a sink that fans out to the store and to this object, so
-    every allowed decision's audit event becomes a grant), or directly: after ``decide()``
-    allowed an ``eavesdrop`` or ``whisper`` request with a target, call::
+    Fed by the FastAGI side: the daemon hands this object to the decision recorder
+    (``DecisionRecorder(..., grants=...)``), which, after ``decide()`` allowed a request,
+    calls::
 
         grants.note_allowed(client_id, action, ext, target, agi_uniqueid, agi_channel,
                             policy_version, reason)
@@ -138,30 +137,6 @@ class SpyGrants:
         )
         self._grants.pop(uniqueid, None)
         self._grants[uniqueid] = grant
-
-    def record(self, event: AuditEvent) -> None:
-        """``AuditSink``: note the grant an allowed listen/whisper decision's audit event shows.
-
-        This is how the daemon connects the FastAGI handler to live enforcement without the
-        handler knowing about it: the handler's audit sink fans out to the store and here.
-        """
-        if (
-            event.decision == "allow"
-            and event.started is None
-            and event.ended is None
-            and event.uniqueid
-            and event.channel
-        ):
-            self.note_allowed(
-                event.client_id,
-                event.action,
-                event.ext,
-                event.target,
-                event.uniqueid,
-                event.channel,
-                event.policy_version,
-                event.reason,
-            )
 
     def take(self, uniqueid: str) -> SpyGrant | None:
         """The grant for a spier channel, removed (a grant starts one session), or ``None``."""
