@@ -10,8 +10,6 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-import pytest
-
 SRC = Path(__file__).resolve().parents[1] / "src" / "callgate"
 
 
@@ -52,11 +50,6 @@ def test_the_store_imports_none_of_its_callers() -> None:
     assert wrong == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the HTTP routes still read and write through callgate.store (Store, repositories);"
-    " they move to the application services of issue 12 items 3/4",
-)
 def test_http_imports_no_store_implementation() -> None:
     wrong = [(f, m) for f, m in imports_of("http") if within(m, "store")]
     assert wrong == []

@@ -85,17 +85,6 @@ class AuditSink(Protocol):
     def record(self, event: AuditEvent) -> None: ...
 
 
-class AuditFanOut:
-    """One ``AuditSink`` that hands every event to several (the store, the live enforcement)."""
-
-    def __init__(self, *sinks: AuditSink) -> None:
-        self._sinks = sinks
-
-    def record(self, event: AuditEvent) -> None:
-        for sink in self._sinks:
-            sink.record(event)
-
-
 def storable(event: AuditEvent) -> AuditEvent:
     """``event`` with every caller-supplied text as ``printable`` makes it (the same event when
     they all are already: the usual case, one regex match for them all)."""

@@ -1,9 +1,24 @@
-"""The only module that wires callgate together: store, policies, FastAGI, HTTP, Manager.
+"""The only module that wires callgate together: store, services, FastAGI, HTTP, Manager.
 
-Start order: open the store, load and compile every stored policy, then open the listeners (so the
-first FastAGI session already decides by the stored policies), then connect to the Manager.
-Stop order (SIGTERM or SIGINT): stop accepting, let sessions in flight finish within
-``shutdown_grace`` seconds, close the Manager connection, close the store.
+``build`` makes every part from the settings and the opened store and hands each one what it
+needs, in one place: nothing is bound late, nothing subscribes itself, no entry point is built
+before what it serves. ``Services.components`` is the one list where order matters: ``start``
+starts them in that order and the daemon is ready once all have; ``stop`` stops them in the
+reverse order (as does a failed start, for the ones that had started):
+
+1. ``store``: opened first (everything is built on it); pruning of the audit log starts. It
+   closes last: the audit events still queued are written, then the database closes.
+2. ``policies``: every stored policy is compiled into the registry, and the registry follows the
+   store's change feed from then on (its only source: a write made here and a write made by
+   another instance reach it the same way). The revocations of listens (live enforcement) and of
+   replacements listen to the registry, each in its own task.
+3. ``replace``: the task that settles AstDB deletions owed while the Manager was unreachable.
+4. ``agi``: the FastAGI listener, opened once the policies are loaded, so the first session
+   already decides by them. Stopped: no new sessions, those in flight finish within
+   ``shutdown_grace`` seconds, then the last decision lines are written.
+5. ``http``: the HTTP API (same grace for requests in flight).
+6. ``ami``: the Manager connection (when ``--ami`` is given): from then on a withdrawn right ends
+   the session it allowed.
 """
 
 from __future__ import annotations
@@ -17,66 +32,106 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from aiohttp import web
+
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
 from callgate.agi.server import AgiConfig, AgiServer
 from callgate.ami.client import ManagerConfig
 from callgate.ami.service import LiveEnforcement
 from callgate.ami.tracker import SpyGrants
-from callgate.audit import AuditFanOut
 from callgate.config import Settings
 from callgate.domain import AuditRetention, retention
-from callgate.http.api import ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
 from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_connection_cap
-from callgate.http.policy_routes import POLICY_CONFIG, policy_config
-from callgate.http.replace_routes import REPLACE_SERVICE
+from callgate.http.policy_routes import policy_config
 from callgate.logs import LOG_FORMAT, LogFormatter
 from callgate.metrics import Metrics
 from callgate.pbx import DEFAULT_PBX, ManagerState
-from callgate.policy import compile_policy
-from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.registry import PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
 from callgate.replace.limits import PinWriteLimiter, PinWriteLimits
 from callgate.replace.lockout import LockoutRules
 from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.pins import PinHasher
-from callgate.replace.service import LiveAstDb, ReplaceService
+from callgate.replace.service import ReplaceService
+from callgate.services import AppServices, AuditQueries, PolicyFollower, PolicyService, TokenService
 from callgate.store import Store, open_store
+
+__all__ = [
+    "LOG_FORMAT",
+    "Component",
+    "LogFormatter",
+    "Services",
+    "build",
+    "configure_logging",
+    "http_limits",
+    "raise_nofile_limit",
+    "run",
+    "start",
+]
 
 log = logging.getLogger(__name__)
 
-Stopper = Callable[[], Awaitable[None]]
+
+async def _nothing() -> None:
+    return None
+
+
+@dataclass(frozen=True, slots=True)
+class Component:
+    """A part of the daemon with a lifecycle. ``start`` either succeeds or leaves nothing
+    running; ``stop`` is called once, and only after ``start`` succeeded."""
+
+    name: str
+    start: Callable[[], Awaitable[None]]
+    stop: Callable[[], Awaitable[None]]
 
 
 @dataclass
 class Services:
-    """What the running daemon is made of, for tests that drive a whole daemon in-process."""
+    """What the running daemon is made of (tests and benches drive a whole daemon through it)."""
 
     settings: Settings
-    registry: PolicyRegistry = field(default_factory=PolicyRegistry)
-    stoppers: list[Stopper] = field(default_factory=list)
+    store: Store
+    registry: PolicyRegistry
+    metrics: Metrics
+    spy_grants: SpyGrants
+    """Allowed listen/whisper decisions, from the FastAGI decision recorder to live enforcement."""
+    app: AppServices
+    agi: AgiServer
+    live: LiveEnforcement | None
+    components: list[Component] = field(default_factory=list)
+    """Start order; stopped in the reverse order."""
     ready: asyncio.Event = field(default_factory=asyncio.Event)
-    metrics: Metrics = field(default_factory=Metrics)
-    store: Store | None = None
-    agi: AgiServer | None = None
-    ami_status: Callable[[], ManagerState] = ami_not_configured
-    """Set by the Manager component; ``/readyz`` reports it."""
-    replace: ReplaceService | None = None
-    manager_astdb: LiveAstDb = lambda: None
-    """Set by the Manager component (``replace.manager_astdb.manager_astdb(client)``): AstDB
-    over the Manager for restores made over HTTP and revocations of phone replacements."""
-    spy_grants: SpyGrants = field(default_factory=SpyGrants)
-    """Allowed listen/whisper decisions, for live enforcement: the FastAGI handler calls
-    ``spy_grants.note_allowed(...)`` on each (see ``ami/tracker.py``)."""
+    started: list[Component] = field(default_factory=list)
+
+    def ami_status(self) -> ManagerState:
+        """Live enforcement over the Manager, as ``/readyz`` reports it."""
+        return ManagerState.NOT_CONFIGURED if self.live is None else self.live.status()
+
+    async def start(self) -> None:
+        """Start every component in order; if one fails, stop those started, and raise."""
+        try:
+            for component in self.components:
+                await component.start()
+                self.started.append(component)
+                log.debug("started %s", component.name)
+        except BaseException:
+            await self.stop()
+            raise
+        self.ready.set()
 
     async def stop(self) -> None:
-        """Stop every component, last started first."""
-        while self.stoppers:
-            stopper = self.stoppers.pop()
+        """Stop every started component, last started first."""
+        self.ready.clear()
+        while self.started:
+            component = self.started.pop()
             try:
-                await stopper()
+                await component.stop()
             except Exception:
-                log.exception("error while stopping")
+                log.exception("error while stopping %s", component.name)
+            else:
+                log.debug("stopped %s", component.name)
 
 
 def configure_logging(level: str, filename: Path | None = None) -> None:
@@ -90,74 +145,6 @@ def configure_logging(level: str, filename: Path | None = None) -> None:
     handler = logging.StreamHandler() if filename is None else logging.FileHandler(filename)
     handler.setFormatter(LogFormatter(LOG_FORMAT))
     logging.basicConfig(level=level.upper(), handlers=[handler])
-
-
-async def load_policies(store: Store, registry: PolicyRegistry) -> None:
-    """Compile every client's newest stored policy into the registry."""
-    stored = await store.policies.all_current()
-    for policy in stored:
-        registry.load(
-            ClientPolicy(
-                client_id=policy.client_id,
-                version=policy.version,
-                document=policy.document,
-                compiled=compile_policy(policy.document),
-                changed_at=policy.changed_at,
-                changed_by=policy.changed_by,
-            )
-        )
-    log.info("loaded %d stored policies from %s", len(stored), store.db.path)
-
-
-async def _start_agi(services: Services, store: Store) -> None:
-    """The FastAGI listener; its handler table routes each action (unknown ones are denied)."""
-    # Every allowed eavesdrop/whisper decision also becomes a grant that live enforcement
-    # matches with its ChanSpyStart (SpyerUniqueid = agi_uniqueid).
-    audit = AuditFanOut(store.audit, services.spy_grants)
-    recorder = DecisionRecorder(audit, services.metrics)
-    routes = policy_routes(services.registry, recorder, services.settings.agi_answer_cache_size)
-    if services.replace is not None:
-        flow = ReplaceFlow(services.replace, services.metrics)
-        routes.update(replace=flow.replace, restore=flow.restore)
-    server = AgiServer(
-        AgiConfig.from_settings(services.settings),
-        AgiDispatcher(routes, recorder),
-        services.metrics,
-    )
-    await server.start()
-    services.agi = server
-    services.stoppers.append(recorder.log.close)  # runs after server.stop: the last lines too
-    services.stoppers.append(server.stop)
-
-
-async def _start_replace(services: Services, store: Store) -> None:
-    """Phone replace: PINs, lockout, replacements; revoked by policy changes."""
-    settings = services.settings
-    service = ReplaceService(
-        store.replace,
-        services.registry,
-        store.audit,
-        hasher=PinHasher(
-            verify_threads=settings.replace_pin_verify_threads,
-            write_threads=settings.replace_pin_write_threads,
-        ),
-        pin_writes=PinWriteLimiter(PinWriteLimits.from_settings(settings)),
-        rules=LockoutRules.from_settings(settings),
-        live_astdb=lambda: services.manager_astdb(),
-    )
-    services.registry.subscribe(service.on_policy_change)
-    services.replace = service
-    cleaner = asyncio.create_task(service.keep_astdb_clean(), name="replace-astdb-cleanup")
-
-    async def stop() -> None:
-        cleaner.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await cleaner
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(service.idle(), services.settings.shutdown_grace)
-        service.close()  # started before the servers, so stopped after them
-
-    services.stoppers.append(stop)
 
 
 def raise_nofile_limit() -> int:
@@ -222,41 +209,14 @@ def http_limits(settings: Settings, nofile: int | None = None) -> ListenerLimits
     )
 
 
-async def _start_http(services: Services, store: Store) -> None:
-    token = services.settings.admin_token
-    app = build_app(
-        HttpDeps(
-            store=store,
-            registry=services.registry,
-            metrics=services.metrics,
-            admin_token=token.get_secret_value() if token is not None else None,
-            ready=services.ready.is_set,
-            ami_status=lambda: services.ami_status(),
-        )
-    )
-    if services.replace is not None:
-        app[REPLACE_SERVICE] = services.replace
-    app[POLICY_CONFIG] = policy_config(services.settings)
-    settings = services.settings
-    host, port = settings.http_address
-    runner = await start_http(
-        app, host, port, shutdown_grace=settings.shutdown_grace, limits=http_limits(settings)
-    )
-    services.stoppers.append(runner.cleanup)
-
-
-def _build_ami(services: Services, store: Store) -> LiveEnforcement | None:
-    """Live enforcement, built (and subscribed to policy changes) before the other listeners:
-    the registry calls its listeners one after the other, and a Hangup must not wait behind
-    another listener's store round trip. It connects later, in ``_start_ami``."""
-    settings = services.settings
+def _manager_config(settings: Settings) -> ManagerConfig | None:
     if settings.ami_address is None:
         return None
     host, port = settings.ami_address
     # Settings refuses `ami` without a user and a secret.
     assert settings.ami_user is not None
     assert settings.ami_secret is not None
-    config = ManagerConfig(
+    return ManagerConfig(
         host,
         port,
         settings.ami_user,
@@ -268,56 +228,189 @@ def _build_ami(services: Services, store: Store) -> LiveEnforcement | None:
         auth_retry=settings.ami_auth_retry,
         pbx=DEFAULT_PBX,
     )
-    live = LiveEnforcement(
-        [config],
-        services.registry.get,
-        store.audit,
-        services.metrics,
-        grants=services.spy_grants,
-        reconcile_interval=settings.ami_reconcile_interval,
-    )
-    services.registry.subscribe(live.on_policy_change)
-    services.ami_status = live.status
-    services.manager_astdb = manager_astdb(live.links[DEFAULT_PBX].client)
-    return live
 
 
-async def _start_ami(services: Services, live: LiveEnforcement | None) -> None:
-    """Connect to the Manager: from then on a withdrawn right ends the session it allowed."""
-    if live is None:
-        log.warning(
-            "live enforcement is off (no --ami): decisions are made, but a policy change"
-            " cannot end a listen/whisper session already in progress"
+def build(settings: Settings, store: Store) -> Services:
+    """Make every part on the opened ``store`` and wire them; start nothing (no task, no I/O)."""
+    store.policies.retention = retention(settings)
+    registry = PolicyRegistry()
+    metrics = Metrics()
+    metrics.decisions.label_clients(registry.has_policy)
+    metrics.audit_lost.read_from(store.audit.lost_counts)
+    grants = SpyGrants()
+
+    manager = _manager_config(settings)
+    live = None
+    if manager is not None:
+        live = LiveEnforcement(
+            [manager],
+            registry.get,
+            store.audit,
+            metrics,
+            grants=grants,
+            reconcile_interval=settings.ami_reconcile_interval,
         )
-        return
-    live.start()
-    host, port = services.settings.ami_address or ("?", 0)
-    log.info("live enforcement: connecting to the Asterisk Manager at %s:%s", host, port)
-    services.stoppers.append(live.stop)
+    replace = ReplaceService(
+        store.replace,
+        registry,
+        store.audit,
+        hasher=PinHasher(
+            verify_threads=settings.replace_pin_verify_threads,
+            write_threads=settings.replace_pin_write_threads,
+        ),
+        pin_writes=PinWriteLimiter(PinWriteLimits.from_settings(settings)),
+        rules=LockoutRules.from_settings(settings),
+        live_astdb=manager_astdb(live.links[DEFAULT_PBX].client if live is not None else None),
+    )
+    # The revocations follow the registry, each in its own task (a Hangup never waits behind
+    # a replacement's store round trips, nor a write's answer behind either).
+    if live is not None:
+        registry.subscribe(live.on_policy_change)
+    registry.subscribe(replace.on_policy_change)
+    follower = PolicyFollower(store.policies, registry)
+    app = AppServices(
+        policies=PolicyService(store.policies, registry, follower),
+        tokens=TokenService(store.tokens),
+        replace=replace,
+        audit=AuditQueries(store.audit),
+    )
+
+    recorder = DecisionRecorder(store.audit, metrics, grants=grants)
+    routes = policy_routes(registry, recorder, settings.agi_answer_cache_size)
+    flow = ReplaceFlow(replace, metrics)
+    routes.update(replace=flow.replace, restore=flow.restore)
+    agi = AgiServer(AgiConfig.from_settings(settings), AgiDispatcher(routes, recorder), metrics)
+
+    services = Services(settings, store, registry, metrics, grants, app, agi, live)
+    token = settings.admin_token
+    http = build_app(
+        HttpDeps(
+            services=app,
+            metrics=metrics,
+            admin_token=token.get_secret_value() if token is not None else None,
+            policy=policy_config(settings),
+            ready=services.ready.is_set,
+            ami_status=services.ami_status,
+        )
+    )
+    services.components = [
+        _store_component(settings, store),
+        _policies_component(store, registry, follower),
+        _replace_component(settings, replace),
+        _agi_component(agi, recorder),
+        _http_component(settings, http),
+        _ami_component(settings, live),
+    ]
+    return services
+
+
+def _store_component(settings: Settings, store: Store) -> Component:
+    async def start() -> None:
+        store.audit.start_pruning(AuditRetention.from_settings(settings))  # closing stops it
+
+    return Component("store", start, store.close)
+
+
+def _policies_component(
+    store: Store, registry: PolicyRegistry, follower: PolicyFollower
+) -> Component:
+    unsubscribe: list[Callable[[], None]] = []
+
+    async def start() -> None:
+        # Following first: a change committed while the rest loads is not missed (the
+        # follower ignores what the registry already holds).
+        unsubscribe.append(store.changes.subscribe(follower.on_change))
+        loaded = await follower.load_all()
+        log.info("loaded %d stored policies from %s", loaded, store.db.path)
+
+    async def stop() -> None:
+        for stop_following in unsubscribe:
+            stop_following()
+        await registry.close()
+
+    return Component("policies", start, stop)
+
+
+def _replace_component(settings: Settings, service: ReplaceService) -> Component:
+    cleaner: list[asyncio.Task[None]] = []
+
+    async def start() -> None:
+        cleaner.append(
+            asyncio.create_task(service.keep_astdb_clean(), name="replace-astdb-cleanup")
+        )
+
+    async def stop() -> None:
+        for task in cleaner:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(service.idle(), settings.shutdown_grace)
+        service.close()
+
+    return Component("replace", start, stop)
+
+
+def _agi_component(server: AgiServer, recorder: DecisionRecorder) -> Component:
+    async def stop() -> None:
+        await server.stop()
+        await recorder.log.close()  # after the sessions: their last lines too
+
+    return Component("agi", server.start, stop)
+
+
+def _http_component(settings: Settings, app: web.Application) -> Component:
+    runner: list[web.AppRunner] = []
+
+    async def start() -> None:
+        host, port = settings.http_address
+        runner.append(
+            await start_http(
+                app,
+                host,
+                port,
+                shutdown_grace=settings.shutdown_grace,
+                limits=http_limits(settings),
+            )
+        )
+
+    async def stop() -> None:
+        for each in runner:
+            await each.cleanup()
+
+    return Component("http", start, stop)
+
+
+def _ami_component(settings: Settings, live: LiveEnforcement | None) -> Component:
+    async def start() -> None:
+        if live is None:
+            log.warning(
+                "live enforcement is off (no --ami): decisions are made, but a policy change"
+                " cannot end a listen/whisper session already in progress"
+            )
+            return
+        live.start()
+        host, port = settings.ami_address or ("?", 0)
+        log.info("live enforcement: connecting to the Asterisk Manager at %s:%s", host, port)
+
+    async def stop() -> None:
+        if live is not None:
+            await live.stop()
+
+    return Component("ami", start, stop)
 
 
 async def start(settings: Settings) -> Services:
-    """Start every component; the caller owns ``services.stop()``."""
-    services = Services(settings)
+    """Open the store, build everything on it, start the components; the caller owns
+    ``services.stop()``."""
+    raise_nofile_limit()
+    store = await open_store(settings.db_target)
     try:
-        raise_nofile_limit()
-        # Components are added here in start order; each appends its own stopper.
-        store = services.store = await open_store(settings.db_target)
-        services.stoppers.append(store.close)
-        store.policies.retention = retention(settings)
-        services.metrics.decisions.label_clients(services.registry.has_policy)
-        services.metrics.audit_lost.read_from(store.audit.lost_counts)
-        store.audit.start_pruning(AuditRetention.from_settings(settings))  # store.close stops it
-        await load_policies(store, services.registry)
-        live = _build_ami(services, store)
-        await _start_replace(services, store)
-        await _start_agi(services, store)
-        await _start_http(services, store)
-        await _start_ami(services, live)
+        services = build(settings, store)
     except BaseException:
-        await services.stop()
+        await store.close()
         raise
-    services.ready.set()
+    await services.start()  # the store is its first component: a failure closes it too
     return services
 
 

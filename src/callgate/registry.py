@@ -1,18 +1,22 @@
 """The policies in force: one compiled policy per client, swapped whole on every change.
 
 The FastAGI hot path reads from here and nothing else (no store access while a phone waits). A
-change is published by replacing a client's entry with a new immutable ``ClientPolicy``; readers
-that already hold the old one finish with it, the next reader gets the new one. Subscribers (live
-enforcement over AMI) are told of every change after the swap.
+change is installed by replacing a client's entry with a new immutable ``ClientPolicy``; readers
+that already hold the old one finish with it, the next reader gets the new one. Only the change
+feed's follower (``services.follower``) installs changes in a running daemon. Listeners (the
+revocations of listens and of replacements) are told of every change after the swap, each in its
+own task: a write that awaits ``applied`` is answered once the swap is done, never after them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from callgate.inbox import FanOut
 from callgate.policy import CompiledPolicy, PolicyDocument, compile_policy
 
 log = logging.getLogger(__name__)
@@ -41,10 +45,20 @@ def default_policy(client_id: str) -> ClientPolicy:
     return ClientPolicy(client_id, 0, _DEFAULT_DOCUMENT, _DEFAULT_COMPILED)
 
 
+Change = tuple[ClientPolicy, ClientPolicy]
+
+
+def _span(waiting: Change, new: Change) -> Change:
+    """Two changes a listener has not been told of yet, told as one: from the first's old to
+    the second's new (listeners judge what ``new`` allows)."""
+    return waiting[0], new[1]
+
+
 class PolicyRegistry:
     def __init__(self) -> None:
         self._policies: dict[str, ClientPolicy] = {}
-        self._listeners: list[ChangeListener] = []
+        self._listeners: FanOut[Change] = FanOut(_span, name="policy-listener")
+        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
 
     def get(self, client_id: str) -> ClientPolicy:
         policy = self._policies.get(client_id)
@@ -59,17 +73,62 @@ class PolicyRegistry:
         """Install a policy at start-up, without telling the listeners."""
         self._policies[policy.client_id] = policy
 
-    def subscribe(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
+    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+        """Tell ``listener`` of every later change, in its own task (a slow listener delays
+        neither the swap nor the other listeners); the returned function stops that."""
 
-    async def publish(self, policy: ClientPolicy) -> None:
-        """Swap in ``policy`` unless a newer version is already installed, then notify."""
+        async def tell(change: Change) -> None:
+            await listener(*change)
+
+        tell.__qualname__ = getattr(listener, "__qualname__", "listener")
+        return self._listeners.subscribe(tell)
+
+    def install(self, policy: ClientPolicy) -> bool:
+        """Swap in ``policy`` unless a newer version is installed; then wake whoever awaits
+        that version (``applied``) and hand the change to each listener, without waiting for
+        them. False: not installed."""
         old = self.get(policy.client_id)
         if policy.version and old.version > policy.version:
-            return
+            return False
         self._policies[policy.client_id] = policy
-        for listener in list(self._listeners):
-            try:
-                await listener(old, policy)
-            except Exception:
-                log.exception("policy change listener failed for client %s", policy.client_id)
+        self._wake(policy.client_id, policy.version)
+        self._listeners.put(policy.client_id, (old, policy))
+        return True
+
+    async def publish(self, policy: ClientPolicy) -> None:
+        """``install``, then wait until every listener was told (tests, benches)."""
+        self.install(policy)
+        await self.idle()
+
+    async def applied(self, client_id: str, version: int) -> None:
+        """Return once the client's installed version is ``version`` or newer."""
+        if self.get(client_id).version >= version:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._waiters.setdefault(client_id, []).append((version, future))
+        await future
+
+    async def idle(self) -> None:
+        """Return once every listener has been told of every change installed so far."""
+        await self._listeners.idle()
+
+    async def close(self) -> None:
+        """Stop telling the listeners (at shutdown, after the writers have stopped)."""
+        await self._listeners.close()
+        for waiters in self._waiters.values():
+            for _, future in waiters:
+                future.cancel()
+        self._waiters.clear()
+
+    def _wake(self, client_id: str, version: int) -> None:
+        waiters = self._waiters.get(client_id)
+        if not waiters:
+            return
+        still = [(v, f) for v, f in waiters if v > version and not f.done()]
+        for v, future in waiters:
+            if v <= version and not future.done():
+                future.set_result(None)
+        if still:
+            self._waiters[client_id] = still
+        else:
+            del self._waiters[client_id]

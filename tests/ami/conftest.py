@@ -135,10 +135,11 @@ async def live(fake: FakeAmi) -> AsyncIterator[Live]:
         stop_grace=0.3,
         reconcile_interval=3600,
     )
-    registry.subscribe(service.on_policy_change)
+    registry.subscribe(service.on_policy_change)  # as daemon.build wires it
     service.start()
     live = Live(fake, registry, audit, metrics, service)
     await live.connected()
     await wait_until(lambda: bool(fake.received("CoreShowChannels")))
     yield live
     await service.stop()
+    await registry.close()

@@ -21,6 +21,7 @@ from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
 from fake_ami import FakeAmi
 from support import wait_until
+from wiring import app_services
 
 from .conftest import CLIENT, REFERENCE, fast_config, policy
 
@@ -134,7 +135,8 @@ async def test_the_audit_route_shows_sessions_with_their_ends_and_reasons(
     )
     registry.subscribe(live.on_policy_change)
     live.start()
-    app = build_app(HttpDeps(store=store, registry=registry, metrics=metrics, admin_token=TOKEN))
+    services = app_services(store, registry)
+    app = build_app(HttpDeps(services=services, metrics=metrics, admin_token=TOKEN))
     client = TestClient(TestServer(app))
     await client.start_server()
     try:

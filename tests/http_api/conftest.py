@@ -13,6 +13,7 @@ from callgate.metrics import Metrics
 from callgate.pbx import ManagerState
 from callgate.registry import PolicyRegistry
 from callgate.store import Store, open_store
+from wiring import app_services
 
 from .http_support import ADMIN_TOKEN, Harness
 
@@ -31,8 +32,7 @@ async def _harness(store: Store, admin_token: str | None) -> Harness:
     ready = [True]
     app = build_app(
         HttpDeps(
-            store=store,
-            registry=registry,
+            services=app_services(store, registry),
             metrics=metrics,
             admin_token=admin_token,
             ready=lambda: ready[0],

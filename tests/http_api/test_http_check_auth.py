@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 
 import pytest
 
 from callgate.policy import decide
+from callgate.registry import ClientPolicy
 from callgate.store.tokens import hash_token
 from reference_policy import REFERENCE_DOCUMENT
 
@@ -113,16 +115,25 @@ async def test_the_next_decision_after_a_put_obeys_it_with_no_wait(api: Harness)
         assert body["decision"] == ("allow" if allow else "deny")
 
 
-async def test_registry_listeners_are_told_before_the_answer(api: Harness) -> None:
+async def test_registry_listeners_are_told_of_every_write_without_holding_its_answer(
+    api: Harness,
+) -> None:
+    """A listener (a revocation) hears of each write after the swap, in its own task: a stalled
+    one holds up no answer, and it is told of every change once it carries on."""
+    release = asyncio.Event()
     seen: list[tuple[int, int]] = []
 
-    async def listener(old: object, new: object) -> None:
-        seen.append((old.version, new.version))  # type: ignore[attr-defined]
+    async def listener(old: ClientPolicy, new: ClientPolicy) -> None:
+        await release.wait()
+        seen.append((old.version, new.version))
 
     api.registry.subscribe(listener)
-    await api.client.put(POLICY_URL, json={}, headers=ADMIN)
-    assert seen == [(0, 1)]
-    await api.client.delete(POLICY_URL, headers=ADMIN)
+    assert (await api.client.put(POLICY_URL, json={}, headers=ADMIN)).status == 200
+    assert (await api.client.delete(POLICY_URL, headers=ADMIN)).status == 200
+    assert api.registry.get(CLIENT).version == 2
+    assert seen == []
+    release.set()
+    await api.registry.idle()
     assert seen == [(0, 1), (1, 2)]
 
 
@@ -300,7 +311,7 @@ async def test_a_short_admin_token_is_warned_about(
 async def test_each_policy_change_is_logged_with_its_author(
     api: Harness, caplog: pytest.LogCaptureFixture
 ) -> None:
-    caplog.set_level("INFO", logger="callgate.http.policy_routes")
+    caplog.set_level("INFO", logger="callgate.services.policies")
     token = await create_token(api, "night-ops", CLIENT)
     await api.client.put(POLICY_URL, json={}, headers=bearer(token))
     assert "client acme: policy version 1 by night-ops" in caplog.text

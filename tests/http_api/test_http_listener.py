@@ -26,6 +26,7 @@ from callgate.http.listener import (
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
+from wiring import app_services
 
 TOKEN = "token-that-must-never-be-logged-4f1c"
 HEAD = "GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n"
@@ -40,7 +41,7 @@ WITHIN = 10.0
 
 
 def real_app(store: Store) -> web.Application:
-    return build_app(HttpDeps(store, PolicyRegistry(), Metrics(), admin_token=TOKEN))
+    return build_app(HttpDeps(app_services(store, PolicyRegistry()), Metrics(), admin_token=TOKEN))
 
 
 @asynccontextmanager

@@ -18,7 +18,6 @@ from callgate.http.app import HttpDeps, build_app
 from callgate.http.policy_routes import (
     HISTORY_DEFAULT_LIMIT,
     HISTORY_MAX_LIMIT,
-    POLICY_CONFIG,
     PolicyConfig,
 )
 from callgate.http.policy_writes import WORKER_NICENESS, Preparer, WriteConfig
@@ -26,6 +25,7 @@ from callgate.metrics import Metrics
 from callgate.policy import parse_document
 from callgate.registry import PolicyRegistry
 from callgate.store import Store
+from wiring import app_services
 
 from .http_support import ADMIN, CLIENT, POLICY_URL
 
@@ -43,8 +43,8 @@ async def make_client(store: Store) -> AsyncIterator[MakeClient]:
 
     async def make(config: PolicyConfig) -> tuple[Client, PolicyRegistry]:
         registry = PolicyRegistry()
-        app = build_app(HttpDeps(store, registry, Metrics(), "admin-secret-for-tests"))
-        app[POLICY_CONFIG] = config
+        services = app_services(store, registry)
+        app = build_app(HttpDeps(services, Metrics(), "admin-secret-for-tests", policy=config))
         client: Client = TestClient(TestServer(app, host="127.0.0.1"))
         await client.start_server()
         made.append(client)

@@ -22,7 +22,6 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from callgate.agi.server import AgiServer
 from callgate.http.app import HttpDeps, build_app
-from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.replace.limits import PinLimit, PinWriteLimiter, PinWriteLimits, PinWritesRefused
@@ -37,6 +36,7 @@ from callgate.replace.service import ReplaceService
 from callgate.store import Store, open_store
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
+from wiring import app_services
 
 from .conftest import FAST_SCRYPT, FakeAudit, agi_server
 from .conftest import client_policy as make_policy
@@ -167,8 +167,7 @@ async def start_rig(store: Store, hasher: PinHasher, limits: PinWriteLimits) -> 
         registry.load(make_policy(REFERENCE_DOCUMENT, 1, client))
     audit, metrics, limiter = FakeAudit(), Metrics(), PinWriteLimiter(limits)
     service = ReplaceService(store.replace, registry, audit, hasher=hasher, pin_writes=limiter)
-    app = build_app(HttpDeps(store, registry, metrics, ADMIN_TOKEN))
-    app[REPLACE_SERVICE] = service
+    app = build_app(HttpDeps(app_services(store, registry, service), metrics, ADMIN_TOKEN))
     # no connection limit on the client side: the whole flood is in flight at once
     connector = aiohttp.TCPConnector(limit=0)
     http: TestClient[object, object] = TestClient(

@@ -12,13 +12,13 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from callgate.http.app import HttpDeps, build_app
-from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.replace.service import ReplaceService
 from callgate.store import Store, open_store
 from callgate.store.replace import Replacement
 from reference_policy import REFERENCE_DOCUMENT
+from wiring import app_services
 
 from .conftest import (
     CLIENT,
@@ -46,10 +46,8 @@ class Http:
     audit: FakeAudit
 
 
-def build(store: Store, registry: PolicyRegistry, service: ReplaceService | None) -> TestServer:
-    app = build_app(HttpDeps(store, registry, Metrics(), ADMIN_TOKEN))
-    if service is not None:
-        app[REPLACE_SERVICE] = service
+def build(store: Store, registry: PolicyRegistry, service: ReplaceService) -> TestServer:
+    app = build_app(HttpDeps(app_services(store, registry, service), Metrics(), ADMIN_TOKEN))
     return TestServer(app, host="127.0.0.1")
 
 
@@ -202,15 +200,3 @@ async def test_openapi_describes_the_routes(http: Http) -> None:
     )
     assert "get" in spec["paths"]["/client/{client_id}/replacements"]
     assert "delete" in spec["paths"]["/client/{client_id}/replacements/{phone}"]
-
-
-async def test_without_the_service_wired_the_routes_answer_503(store: Store) -> None:
-    registry = PolicyRegistry()
-    client: TestClient[object, object] = TestClient(build(store, registry, None))
-    await client.start_server()
-    try:
-        resp = await client.put(PIN_URL, json={"pin": "1234"}, headers=ADMIN)
-        assert resp.status == 503
-        assert (await resp.json())["error"] == "unavailable"
-    finally:
-        await client.close()

@@ -12,12 +12,12 @@ import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
 from callgate.http.app import HttpDeps, build_app
-from callgate.http.replace_routes import REPLACE_SERVICE
 from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.store import open_store
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
+from wiring import app_services
 
 from .conftest import CLIENT, FakeAstDb, FakeAudit, agi_server, make_service
 from .conftest import client_policy as make_policy
@@ -39,8 +39,7 @@ async def test_the_pin_appears_nowhere(tmp_path: Path, caplog: pytest.LogCapture
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     metrics, audit, manager = Metrics(), FakeAudit(), FakeAstDb()
     service = make_service(store.replace, registry, audit, lambda: manager)
-    app = build_app(HttpDeps(store, registry, metrics, ADMIN_TOKEN))
-    app[REPLACE_SERVICE] = service
+    app = build_app(HttpDeps(app_services(store, registry, service), metrics, ADMIN_TOKEN))
     http: TestClient[object, object] = TestClient(TestServer(app, host="127.0.0.1"))
     agi = agi_server(service, registry, audit, metrics)
     await http.start_server()

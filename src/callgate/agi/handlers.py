@@ -18,7 +18,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Final, NamedTuple
+from typing import Final, NamedTuple, Protocol
 
 from callgate.agi import variables
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
@@ -26,6 +26,7 @@ from callgate.agi.session import AgiSession, AgiSessionError, mset_command
 from callgate.audit import AuditEvent, AuditSink
 from callgate.logs import DecisionLog, printable
 from callgate.metrics import LoopCount, Metrics
+from callgate.pbx import DEFAULT_PBX, PbxName
 from callgate.policy import (
     ALL_TARGETS,
     Action,
@@ -165,6 +166,25 @@ per line (and the event-loop iteration that made it) cost 13 µs of each session
 (``bench/agi_bench.py``); the date in each line is still the decision's."""
 
 
+class GrantSink(Protocol):
+    """Where allowed decisions go for live enforcement (``ami.tracker.SpyGrants``); it ignores
+    what opens no listen/whisper session, never blocks and never raises."""
+
+    def note_allowed(
+        self,
+        client_id: str,
+        action: str,
+        ext: str,
+        target: str | None,
+        uniqueid: str,
+        channel: str,
+        policy_version: int,
+        reason: str = "",
+        *,
+        pbx: PbxName,
+    ) -> None: ...
+
+
 class DecisionRecorder:
     """One log line, one audit event and one metric per decision.
 
@@ -174,9 +194,17 @@ class DecisionRecorder:
     characters); the audit store bounds the event's values the same way."""
 
     def __init__(
-        self, audit: AuditSink, metrics: Metrics, decision_log: DecisionLog | None = None
+        self,
+        audit: AuditSink,
+        metrics: Metrics,
+        decision_log: DecisionLog | None = None,
+        *,
+        grants: GrantSink | None = None,
     ) -> None:
         self._audit = audit
+        self._grants = grants
+        """Told of every allowed decision (live enforcement's ``SpyGrants``: a listen/whisper
+        allowed here is matched with its ChanSpyStart, and ended if a change withdraws it)."""
         self._decisions = metrics.decisions
         # The labelled series of the stored clients, looked up once: a client never loses its
         # stored policy (a deletion stores the default document), so an entry never goes stale.
@@ -216,6 +244,19 @@ class DecisionRecorder:
             if self._decisions.labelled(key[0]):
                 self._children[key] = child
         child.inc()
+        grants = self._grants
+        if grants is not None and decision.allowed and request.uniqueid and request.channel:
+            grants.note_allowed(
+                request.client_id,
+                action,
+                request.ext,
+                request.target,
+                request.uniqueid,
+                request.channel,
+                version,
+                decision.reason.value,
+                pbx=DEFAULT_PBX,  # the one PBX this FastAGI server serves today
+            )
         if valid_client:  # an audit log is per client: there is none for a malformed id
             self._audit.record(
                 AuditEvent(

@@ -35,7 +35,7 @@ from datetime import UTC, datetime, timedelta
 from callgate.ami.protocol import Message
 from callgate.audit import AuditEvent, AuditSink, EndReason
 from callgate.metrics import Metrics
-from callgate.pbx import DEFAULT_PBX, ChannelRef, PbxName
+from callgate.pbx import ChannelRef, PbxName
 from callgate.policy.types import Action, Reason
 
 log = logging.getLogger(__name__)
@@ -117,10 +117,9 @@ class SpySession:
 class SpyGrants:
     """Allowed listen/whisper decisions waiting for their ChanSpy to start.
 
-    Fed by the FastAGI side: either through ``record`` (an ``AuditSink``: the daemon gives the
-    FastAGI handler's decision recorder a sink that fans out to the store and to this object, so
-    every allowed decision's audit event becomes a grant), or directly: after ``decide()``
-    allowed an ``eavesdrop`` or ``whisper`` request with a target, call::
+    Fed by the FastAGI side: the daemon hands this object to the decision recorder
+    (``DecisionRecorder(..., grants=...)``), which, after ``decide()`` allowed a request,
+    calls::
 
         grants.note_allowed(client_id, action, ext, target, agi_uniqueid, agi_channel,
                             policy_version, reason, pbx=pbx)
@@ -166,33 +165,6 @@ class SpyGrants:
         )
         self._grants.pop(spyer, None)
         self._grants[spyer] = grant
-
-    def record(self, event: AuditEvent) -> None:
-        """``AuditSink``: note the grant an allowed listen/whisper decision's audit event shows.
-
-        This is how the daemon connects the FastAGI handler to live enforcement without the
-        handler knowing about it: the handler's audit sink fans out to the store and here.
-        An audit event does not say which PBX asked: the one FastAGI server serves
-        ``DEFAULT_PBX``.
-        """
-        if (
-            event.decision == "allow"
-            and event.started is None
-            and event.ended is None
-            and event.uniqueid
-            and event.channel
-        ):
-            self.note_allowed(
-                event.client_id,
-                event.action,
-                event.ext,
-                event.target,
-                event.uniqueid,
-                event.channel,
-                event.policy_version,
-                event.reason,
-                pbx=DEFAULT_PBX,
-            )
 
     def take(self, spyer: ChannelRef) -> SpyGrant | None:
         """The grant for a spier channel, removed (a grant starts one session), or ``None``."""

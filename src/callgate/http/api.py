@@ -16,8 +16,8 @@ from callgate.metrics import Metrics
 from callgate.pbx import ManagerState
 from callgate.policy import is_valid_client_id
 from callgate.policy.syntax import CLIENT_ID_RULE
-from callgate.registry import PolicyRegistry
-from callgate.store import Store
+from callgate.replace.service import ReplaceService
+from callgate.services import AuditQueries, PolicyService, TokenService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -30,8 +30,10 @@ def never_ready() -> bool:
     return False
 
 
-STORE = web.AppKey("store", Store)
-REGISTRY = web.AppKey("registry", PolicyRegistry)
+POLICIES = web.AppKey("policies", PolicyService)
+TOKENS = web.AppKey("tokens", TokenService)
+REPLACE = web.AppKey("replace", ReplaceService)
+AUDIT = web.AppKey("audit", AuditQueries)
 METRICS = web.AppKey("metrics", Metrics)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")

@@ -9,12 +9,12 @@ security, 401/403/503 and the path parameters are added from ``access`` and the 
 ``api.openapi.add_schema(name, schema)`` for the component schemas it references. ``api.route``
 enforces ``access`` before the handler runs and puts the caller in ``request[PRINCIPAL]``.
 
-To add a module (replace PINs, replacements, audit, ...): write ``callgate/http/<name>_routes.py``
-with ``register``, append it to ``ROUTE_MODULES`` below (one line). State it needs: declare its
-own ``web.AppKey`` in that module and let ``daemon.py`` set ``app[KEY] = value`` on the
-application ``build_app`` returns, before ``start_http``. Route modules import what they build
-on from ``callgate.http.api`` (``Api``, the AppKeys, ``principal``), never from this module,
-which imports them.
+To add a module: write ``callgate/http/<name>_routes.py`` with ``register``, append it to
+``ROUTE_MODULES`` below (one line). Handlers call the use cases (``callgate.services``, reached
+through the AppKeys of ``callgate.http.api``), never a store: ``HttpDeps`` carries everything the
+application needs, built by ``daemon.py`` before the application, so no route finds a piece
+missing. Route modules import what they build on from ``callgate.http.api`` (``Api``, the
+AppKeys, ``principal``), never from this module, which imports them.
 """
 
 from __future__ import annotations
@@ -35,12 +35,14 @@ from callgate.http import (
 )
 from callgate.http.api import (
     AMI_STATUS,
+    AUDIT,
     AUTHENTICATOR,
     METRICS,
     OPENAPI,
+    POLICIES,
     READY,
-    REGISTRY,
-    STORE,
+    REPLACE,
+    TOKENS,
     Api,
     Handler,
     ami_not_configured,
@@ -49,10 +51,10 @@ from callgate.http.api import (
 from callgate.http.auth import Authenticator
 from callgate.http.errors import error_middleware
 from callgate.http.listener import GuardedRunner, ListenerLimits
+from callgate.http.policy_routes import POLICY_CONFIG, PolicyConfig
 from callgate.metrics import Metrics
 from callgate.pbx import ManagerState
-from callgate.registry import PolicyRegistry
-from callgate.store import Store
+from callgate.services import AppServices
 
 log = logging.getLogger(__name__)
 
@@ -66,10 +68,11 @@ RouteModule = Callable[[Api], None]
 class HttpDeps:
     """What the HTTP API needs from the rest of the daemon (wired in daemon.py)."""
 
-    store: Store
-    registry: PolicyRegistry
+    services: AppServices
     metrics: Metrics
     admin_token: str | None
+    policy: PolicyConfig = field(default_factory=PolicyConfig)
+    """The policy routes' write limits and history page size (``policy_config(settings)``)."""
     ready: Callable[[], bool] = field(default=never_ready)
     """True once every stored policy is loaded and both listeners are open."""
     ami_status: Callable[[], ManagerState] = field(default=ami_not_configured)
@@ -107,10 +110,14 @@ def build_app(deps: HttpDeps) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY, middlewares=[metrics_middleware, error_middleware]
     )
-    app[STORE] = deps.store
-    app[REGISTRY] = deps.registry
+    services = deps.services
+    app[POLICIES] = services.policies
+    app[TOKENS] = services.tokens
+    app[REPLACE] = services.replace
+    app[AUDIT] = services.audit
+    app[POLICY_CONFIG] = deps.policy
     app[METRICS] = deps.metrics
-    app[AUTHENTICATOR] = Authenticator(deps.admin_token, deps.store.tokens)
+    app[AUTHENTICATOR] = Authenticator(deps.admin_token, services.tokens)
     app[READY] = deps.ready
     app[AMI_STATUS] = deps.ami_status
     api = Api(app)

@@ -17,7 +17,7 @@ from datetime import datetime
 from aiohttp import web
 
 from callgate.audit import SESSION_ACTIONS, AuditEvent
-from callgate.http.api import STORE, Api
+from callgate.http.api import AUDIT, Api
 from callgate.http.auth import Access
 from callgate.http.openapi import EXTENSION_PATTERN, JsonObject, error_response, json_response, ref
 from callgate.http.query import TIME_SCHEMA, QueryReader, integer_schema
@@ -69,7 +69,7 @@ async def list_audit(request: web.Request) -> web.Response:
     if action is not None and action not in set(Action):
         query.add_error("action", f"{action[:40]!r} is not an action.")
     query.raise_if_invalid("The audit filters are not valid.")
-    events = await request.app[STORE].audit.list(
+    events = await request.app[AUDIT].events(
         request.match_info["client_id"],
         since=since,
         until=until,

@@ -1,9 +1,9 @@
 """Who is asking: the admin token, a client-scoped token, or nobody.
 
 The admin token comes from ``CALLGATE_ADMIN_TOKEN`` and is compared in constant time. Client
-tokens are looked up by their SHA-256 in the store, so deleting one takes effect on the next
-request. Without an admin token configured every authenticated route answers 401: the service
-never serves a write it cannot attribute.
+tokens are looked up by their SHA-256 in the store (``TokenService.find``), so deleting one takes
+effect on the next request. Without an admin token configured every authenticated route answers
+401: the service never serves a write it cannot attribute.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 
 from callgate.http.errors import ApiError
-from callgate.store import TokenRepository
+from callgate.services.tokens import TokenService
 
 ADMIN_NAME = "admin"
 
@@ -71,7 +71,7 @@ def _encode(value: str) -> bytes:
 
 
 class Authenticator:
-    def __init__(self, admin_token: str | None, tokens: TokenRepository) -> None:
+    def __init__(self, admin_token: str | None, tokens: TokenService) -> None:
         self._admin = _encode(admin_token) if admin_token else None
         self._tokens = tokens
 

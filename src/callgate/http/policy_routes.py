@@ -1,13 +1,13 @@
 """``/client/{client_id}/call_control_group/``: the policy, its history, and the check.
 
-A write is stored durably first (the store commits before returning), then published to the
-registry, and only then answered: the next FastAGI request, and the next ``check``, decide by it.
+The handlers call ``callgate.services.PolicyService``: a write is answered once it is durable and
+in force here (the next FastAGI request, and the next ``check``, decide by it); the revocations
+it causes follow from the store's change feed, without the answer waiting for them.
 """
 
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from dataclasses import dataclass, field
 from typing import Annotated
@@ -16,8 +16,8 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field, WithJsonSchema
 
 from callgate.config import Settings
-from callgate.domain import HistoryPage, StoredPolicy, VersionConflictError, canonical_json
-from callgate.http.api import REGISTRY, STORE, Api, principal
+from callgate.domain import HistoryPage, VersionConflictError
+from callgate.http.api import POLICIES, Api, principal
 from callgate.http.auth import Access
 from callgate.http.body import is_json_media_type, unsupported_media_type
 from callgate.http.errors import ApiError
@@ -25,14 +25,8 @@ from callgate.http.openapi import JsonObject, error_response, json_response, ref
 from callgate.http.policy_worker import WRAPPER_KEY, document_from_body
 from callgate.http.policy_writes import Preparer, WriteConfig, WriteLimiter
 from callgate.http.query import MAX_INTEGER, query_int
-from callgate.policy import (
-    Action,
-    CompiledPolicy,
-    PolicyDocument,
-    compile_policy,
-    decide,
-)
-from callgate.registry import ClientPolicy
+from callgate.policy import Action, PolicyDocument
+from callgate.services.policies import DEFAULT_JSON, PolicyService
 
 __all__ = [
     "BASE",
@@ -42,8 +36,6 @@ __all__ = [
     "policy_config",
     "register",
 ]
-
-log = logging.getLogger(__name__)
 
 BASE = "/client/{client_id}/call_control_group/"
 
@@ -140,39 +132,17 @@ def _document_response(document_json: str, version: int) -> web.Response:
     )
 
 
-_DEFAULT_JSON = canonical_json(PolicyDocument())
-
-
 async def _write(
-    request: web.Request, make: Callable[[], Awaitable[tuple[PolicyDocument, str]]]
+    request: web.Request,
+    write: Callable[[PolicyService, str, Collection[int] | None], Awaitable[tuple[int, str]]],
 ) -> web.Response:
     """One policy write, within the client's write limits (checked before the body is read)."""
     client_id = request.match_info["client_id"]
     if_version = parse_if_match(request.headers.get("If-Match"))
-    writes = request.app[POLICY_WRITES]
-    limiter = writes.limiter
+    limiter = request.app[POLICY_WRITES].limiter
     limiter.acquire(client_id)
     try:
-        document, encoded = await make()
-        compiled = compile_policy(document)  # before storing: a stored version must compile
-        stored = await _store_and_publish(request, document, compiled, encoded, if_version)
-    finally:
-        limiter.release(client_id)
-    return _document_response(encoded, stored.version)
-
-
-async def _store_and_publish(
-    request: web.Request,
-    document: PolicyDocument,
-    compiled: CompiledPolicy,
-    encoded: str,
-    if_version: Collection[int] | None,
-) -> StoredPolicy:
-    client_id = request.match_info["client_id"]
-    try:
-        stored = await request.app[STORE].policies.save(
-            client_id, document, principal(request).name, if_version=if_version, encoded=encoded
-        )
+        version, encoded = await write(request.app[POLICIES], client_id, if_version)
     except VersionConflictError as exc:
         raise ApiError(
             412,
@@ -180,41 +150,46 @@ async def _store_and_publish(
             f"If-Match does not match: the current version is {exc.current}.",
             headers=[("ETag", etag(exc.current))],
         ) from None
-    log.info("client %s: policy version %d by %s", client_id, stored.version, stored.changed_by)
-    await request.app[REGISTRY].publish(
-        ClientPolicy(
-            client_id=client_id,
-            version=stored.version,
-            document=stored.document,
-            compiled=compiled,
-            changed_at=stored.changed_at,
-            changed_by=stored.changed_by,
-        )
-    )
-    return stored
+    finally:
+        limiter.release(client_id)
+    return _document_response(encoded, version)
 
 
 async def put_policy(request: web.Request) -> web.Response:
-    async def from_body() -> tuple[PolicyDocument, str]:
+    async def write(
+        policies: PolicyService, client_id: str, if_version: Collection[int] | None
+    ) -> tuple[int, str]:
         header = request.headers.get("Content-Type")
         if not is_json_media_type(header):
             raise unsupported_media_type(header)
-        return await request.app[POLICY_WRITES].preparer.prepare(await request.read())
+        preparer = request.app[POLICY_WRITES].preparer
+        document, encoded = await preparer.prepare(await request.read())
+        stored = await policies.write(
+            client_id,
+            document,
+            principal(request).name,
+            if_version=if_version,
+            encoded=encoded,
+        )
+        return stored.version, encoded
 
-    return await _write(request, from_body)
+    return await _write(request, write)
 
 
 async def delete_policy(request: web.Request) -> web.Response:
-    async def default() -> tuple[PolicyDocument, str]:
-        return PolicyDocument(), _DEFAULT_JSON
+    async def write(
+        policies: PolicyService, client_id: str, if_version: Collection[int] | None
+    ) -> tuple[int, str]:
+        stored = await policies.reset(client_id, principal(request).name, if_version=if_version)
+        return stored.version, DEFAULT_JSON
 
-    return await _write(request, default)
+    return await _write(request, write)
 
 
 async def get_policy(request: web.Request) -> web.Response:
-    stored = await request.app[STORE].policies.current_json(request.match_info["client_id"])
+    stored = await request.app[POLICIES].current_json(request.match_info["client_id"])
     if stored is None:
-        return _document_response(_DEFAULT_JSON, 0)
+        return _document_response(DEFAULT_JSON, 0)
     return _document_response(stored.document_json, stored.version)
 
 
@@ -242,7 +217,7 @@ async def get_history(request: web.Request) -> web.Response:
         request.query, "limit", default=HISTORY_DEFAULT_LIMIT, minimum=1, maximum=HISTORY_MAX_LIMIT
     )
     before = query_int(request.query, "before", default=None, minimum=1)
-    page = await request.app[STORE].policies.history_page(
+    page = await request.app[POLICIES].history_page(
         request.match_info["client_id"],
         limit=limit,
         before=before,
@@ -253,15 +228,14 @@ async def get_history(request: web.Request) -> web.Response:
 
 async def check(request: web.Request) -> web.Response:
     """What the FastAGI service would answer now, from the same registry it reads."""
-    policy = request.app[REGISTRY].get(request.match_info["client_id"])
     action = request.query.get("action", "")
-    decision = decide(
-        policy.compiled,
+    decision, version = request.app[POLICIES].check(
+        request.match_info["client_id"],
         action,
         request.query.get("ext", ""),
         request.query.get("target") or None,
     )
-    body: dict[str, object] = {**decision.to_json(), "policy_version": policy.version}
+    body: dict[str, object] = {**decision.to_json(), "policy_version": version}
     if action == Action.REPLACE and decision.allowed:
         body["pin_required"] = True
     return web.json_response(body)

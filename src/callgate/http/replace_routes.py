@@ -18,7 +18,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from callgate.domain import Replacement
-from callgate.http.api import Api
+from callgate.http.api import REPLACE, Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
@@ -27,9 +27,6 @@ from callgate.policy import is_valid_extension
 from callgate.policy.syntax import EXTENSION_RULE, PIN_PATTERN, PIN_RULE
 from callgate.replace.limits import PinLimit, PinWritesRefused
 from callgate.replace.pins import PinFormatError, check_pin
-from callgate.replace.service import ReplaceService
-
-REPLACE_SERVICE = web.AppKey("replace_service", ReplaceService)
 
 _PIN_MESSAGE = f'The body must be {{"pin": "<{PIN_RULE}>"}} and nothing else.'
 _TAG = "phone replace"
@@ -89,13 +86,6 @@ def _extension(request: web.Request, name: str) -> str:
     return ext
 
 
-def _service(request: web.Request) -> ReplaceService:
-    service = request.app.get(REPLACE_SERVICE)
-    if service is None:  # an application built without phone replace wired in
-        raise ApiError(503, "unavailable", "Phone replace is not available in this service.")
-    return service
-
-
 async def _read_pin(request: web.Request) -> str:
     body = await read_json(request)
     if not isinstance(body, dict) or set(body) != {"pin"}:
@@ -120,7 +110,7 @@ async def put_pin(request: web.Request) -> web.StreamResponse:
     ext = _extension(request, "ext")
     pin = await _read_pin(request)
     try:
-        await _service(request).set_pin(client_id, ext, pin)
+        await request.app[REPLACE].set_pin(client_id, ext, pin)
     except PinWritesRefused as exc:
         raise _too_many(exc) from None
     return web.Response(status=204)
@@ -143,21 +133,21 @@ def _too_many(exc: PinWritesRefused) -> ApiError:
 async def delete_pin(request: web.Request) -> web.StreamResponse:
     client_id = request.match_info["client_id"]
     ext = _extension(request, "ext")
-    if not await _service(request).delete_pin(client_id, ext):
+    if not await request.app[REPLACE].delete_pin(client_id, ext):
         raise not_found("no_replace_pin", f"Extension {ext} has no replace PIN.")
     return web.Response(status=204)
 
 
 async def list_replacements(request: web.Request) -> web.StreamResponse:
     client_id = request.match_info["client_id"]
-    current = await _service(request).replacements(client_id)
+    current = await request.app[REPLACE].replacements(client_id)
     return web.json_response({"replacements": [replacement_json(r) for r in current]})
 
 
 async def restore_replacement(request: web.Request) -> web.StreamResponse:
     client_id = request.match_info["client_id"]
     phone = _extension(request, "phone")
-    if await _service(request).restore_phone(client_id, phone) is None:
+    if await request.app[REPLACE].restore_phone(client_id, phone) is None:
         raise not_found("not_replaced", f"Phone {phone} is not acting as another extension.")
     return web.Response(status=204)
 

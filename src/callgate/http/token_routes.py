@@ -11,7 +11,7 @@ from aiohttp import web
 from pydantic import BaseModel, ConfigDict, Field
 
 from callgate.domain import TokenExistsError, TokenInfo
-from callgate.http.api import STORE, Api
+from callgate.http.api import TOKENS, Api
 from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
@@ -61,7 +61,7 @@ def _parse_new_token(data: object) -> tuple[str, str]:
 async def create_token(request: web.Request) -> web.Response:
     name, client_id = _parse_new_token(await read_json(request))
     try:
-        info, token = await request.app[STORE].tokens.create(name, client_id)
+        info, token = await request.app[TOKENS].create(name, client_id)
     except TokenExistsError:
         message = f"A token named {name!r} exists: delete it first."
         raise ApiError(409, "token_exists", message) from None
@@ -69,13 +69,13 @@ async def create_token(request: web.Request) -> web.Response:
 
 
 async def list_tokens(request: web.Request) -> web.Response:
-    tokens = await request.app[STORE].tokens.list()
+    tokens = await request.app[TOKENS].list()
     return web.json_response({"tokens": [_token_json(t) for t in tokens]})
 
 
 async def delete_token(request: web.Request) -> web.Response:
     name = request.match_info["name"]
-    if not await request.app[STORE].tokens.delete(name):
+    if not await request.app[TOKENS].revoke(name):
         raise not_found("token_not_found", f"No token is named {name!r}.")
     return web.Response(status=204)
 

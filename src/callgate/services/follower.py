@@ -1,0 +1,135 @@
+"""The registry follows the store's change feed, and nothing else.
+
+Every change reaches the registry the same way, whichever instance wrote it: the feed says
+"client X is at version N", the follower re-reads X's current version from the store (so a lost,
+repeated or merged notification loses nothing), ignores it when the registry already holds it
+or a newer one, compiles it and installs it; the registry then tells its listeners (the
+revocations of listens and of replacements).
+
+A write made on this instance has compiled its document already: while its save is in flight it
+``offers`` the compiled policy, and the follower takes it when the stored text is the offered
+text (byte for byte), instead of decoding and compiling megabytes again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import datetime
+
+from callgate.domain import PolicyChange, StoredJson, StoredPolicy, StoreError
+from callgate.policy import (
+    CompiledPolicy,
+    PolicyDocument,
+    PolicyValidationError,
+    compile_policy,
+    parse_document,
+)
+from callgate.ports import PolicyStore
+from callgate.registry import ClientPolicy, PolicyRegistry
+
+__all__ = ["PolicyFollower"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Offer:
+    encoded: str
+    document: PolicyDocument
+    compiled: CompiledPolicy
+
+
+def client_policy(stored: StoredPolicy, compiled: CompiledPolicy) -> ClientPolicy:
+    return ClientPolicy(
+        client_id=stored.client_id,
+        version=stored.version,
+        document=stored.document,
+        compiled=compiled,
+        changed_at=stored.changed_at,
+        changed_by=stored.changed_by,
+    )
+
+
+def _compiled(client_id: str, stored: StoredJson) -> tuple[PolicyDocument, CompiledPolicy]:
+    try:
+        document = parse_document(json.loads(stored.document_json))
+    except (ValueError, PolicyValidationError) as exc:
+        # Only a document that passed validation is ever written; this means outside damage.
+        raise StoreError(f"stored policy {client_id!r} v{stored.version} is unreadable") from exc
+    return document, compile_policy(document)
+
+
+class PolicyFollower:
+    """The change feed's subscriber that keeps the registry at each client's current version."""
+
+    def __init__(self, store: PolicyStore, registry: PolicyRegistry) -> None:
+        self._store = store
+        self._registry = registry
+        self._offers: dict[str, list[_Offer]] = {}
+
+    async def load_all(self) -> int:
+        """Compile every client's current stored policy into the registry (start-up, before
+        the listeners open); return how many."""
+        stored = await self._store.all_current()
+        for policy in stored:
+            self._registry.load(client_policy(policy, compile_policy(policy.document)))
+        return len(stored)
+
+    @contextlib.contextmanager
+    def offer(
+        self, client_id: str, encoded: str, document: PolicyDocument, compiled: CompiledPolicy
+    ) -> Iterator[None]:
+        """While the block runs (a save of ``encoded`` for ``client_id``), a change whose
+        stored text is ``encoded`` installs ``compiled`` rather than a fresh compilation."""
+        offers = self._offers.setdefault(client_id, [])
+        offer = _Offer(encoded, document, compiled)
+        offers.append(offer)
+        try:
+            yield
+        finally:
+            offers.remove(offer)
+            if not offers:
+                del self._offers[client_id]
+
+    async def on_change(self, change: PolicyChange) -> None:
+        """The feed's handler: install the client's current version if it is newer."""
+        client_id = change.client_id
+        if change.version <= self._registry.get(client_id).version:
+            return  # seen already (a repeat, or merged into a newer one we read)
+        stored = await self._store.current_json(client_id)
+        if stored is None or stored.version <= self._registry.get(client_id).version:
+            return
+        offered = self._offered(client_id, stored)
+        if offered is None:  # written elsewhere: decode and compile off the event loop
+            offered = await asyncio.to_thread(_compiled, client_id, stored)
+        document, compiled = offered
+        installed = self._registry.install(
+            ClientPolicy(
+                client_id=client_id,
+                version=stored.version,
+                document=document,
+                compiled=compiled,
+                changed_at=datetime.fromisoformat(stored.changed_at),
+                changed_by=stored.changed_by,
+            )
+        )
+        if installed:
+            log.info(
+                "client %s: policy version %d by %s in force",
+                client_id,
+                stored.version,
+                stored.changed_by,
+            )
+
+    def _offered(
+        self, client_id: str, stored: StoredJson
+    ) -> tuple[PolicyDocument, CompiledPolicy] | None:
+        for offer in self._offers.get(client_id, ()):
+            if offer.encoded == stored.document_json:
+                return offer.document, offer.compiled
+        return None
