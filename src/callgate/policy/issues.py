@@ -32,12 +32,22 @@ def parse_model(
         return model.model_validate(data)
     except ValidationError as exc:
         errors = exc.errors(include_url=False)
-        if errors and errors[0]["type"] == "json_invalid":
-            detail = errors[0].get("ctx", {}).get("error", "")
-            issue = PolicyIssue((), f"This is not valid JSON: {detail}.")
-            raise PolicyValidationError((issue,), malformed_json=True, subject=subject) from None
+        malformed = not_json(errors, what=f"The {subject}", subject=subject)
+        if malformed is not None:
+            raise malformed from None
         issues = tuple(_issue(error, subject, rules) for error in errors)
         raise PolicyValidationError(issues, subject=subject) from None
+
+
+def not_json(
+    errors: list[ErrorDetails], *, what: str, subject: str
+) -> PolicyValidationError | None:
+    """The error for text that is not JSON at all (the HTTP API's 400), if that is what failed."""
+    if not errors or errors[0]["type"] != "json_invalid":
+        return None
+    detail = errors[0].get("ctx", {}).get("error", "")
+    issue = PolicyIssue((), f"{what} is not valid JSON: {detail}.")
+    return PolicyValidationError((issue,), malformed_json=True, subject=subject)
 
 
 def _issue(error: ErrorDetails, subject: str, rules: Mapping[str, str]) -> PolicyIssue:
