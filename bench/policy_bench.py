@@ -14,7 +14,18 @@ drawn at random from the document's extensions: directed and group forms of pick
 whisper, replace and restore. "cold" is the first pass over the requests right after compiling
 (the tables built on first use are filled then), "warm" a second pass over the same requests.
 Compile: median and fastest of several runs (other load on the machine shows in the median).
-Prints a table; asserts nothing.
+
+Supervision (protected extensions and grants that expire, ``policy/supervision.py``): for the
+largest and the typical document, the same requests decided without supervision and with 1,000
+grants active at ``now`` (spread over the document's extensions: each grant to a random
+extension, for eavesdrop, whisper or pickup, reaching one group or three extensions) and 20
+protected extensions; "grantees" draws every request from an extension holding grants, so that
+the document's denials all go to the grant index (the worst case; in the typical document every
+extension holds about 20 grants, so its "mixed" is that worst case too). Both are timed in
+turns, request by request, together with a third variant, the 20 protected extensions alone (no
+grant): "grants/protected" is the cost of the grants themselves, the issue's goal; "grants/none"
+that of supervision as a whole. Also the time to compile the supervision.
+Prints tables; asserts nothing.
 """
 
 from __future__ import annotations
@@ -27,9 +38,13 @@ import random
 import statistics
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from callgate.policy import CompiledPolicy, compile_policy, decide, parse_document
+from callgate.policy.grants import Grant, parse_grant
+from callgate.policy.settings import parse_settings
+from callgate.policy.supervision import Supervision, compile_supervision
 
 ACTIONS = ("pickup", "eavesdrop", "whisper")
 
@@ -116,6 +131,29 @@ def time_decisions(
     return samples
 
 
+def time_interleaved(
+    policy: CompiledPolicy,
+    variants: tuple[Supervision | None, ...],
+    now: datetime,
+    drawn: list[tuple[str, ...]],
+    overhead: int,
+) -> list[list[int]]:
+    """Each request decided once per variant, back to back, each variant first in turn: load
+    that comes and goes on the machine then weighs on every variant alike."""
+    clock = time.perf_counter_ns
+    samples: list[list[int]] = [[] for _ in variants]
+    turns = list(zip(variants, samples, strict=True))
+    for index, (action, ext, target) in enumerate(drawn):
+        # Untimed first: whichever variant came first would pay for the request's cache misses.
+        decide(policy, action, ext, target, now=now, supervision=variants[-1])
+        at = index % len(turns)
+        for supervision, kept in turns[at:] + turns[:at]:
+            start = clock()
+            decide(policy, action, ext, target, now=now, supervision=supervision)
+            kept.append(max(clock() - start - overhead, 0))
+    return samples
+
+
 def time_calls(call: Callable[[], object], runs: int) -> list[int]:
     samples = []
     for _ in range(runs):
@@ -154,6 +192,67 @@ def report(name: str, document: dict[str, Any], decisions: int, runs: int) -> st
     )
 
 
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+def some_grants(document: dict[str, Any], count: int, rng: random.Random) -> list[Grant]:
+    exts = sorted({ext for members in document["groups"].values() for ext in members})
+    names = list(document["groups"])
+    grants = []
+    for n in range(count):
+        ext = rng.choice(exts)
+        reach: dict[str, list[str]] = (
+            {"groups": [rng.choice(names)]}
+            if n % 2
+            else {"extensions": [e for e in rng.sample(exts, 4) if e != ext][:3]}
+        )
+        body = {
+            "id": f"g{n:05}",
+            "ext": ext,
+            "action": rng.choice(("eavesdrop", "whisper", "pickup")),
+            **reach,
+            "from": (NOW - timedelta(hours=1)).isoformat(),
+            "until": (NOW + timedelta(hours=1, seconds=n)).isoformat(),
+            "note": "bench",
+            "created_by": "bench",
+        }
+        grants.append(parse_grant(body))
+    return grants
+
+
+def supervision_report(name: str, document: dict[str, Any], decisions: int) -> list[str]:
+    rng = random.Random(2027)
+    parsed = parse_document(document)
+    policy = compile_policy(parsed)
+    grants = some_grants(document, 1000, rng)
+    exts = sorted({ext for members in document["groups"].values() for ext in members})
+    settings = parse_settings({"protected_extensions": rng.sample(exts, 20)})
+    protected_only = compile_supervision(settings, [], parsed)
+    supervision = compile_supervision(settings, grants, parsed)
+    compile_ns = time_calls(lambda: compile_supervision(settings, grants, parsed), 5)
+    grantees = sorted({grant.ext for grant in grants})
+    drawn = requests(document, decisions, rng)
+    worst = [
+        (action, rng.choice(grantees), target)
+        for action, _, target in requests(document, decisions, rng)
+    ]
+    overhead = timer_overhead_ns()
+    variants = (None, protected_only, supervision)
+    rows = []
+    for label, batch in (("mixed", drawn), ("grantees", worst)):
+        time_interleaved(policy, variants, NOW, batch, overhead)  # fill the memos first
+        none, protected, granted = (
+            statistics.median(samples)
+            for samples in time_interleaved(policy, variants, NOW, batch, overhead)
+        )
+        rows.append(
+            f"{name:<9} {label:<9} {none / 1e3:>7.3f} {protected / 1e3:>9.3f}"
+            f" {granted / 1e3:>9.3f} {granted / protected:>9.2f} {granted / none:>7.2f}"
+            f" {statistics.median(compile_ns) / 1e6:>9.2f}"
+        )
+    return rows
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="fewer samples (a smoke run)")
@@ -174,6 +273,15 @@ def main() -> None:
     for name, build in documents:
         gc.collect()
         print(report(name, build(), decisions, runs))
+    print(
+        "\nsupervision: 1,000 active grants and 20 protected extensions (warm decisions, us)\n"
+        "document  requests     none protected    grants    grants/   grants/   compile\n"
+        "                                  only             protected   none       (ms)"
+    )
+    for name, build in (("largest", largest_document), ("typical", typical_document)):
+        gc.collect()
+        for row in supervision_report(name, build(), decisions // 2):
+            print(row)
 
 
 if __name__ == "__main__":

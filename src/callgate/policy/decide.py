@@ -9,15 +9,22 @@ its form (directed, or group when there is no target) pick one rule function fro
   the policy never keeps a phone from going home; the replace service answers ``not_replaced``
   when there is nothing to restore.
 
+The rules beside the document (protected extensions, grants that expire; ``policy/supervision.py``
+says how they are ordered) are checked here for the directed forms, so that the document's
+allowances pay two set look-ups for them, and by ``Supervision.group_form`` for the group forms;
+a client without them (``supervision=None``) pays one comparison.
+
 This is the hot path of every FastAGI request, hence the tables and the prebuilt decisions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from datetime import datetime
 from typing import Final
 
 from callgate.policy.compiled import EMPTY_REACH, CompiledPolicy
+from callgate.policy.supervision import Supervision
 from callgate.policy.syntax import EXTENSION_RE
 from callgate.policy.types import ALL_TARGETS, Decision, Reason
 
@@ -27,6 +34,8 @@ _is_extension: Final = EXTENSION_RE.fullmatch
 
 _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _SELF: Final = Decision.deny(Reason.SELF_TARGET)
+_PROTECTED: Final = Decision.deny(Reason.PROTECTED)
+_LISTEN_ACTIONS: Final = frozenset({"eavesdrop", "whisper"})
 _RESTORED: Final = Decision(allowed=True, reason=Reason.RESTORED)
 _ALLOW_ALL: Final = Decision(allowed=True, reason=Reason.ALLOW_ALL)
 _ALLOW_ALL_TARGETS: Final = Decision(allowed=True, reason=Reason.ALLOW_ALL, targets=(ALL_TARGETS,))
@@ -44,8 +53,24 @@ _WHISPER: Final = Reason.WHISPER_GROUP
 _REPLACE: Final = Reason.PHONE_REPLACE_GROUP
 
 
-def decide(policy: CompiledPolicy, action: str, ext: str, target: str | None) -> Decision:
-    """Decide whether ``ext`` may do ``action`` to ``target`` (``None`` or ``""``: group form)."""
+def decide(
+    policy: CompiledPolicy,
+    action: str,
+    ext: str,
+    target: str | None,
+    *,
+    now: datetime | None = None,
+    supervision: Supervision | None = None,
+) -> Decision:
+    """Decide whether ``ext`` may do ``action`` to ``target`` (``None`` or ``""``: group form).
+
+    ``supervision``: the client's protected extensions and grants (``compile_supervision``;
+    ``None`` for a client with neither: then exactly the document's rules). ``now`` is the time
+    the grants are judged at, an aware datetime, required when there are grants: the decision
+    never reads the clock, so that a test, a replay and the expiry timer all decide alike.
+    Raises ``ValueError`` when a grant must be looked at and ``now`` is ``None`` (or naive): a
+    caller's bug, never a request's.
+    """
     try:
         rules = (_ALLOW_ALL_RULES if policy.allow_all else _RULES).get(action)
         if rules is None or _is_extension(ext) is None:
@@ -55,10 +80,20 @@ def decide(policy: CompiledPolicy, action: str, ext: str, target: str | None) ->
     except TypeError:  # not strings: not a request anyone could have meant
         return _INVALID
     if not target:
-        return rules[1](policy, ext, "")
+        if supervision is None:
+            return rules[1](policy, ext, "")
+        return supervision.group_form(policy, rules[1], action, ext, now)
     if target == ext:
         return _SELF
-    return rules[0](policy, ext, target)
+    if supervision is None:
+        return rules[0](policy, ext, target)
+    # policy.md: protection right after rule 2, before allow_all; grants only where rules deny.
+    if target in supervision.protected and action in _LISTEN_ACTIONS:
+        return _PROTECTED
+    decision = rules[0](policy, ext, target)
+    if decision.allowed or ext not in supervision.grantees:
+        return decision
+    return supervision.directed(action, ext, target, now, decision)
 
 
 # -- rule 4: directed pickup; rule 5: group pickup

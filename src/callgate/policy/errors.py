@@ -35,12 +35,21 @@ class PolicyValidationError(ValueError):
 
     ``malformed_json`` is true when the input was not JSON at all (the HTTP API answers 400 for
     that, 422 for a JSON value that is not a valid document).
+
+    ``subject`` names what was rejected in the exception's text: the settings and the grants beside
+    the document (``call_control_settings``, ``grants``) are rejected with this error too.
     """
 
-    def __init__(self, errors: tuple[PolicyIssue, ...], *, malformed_json: bool = False) -> None:
+    def __init__(
+        self,
+        errors: tuple[PolicyIssue, ...],
+        *,
+        malformed_json: bool = False,
+        subject: str = "policy document",
+    ) -> None:
         self.errors = errors
         self.malformed_json = malformed_json
         count = len(errors)
         summary = "; ".join(str(issue) for issue in errors[:3])
         more = f" (and {count - 3} more)" if count > 3 else ""
-        super().__init__(f"invalid policy document, {count} error(s): {summary}{more}")
+        super().__init__(f"invalid {subject}, {count} error(s): {summary}{more}")

@@ -23,6 +23,7 @@ from callgate.policy.document import (
     too_many_grants,
 )
 from callgate.policy.errors import Location, PolicyIssue, PolicyValidationError, format_location
+from callgate.policy.issues import json_kind, not_json
 from callgate.policy.syntax import (
     DYNAMIC_KEY_PATTERN,
     EAVESDROP_PREFIX,
@@ -51,10 +52,9 @@ def parse_document(data: object) -> PolicyDocument:
             return PolicyDocument.model_validate_json(data)
         except ValidationError as exc:
             errors = exc.errors(include_url=False)
-            if errors and errors[0]["type"] == "json_invalid":
-                detail = errors[0].get("ctx", {}).get("error", "")
-                issue = PolicyIssue((), f"The document is not valid JSON: {detail}.")
-                raise PolicyValidationError((issue,), malformed_json=True) from None
+            malformed = not_json(errors, what="The document", subject="policy document")
+            if malformed is not None:
+                raise malformed from None
             raise _rejected(errors, _loads(data)) from None
     try:
         return PolicyDocument.model_validate(data)
@@ -119,18 +119,18 @@ def _message(error: ErrorDetails, loc: Location) -> str:
     field = str(loc[0]) if loc else ""
     match kind:
         case "model_type" | "model_attributes_type" | "dict_type" if not loc:
-            return f"The policy document must be a JSON object, not {_json_kind(value)}."
+            return f"The policy document must be a JSON object, not {json_kind(value)}."
         case "missing_group" | "too_many_grants":
             return str(error["msg"])
         case "bool_type":
-            return f"{field} must be true or false (a JSON boolean), not {_json_kind(value)}."
+            return f"{field} must be true or false (a JSON boolean), not {json_kind(value)}."
         case "dict_type":
-            return f"groups must be an object of arrays of extensions, not {_json_kind(value)}."
+            return f"groups must be an object of arrays of extensions, not {json_kind(value)}."
         case "list_type" | "tuple_type":
             what = "extensions" if field == "groups" else "group names"
-            return f"{format_location(loc)} must be an array of {what}, not {_json_kind(value)}."
+            return f"{format_location(loc)} must be an array of {what}, not {json_kind(value)}."
         case "string_type":
-            return f"{format_location(loc)} must be a string, not {_json_kind(value)}."
+            return f"{format_location(loc)} must be a string, not {json_kind(value)}."
         case "too_long" if loc == ("groups",):
             count = len(value) if isinstance(value, Mapping) else "more"
             return f"groups has {count} groups; at most {MAX_GROUPS} are allowed."
@@ -167,20 +167,3 @@ def _key_message(key: str) -> str:
         f"Unknown key '{key}': a policy document has only {known},"
         f" eavesdrop_<extension> and whisper_<extension>."
     )
-
-
-def _json_kind(value: object) -> str:
-    match value:
-        case bool():
-            return f"the boolean {str(value).lower()}"
-        case str():
-            return f"the string {value!r}"
-        case int() | float():
-            return f"the number {value}"
-        case None:
-            return "null"
-        case Mapping():
-            return "an object"
-        case list() | tuple():
-            return "an array"
-    return f"a {type(value).__name__}"
