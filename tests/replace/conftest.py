@@ -21,7 +21,7 @@ from callgate.replace.lockout import LockoutRules
 from callgate.replace.pins import PinHasher, ScryptParams
 from callgate.replace.service import LiveAstDb, ReplaceService, utc_now
 from callgate.store.db import Database
-from callgate.store.replace import SCHEMA, ReplaceRepository
+from callgate.store.replace import ReplaceRepository
 
 CLIENT = "acme"
 # Cheap scrypt for the flow tests (the default cost is tested in test_pins.py).
@@ -80,7 +80,7 @@ def db_path(tmp_path: Path) -> Path:
 
 @pytest.fixture
 async def repo(db_path: Path) -> AsyncIterator[ReplaceRepository]:
-    db = await Database.open(db_path, SCHEMA)
+    db = await Database.open(db_path)
     yield ReplaceRepository(db)
     await db.close()
 

@@ -22,7 +22,7 @@ from callgate.registry import PolicyRegistry
 from callgate.replace.agi_flow import PinPrompt, ReplaceFlow
 from callgate.replace.service import ReplaceService
 from callgate.store.db import Database
-from callgate.store.replace import SCHEMA, ReplaceRepository
+from callgate.store.replace import ReplaceRepository
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
 
@@ -43,7 +43,7 @@ class Rig:
 
 @pytest.fixture
 async def rig(db_path: Path) -> AsyncIterator[Rig]:
-    db = await Database.open(db_path, SCHEMA)
+    db = await Database.open(db_path)
     repo = ReplaceRepository(db)
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))

@@ -21,7 +21,7 @@ from callgate.metrics import Metrics
 from callgate.registry import PolicyRegistry
 from callgate.replace.service import ReplaceService
 from callgate.store.db import Database
-from callgate.store.replace import SCHEMA, ReplaceRepository
+from callgate.store.replace import ReplaceRepository
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
 from support import wait_until
@@ -159,7 +159,7 @@ class Rig:
 async def start_rig(
     db_path: Path, asterisk: Asterisk, clock: Clock, registry: PolicyRegistry | None = None
 ) -> Rig:
-    db = await Database.open(db_path, SCHEMA)
+    db = await Database.open(db_path)
     repo = ReplaceRepository(db)
     if registry is None:
         registry = PolicyRegistry()

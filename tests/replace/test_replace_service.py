@@ -10,7 +10,7 @@ from pathlib import Path
 from callgate.registry import PolicyRegistry
 from callgate.replace.service import AstDbError, Outcome, PinChallenge, ReplaceRequest
 from callgate.store.db import Database
-from callgate.store.replace import SCHEMA, ReplaceRepository
+from callgate.store.replace import ReplaceRepository
 from reference_policy import REFERENCE_DOCUMENT
 
 from .conftest import CLIENT, Clock, FakeAstDb, FakeAudit, make_service
@@ -51,7 +51,7 @@ async def test_astdb_refusing_the_write_denies_and_undoes(
 
 
 async def test_store_unavailable_is_a_denial(db_path: Path, clock: Clock) -> None:
-    db = await Database.open(db_path, SCHEMA)
+    db = await Database.open(db_path)
     repo = ReplaceRepository(db)
     audit = FakeAudit()
     service = make_service(repo, registry_with(REFERENCE_DOCUMENT), audit, clock=clock)

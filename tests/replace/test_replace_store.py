@@ -1,4 +1,5 @@
-"""The replace repository on a real SQLite file: PINs, counted attempts, replacements, restart."""
+"""The replace repository on a real SQLite file: PINs, counted attempts (judged by the lockout
+rule of ``replace.lockout``), replacements, restart."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ from datetime import timedelta
 from pathlib import Path
 
 from callgate.http.replace_routes import replacement_json
-from callgate.replace.lockout import LockoutRules, LockState
+from callgate.replace.lockout import LockoutRules, LockState, current_lock, reserve_guess
 from callgate.store.db import Database
-from callgate.store.replace import SCHEMA, Attempt, Replacement, ReplaceRepository
+from callgate.store.replace import Attempt, Replacement, ReplaceRepository
 
 from .conftest import CLIENT, Clock
 
@@ -30,27 +31,27 @@ async def test_pins_are_per_client_and_extension(repo: ReplaceRepository, clock:
 
 async def test_attempts_lock_target_and_phone(repo: ReplaceRepository, clock: Clock) -> None:
     for _ in range(5):
-        attempt = await repo.reserve_attempt(CLIENT, "101", "100", clock(), RULES)
+        attempt = await reserve_guess(repo, RULES, CLIENT, "101", "100", clock())
         assert isinstance(attempt, Attempt)
         clock.advance(1)
     # the target is locked for every phone, and the phone for every target
-    other_phone = await repo.reserve_attempt(CLIENT, "101", "103", clock(), RULES)
+    other_phone = await reserve_guess(repo, RULES, CLIENT, "101", "103", clock())
     assert isinstance(other_phone, LockState)
     assert other_phone.target_locked_until is not None
     assert other_phone.phone_locked_until is None
-    other_target = await repo.reserve_attempt(CLIENT, "103", "100", clock(), RULES)
+    other_target = await reserve_guess(repo, RULES, CLIENT, "103", "100", clock())
     assert isinstance(other_target, LockState)
     assert other_target.phone_locked_until is not None
     # another client's extension of the same name is untouched
-    assert isinstance(await repo.reserve_attempt("other", "101", "100", clock(), RULES), Attempt)
+    assert isinstance(await reserve_guess(repo, RULES, "other", "101", "100", clock()), Attempt)
 
 
 async def test_a_right_pin_takes_its_attempt_back(repo: ReplaceRepository, clock: Clock) -> None:
     for _ in range(10):
-        attempt = await repo.reserve_attempt(CLIENT, "101", "100", clock(), RULES)
+        attempt = await reserve_guess(repo, RULES, CLIENT, "101", "100", clock())
         assert isinstance(attempt, Attempt)
         await repo.forget_attempt(attempt)
-    state = await repo.lock_state(CLIENT, "101", "100", clock(), RULES)
+    state = await current_lock(repo, RULES, CLIENT, "101", "100", clock())
     assert not state.locked
 
 
@@ -58,23 +59,23 @@ async def test_old_attempts_are_pruned(
     repo: ReplaceRepository, db_path: Path, clock: Clock
 ) -> None:
     for _ in range(3):
-        await repo.reserve_attempt(CLIENT, "101", "100", clock(), RULES)
+        await reserve_guess(repo, RULES, CLIENT, "101", "100", clock())
     clock.advance((RULES.horizon + timedelta(seconds=1)).total_seconds())
-    await repo.reserve_attempt(CLIENT, "102", "100", clock(), RULES)
+    await reserve_guess(repo, RULES, CLIENT, "102", "100", clock())
     with sqlite3.connect(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM replace_failures").fetchone() == (1,)
 
 
 async def test_lockout_survives_reopening_the_file(db_path: Path, clock: Clock) -> None:
-    db = await Database.open(db_path, SCHEMA)
+    db = await Database.open(db_path)
     repo = ReplaceRepository(db)
     for _ in range(5):
-        await repo.reserve_attempt(CLIENT, "101", "100", clock(), RULES)
+        await reserve_guess(repo, RULES, CLIENT, "101", "100", clock())
     await db.close()
 
-    db = await Database.open(db_path, SCHEMA)
+    db = await Database.open(db_path)
     try:
-        state = await ReplaceRepository(db).lock_state(CLIENT, "101", "100", clock(), RULES)
+        state = await current_lock(ReplaceRepository(db), RULES, CLIENT, "101", "100", clock())
         assert state.locked
     finally:
         await db.close()

@@ -11,8 +11,8 @@ from typing import TypeVar
 
 import pytest
 
-from callgate.audit import AuditEvent
-from callgate.store.audit import SCHEMA, AuditRepository
+from callgate.audit import AuditEvent, AuditLog
+from callgate.store.audit import AuditRepository
 from callgate.store.db import Database
 from support import wait_until
 
@@ -24,14 +24,19 @@ class CountingDatabase(Database):
 
     writes = 0
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         self.writes += 1
-        return await super().write(fn)
+        return await super().write(fn, on_commit=on_commit)
 
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
-    db = await CountingDatabase.open(tmp_path / "audit.sqlite3", SCHEMA)
+    db = await CountingDatabase.open(tmp_path / "audit.sqlite3")
     assert isinstance(db, CountingDatabase)
     yield db
     await db.close()
@@ -46,7 +51,7 @@ def event(n: int) -> AuditEvent:
 async def test_one_transaction_carries_every_event_recorded_before_it(
     db: CountingDatabase,
 ) -> None:
-    audit = AuditRepository(db, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), flush_interval=60)
     for n in range(250):
         audit.record(event(n))
     assert db.writes == 0  # nothing written per event
@@ -58,7 +63,7 @@ async def test_one_transaction_carries_every_event_recorded_before_it(
 async def test_a_quiet_period_writes_what_was_recorded_without_a_flush(
     db: CountingDatabase,
 ) -> None:
-    audit = AuditRepository(db, flush_interval=0.02)
+    audit = AuditLog(AuditRepository(db), flush_interval=0.02)
     audit.record(event(1))
     await wait_until(lambda: audit.list("acme"))  # polls the store under test
     assert db.writes == 1
@@ -68,7 +73,7 @@ async def test_a_quiet_period_writes_what_was_recorded_without_a_flush(
 async def test_a_full_batch_is_written_at_once_and_close_writes_the_rest(
     db: CountingDatabase,
 ) -> None:
-    audit = AuditRepository(db, batch_size=10, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), batch_size=10, flush_interval=60)
     for n in range(25):
         audit.record(event(n))
     # The tenth event started a write, no timer needed.

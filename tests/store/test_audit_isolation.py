@@ -13,10 +13,10 @@ from typing import TypeVar
 
 import pytest
 
-from callgate.audit import AuditEvent
+from callgate.audit import AuditEvent, AuditLog
 from callgate.config import Settings
 from callgate.logs import FIELD_LIMIT
-from callgate.store.audit import PRUNE_BATCH, SCHEMA, AuditRepository, AuditRetention
+from callgate.store.audit import PRUNE_BATCH, AuditRepository, AuditRetention
 from callgate.store.db import Database
 
 T = TypeVar("T")
@@ -28,14 +28,19 @@ class CountingDatabase(Database):
 
     writes = 0
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         self.writes += 1
-        return await super().write(fn)
+        return await super().write(fn, on_commit=on_commit)
 
 
 @pytest.fixture
 async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
-    db = await CountingDatabase.open(tmp_path / "audit.sqlite3", SCHEMA)
+    db = await CountingDatabase.open(tmp_path / "audit.sqlite3")
     assert isinstance(db, CountingDatabase)
     yield db
     await db.close()
@@ -56,7 +61,7 @@ def rows(db: Database) -> list[sqlite3.Row]:
 
 
 async def test_a_row_the_store_refuses_is_lost_alone_and_counted(db: CountingDatabase) -> None:
-    audit = AuditRepository(db, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), flush_interval=60)
     for n in range(20):
         audit.record(event(n, "acme" if n % 2 else "globex"))
         if n == 10:  # sqlite3 cannot bind an integer this large: a real refusal, mid-batch
@@ -74,7 +79,7 @@ async def test_a_row_the_store_refuses_is_lost_alone_and_counted(db: CountingDat
 async def test_values_that_were_not_utf8_are_stored_escaped_and_bounded(
     db: CountingDatabase,
 ) -> None:
-    audit = AuditRepository(db, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), flush_interval=60)
     bad = b"1\xff0".decode("utf-8", "surrogateescape")
     audit.record(
         event(
@@ -106,7 +111,7 @@ async def test_values_that_were_not_utf8_are_stored_escaped_and_bounded(
 async def test_max_rows_keeps_the_newest_and_deletes_in_small_transactions(
     db: CountingDatabase,
 ) -> None:
-    audit = AuditRepository(db, batch_size=1000, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), batch_size=1000, flush_interval=60)
     total = 2 * PRUNE_BATCH + 200
     for n in range(total):
         audit.record(event(n))
@@ -120,7 +125,7 @@ async def test_max_rows_keeps_the_newest_and_deletes_in_small_transactions(
 
 
 async def test_max_age_deletes_the_old_events_only(db: CountingDatabase) -> None:
-    audit = AuditRepository(db, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), flush_interval=60)
     for n in range(30):
         audit.record(event(n, time=NOW - timedelta(days=40 - n)))  # 40 to 11 days old
     await audit.flush()
@@ -130,7 +135,7 @@ async def test_max_age_deletes_the_old_events_only(db: CountingDatabase) -> None
 
 
 async def test_pruning_runs_in_the_background_until_close(db: CountingDatabase) -> None:
-    audit = AuditRepository(db, flush_interval=60)
+    audit = AuditLog(AuditRepository(db), flush_interval=60)
     for n in range(10):
         audit.record(event(n))
     await audit.flush()

@@ -33,13 +33,13 @@ from enum import StrEnum
 from typing import Protocol
 
 from callgate.audit import AuditEvent, AuditSink
-from callgate.domain import AstDbKey, Attempt, Replacement, StoreError
+from callgate.domain import DEFAULT_PBX, AstDbKey, Attempt, Replacement, StoreError
 from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
+from callgate.ports import ReplaceStore
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.limits import PinWriteLimiter
-from callgate.replace.lockout import LockoutRules, LockState
+from callgate.replace.lockout import LockoutRules, LockState, current_lock, reserve_guess
 from callgate.replace.pins import PinHasher, check_pin
-from callgate.store.replace import ReplaceRepository
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,7 @@ class ReplacementEnd(StrEnum):
 class ReplaceService:
     def __init__(
         self,
-        repo: ReplaceRepository,
+        repo: ReplaceStore,
         registry: PolicyRegistry,
         audit: AuditSink,
         *,
@@ -202,8 +202,8 @@ class ReplaceService:
         assert req.target is not None  # decide() denied the group form
         if await self._repo.pin_hash(req.client_id, req.target) is None:
             return Decision.deny(Reason.NO_REPLACE_PIN)
-        state = await self._repo.lock_state(
-            req.client_id, req.target, req.phone, self._clock(), self._rules
+        state = await current_lock(
+            self._repo, self._rules, req.client_id, req.target, req.phone, self._clock()
         )
         return _locked_out(state, req) if state.locked else None
 
@@ -214,8 +214,8 @@ class ReplaceService:
         if not digits:
             # nothing entered: not a guess, so not counted towards the lockout
             return Decision.deny(Reason.BAD_PIN), challenge.version
-        attempt = await self._repo.reserve_attempt(
-            req.client_id, req.target, req.phone, self._clock(), self._rules
+        attempt = await reserve_guess(
+            self._repo, self._rules, req.client_id, req.target, req.phone, self._clock()
         )
         if isinstance(attempt, LockState):
             # other attempts reached the limit while this caller was typing
@@ -354,7 +354,7 @@ class ReplaceService:
             else:
                 return
         try:
-            await self._repo.add_pending(ended.client_id, _keys_of(ended))
+            await self._repo.add_pending(ended.client_id, _keys_of(ended), pbx=ended.pbx)
         except Exception:
             log.exception("could not keep AstDB deletions for phone %s", ended.phone)
             return
@@ -378,10 +378,11 @@ class ReplaceService:
         if astdb is None:
             return ()
         done: list[AstDbKey] = []
-        for owner, key in await self._repo.pending(client_id):
-            await astdb.delete(*key)
-            await self._repo.forget_pending(owner, key)
-            done.append(key)
+        # The one PBX callgate reaches today; each PBX's connection will flush its own.
+        for owed in await self._repo.pending(client_id, pbx=DEFAULT_PBX):
+            await astdb.delete(*owed.key)
+            await self._repo.forget_pending(owed.client_id, owed.key, pbx=owed.pbx)
+            done.append(owed.key)
         if client_id is None:
             self._maybe_pending = False
         if done:

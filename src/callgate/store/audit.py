@@ -1,25 +1,13 @@
-"""The audit log: what was decided and what happened, kept in the shared database.
+"""``ports.AuditStore`` on SQLite: the audit log's rows, written a batch (or a row) at a time.
 
-``AuditRepository`` is the daemon's ``AuditSink``: ``record()`` only appends the event to a
-bounded in-memory list (it never blocks a phone and never raises). The events are written in
-batches, one transaction (``executemany``) per batch: a write starts ``flush_interval`` seconds
-after the first unwritten event, or at once when ``batch_size`` are waiting, so under load one
-durable COMMIT carries many decisions instead of one each. ``flush()`` and ``close()`` write
-everything recorded so far; a clean stop loses nothing, a crash at most the last
-``flush_interval`` seconds. If the list is full or the store fails, events are dropped and
-counted (``lost``, ``lost_counts()`` by reason) with a log line: the decision itself has
-already been answered.
+The queue, the batching timer and the row-by-row retry are ``callgate.audit.AuditLog``'s; this
+module only writes what it is handed. ``write_batch`` is one transaction with multi-row INSERTs;
+``write_each`` puts each row in a savepoint of one transaction, so only the rows the store
+refuses are lost.
 
-No event takes another down: every caller-supplied value (client, extension, target, uniqueid,
-channel, extra facts) is made storable before it is queued (``logs.printable``: escaped, so a
-byte that was not UTF-8 is no surrogate SQLite refuses, and at most ``FIELD_LIMIT`` characters),
-and a batch that fails anyway is written again row by row, each row in a savepoint of one
-transaction: only the rows that still fail are lost, each logged with its reason and counted as
-``rejected``.
-
-Retention (``start_pruning``): events older than ``max_age`` and beyond the newest ``max_rows``
-are deleted periodically, ``PRUNE_BATCH`` rows a transaction, so a pruning never holds the
-writer for long (audit writes and policy changes take their turn between two batches).
+Retention (``prune``): events older than ``max_age`` and beyond the newest ``max_rows`` are
+deleted ``PRUNE_BATCH`` rows a transaction, so a pruning never holds the writer for long (audit
+writes and policy changes take their turn between two batches).
 
 Listen/whisper sessions: the Manager side records a session's start and end as events with
 ``started`` / ``ended`` + ``end_reason`` set. They do not become rows of their own: they complete
@@ -31,47 +19,21 @@ as a row of its own.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import sqlite3
-from collections.abc import Mapping
+from collections.abc import Sequence
 from datetime import UTC, datetime
 from functools import lru_cache, partial
 from typing import Final
 
 from callgate.audit import SESSION_ACTIONS, AuditEvent, EndReason
 from callgate.domain import AuditRetention
-from callgate.logs import FIELD_LIMIT, is_plain, printable
 from callgate.store.db import Database
 
-__all__ = ["PRUNE_BATCH", "SCHEMA", "SESSION_ACTIONS", "AuditRepository", "AuditRetention"]
+__all__ = ["PRUNE_BATCH", "SESSION_ACTIONS", "AuditRepository", "AuditRetention"]
 
 log = logging.getLogger(__name__)
-
-SCHEMA = (
-    """
-    CREATE TABLE IF NOT EXISTS audit_events (
-        id INTEGER PRIMARY KEY AUTOINCREMENT,
-        time_us INTEGER NOT NULL,
-        client_id TEXT NOT NULL,
-        action TEXT NOT NULL,
-        ext TEXT NOT NULL,
-        target TEXT,
-        decision TEXT NOT NULL,
-        reason TEXT NOT NULL,
-        policy_version INTEGER NOT NULL,
-        uniqueid TEXT,
-        channel TEXT,
-        extra TEXT NOT NULL DEFAULT '{}',
-        started_us INTEGER,
-        ended_us INTEGER,
-        end_reason TEXT
-    )
-    """,
-    "CREATE INDEX IF NOT EXISTS audit_events_by_time ON audit_events (client_id, time_us)",
-    "CREATE INDEX IF NOT EXISTS audit_events_by_uniqueid ON audit_events (client_id, uniqueid)",
-)
 
 
 def _us(value: datetime | None) -> int | None:
@@ -111,184 +73,19 @@ PRUNE_BATCH: Final = 500
 """Rows one pruning transaction deletes at most (a few milliseconds of the writer)."""
 
 
-def storable(event: AuditEvent) -> AuditEvent:
-    """``event`` with every caller-supplied text as ``printable`` makes it (the same event when
-    they all are already: the usual case, one regex match for them all)."""
-    target, uniqueid, channel = event.target, event.uniqueid, event.channel
-    together = f"{event.client_id}{event.ext}{target or ''}{uniqueid or ''}{channel or ''}"
-    if not event.extra and len(together) <= FIELD_LIMIT and is_plain(together):
-        return event  # each value is plain and shorter than the limit: what printable keeps
-    p = printable
-    client_id, ext, extra = p(event.client_id), p(event.ext), event.extra
-    if target is not None:
-        target = p(target)
-    if uniqueid is not None:
-        uniqueid = p(uniqueid)
-    if channel is not None:
-        channel = p(channel)
-    if extra:
-        extra = tuple((p(key), p(value)) for key, value in extra)
-    if (
-        client_id is event.client_id
-        and ext is event.ext
-        and target is event.target
-        and uniqueid is event.uniqueid
-        and channel is event.channel
-        and extra == event.extra
-    ):
-        return event
-    return event._replace(
-        client_id=client_id,
-        ext=ext,
-        target=target,
-        uniqueid=uniqueid,
-        channel=channel,
-        extra=extra,
-    )
-
-
 class AuditRepository:
-    """The audit log on the shared database; also the daemon's ``AuditSink``."""
+    """``ports.AuditStore`` on SQLite: the rows only (``callgate.audit.AuditLog`` batches)."""
 
-    def __init__(
-        self,
-        db: Database,
-        *,
-        queue_size: int = 10_000,
-        batch_size: int = 500,
-        flush_interval: float = 0.1,
-    ) -> None:
+    def __init__(self, db: Database) -> None:
         self._db = db
-        self._pending: list[AuditEvent] = []
-        self._queue_size = queue_size
-        self._batch_size = batch_size
-        self._flush_interval = flush_interval
-        self._timer: asyncio.TimerHandle | None = None
-        self._writer: asyncio.Task[None] | None = None
-        self._closed = False
-        self._pruner: asyncio.Task[None] | None = None
-        self.lost = 0
-        """Events dropped (list full, store error, rejected by the store, recorded after close)."""
-        self._lost: dict[str, int] = {}
 
-    def lost_counts(self) -> Mapping[str, int]:
-        """Events lost so far by reason: ``queue_full``, ``closed``, ``store_error`` (the store
-        failed the whole batch), ``rejected`` (the store refused that very row)."""
-        return dict(self._lost)
+    async def write_batch(self, events: Sequence[AuditEvent]) -> None:
+        """Every event in one transaction, or none."""
+        await self._db.write(partial(_insert, events=events))
 
-    def _count_lost(self, reason: str, count: int = 1) -> None:
-        self.lost += count
-        self._lost[reason] = self._lost.get(reason, 0) + count
-
-    # ---------------------------------------------------------------- AuditSink
-
-    def record(self, event: AuditEvent) -> None:
-        """Keep ``event`` for the next batch; never blocks, never raises."""
-        try:
-            event = storable(event)
-        except Exception:  # not text at all: queued as is, the row-by-row retry has the last word
-            log.exception("audit: event values not checked: %r", event)
-        if self._closed:
-            self._count_lost("closed")
-            log.warning("audit event recorded after close, dropped: %s", event)
-            return
-        pending = self._pending
-        if len(pending) >= self._queue_size:
-            self._count_lost("queue_full")
-            log.error("audit queue full, event dropped (%d lost so far): %s", self.lost, event)
-            return
-        pending.append(event)
-        if self._writer is not None:
-            return  # the running write schedules the next one
-        try:
-            self._schedule()
-        except Exception:  # no running loop: flush() or close() will write it
-            log.exception("audit: could not schedule a write")
-
-    async def flush(self) -> None:
-        """Return once every event recorded so far is written (or counted as lost)."""
-        while self._pending or self._writer is not None:
-            if self._writer is None:
-                self._start_writer()
-            assert self._writer is not None
-            # Shielded: a cancelled caller must not cancel a batch half-way to the store.
-            await asyncio.shield(self._writer)
-
-    async def close(self) -> None:
-        """Write what is pending; later events are dropped."""
-        self._closed = True
-        if self._pruner is not None:
-            self._pruner.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._pruner
-            self._pruner = None
-        await self.flush()
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-
-    def _start_writer(self) -> None:
-        if self._timer is not None:
-            self._timer.cancel()
-            self._timer = None
-        if self._writer is None and self._pending:
-            loop = asyncio.get_running_loop()
-            self._writer = loop.create_task(self._write_pending(), name="audit-writer")
-
-    async def _write_pending(self) -> None:
-        try:
-            batch, self._pending = self._pending, []
-            for first in range(0, len(batch), self._batch_size):
-                events = batch[first : first + self._batch_size]
-                try:
-                    await self._db.write(partial(_insert, events=events))
-                except Exception:
-                    log.warning("audit: a batch failed, writing it row by row", exc_info=True)
-                    await self._write_each(events)
-        finally:
-            self._writer = None
-            if self._pending and not self._closed:
-                self._schedule()  # what arrived during the write
-
-    async def _write_each(self, events: list[AuditEvent]) -> None:
-        """``events`` one row a savepoint, in one transaction: a row the store refuses is lost
-        alone (logged with its reason, counted ``rejected``), the others are written."""
-        try:
-            refused = await self._db.write(partial(_insert_each, events=events))
-        except Exception:
-            self._count_lost("store_error", len(events))
-            log.exception("audit: %d event(s) could not be written", len(events))
-            return
-        for event, reason in refused:
-            self._count_lost("rejected")
-            log.error("audit: event refused by the store (%s): %r", reason, event)
-
-    def _schedule(self) -> None:
-        """Write now if a batch is full, else in ``flush_interval`` seconds."""
-        if len(self._pending) >= self._batch_size:
-            self._start_writer()
-        elif self._timer is None:
-            loop = asyncio.get_running_loop()
-            self._timer = loop.call_later(self._flush_interval, self._start_writer)
-
-    # ---------------------------------------------------------------- retention
-
-    def start_pruning(self, retention: AuditRetention) -> None:
-        """Prune now and every ``retention.interval`` seconds until ``close()``."""
-        if retention.max_age is None and retention.max_rows is None:
-            return
-        if self._pruner is None:
-            self._pruner = asyncio.get_running_loop().create_task(
-                self._keep_pruning(retention), name="audit-pruner"
-            )
-
-    async def _keep_pruning(self, retention: AuditRetention) -> None:
-        while True:
-            try:
-                await self.prune(retention)
-            except Exception:
-                log.exception("audit: pruning failed; trying again later")
-            await asyncio.sleep(retention.interval)
+    async def write_each(self, events: Sequence[AuditEvent]) -> list[tuple[AuditEvent, str]]:
+        """Each event in a savepoint of one transaction; the refused ones with their reason."""
+        return await self._db.write(partial(_insert_each, events=events))
 
     async def prune(self, retention: AuditRetention, now: datetime | None = None) -> int:
         """Delete what ``retention`` does not keep, ``PRUNE_BATCH`` rows a transaction; the
@@ -355,7 +152,7 @@ _INSERT = """
 _VALUES = "(?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)"
 
 
-def _insert(conn: sqlite3.Connection, events: list[AuditEvent]) -> None:
+def _insert(conn: sqlite3.Connection, events: Sequence[AuditEvent]) -> None:
     """Insert ``events`` in order: plain decisions many rows to one statement, session starts and
     ends (which complete an earlier row) one by one where they come."""
     rows: list[AuditEvent] = []
@@ -406,7 +203,7 @@ def _row(event: AuditEvent) -> tuple[object, ...]:
 
 
 def _insert_each(
-    conn: sqlite3.Connection, events: list[AuditEvent]
+    conn: sqlite3.Connection, events: Sequence[AuditEvent]
 ) -> list[tuple[AuditEvent, str]]:
     """Insert ``events`` one by one, each in a savepoint; the refused ones with their reason."""
     refused: list[tuple[AuditEvent, str]] = []

@@ -5,24 +5,33 @@ keeps every statement off the event loop without a pool. ``write`` runs its func
 transaction and returns only after COMMIT, with ``synchronous=FULL`` in WAL mode, so a write that
 was acknowledged survives a crash of the process or of the machine.
 
-Each repository brings its own schema as a list of idempotent DDL statements (``CREATE TABLE IF
-NOT EXISTS ...``) and registers it with ``Database.open(schemas=...)``.
+``Database.open`` brings the schema to the version this code writes (``store.schema``: the
+migrations, in one transaction), and refuses a database of a newer version.
+
+Contracts of ``callgate.ports`` that rest on this module: a write is durable before it returns
+(COMMIT with ``synchronous=FULL``); ``write(..., on_commit=...)`` runs its hook on the writer
+thread right after COMMIT, so what a hook hands to the event loop arrives in commit order (the
+change feed's per-client version order rests on it).
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TypeVar
 
 from callgate.domain import StoreError
+from callgate.store.schema import migrate
 
 __all__ = ["Database", "StoreError"]
 
 T = TypeVar("T")
+
+log = logging.getLogger(__name__)
 
 
 class Database:
@@ -37,13 +46,18 @@ class Database:
         return self._path
 
     @classmethod
-    async def open(cls, path: Path | str, schemas: Iterable[str] = ()) -> Database:
+    async def open(cls, path: Path | str) -> Database:
+        """Open (creating if needed) the database, migrated to ``schema.LATEST``; ``StoreError``
+        for a database of a newer schema version."""
         db = cls(path)
-        statements = list(schemas)
-        await db._run(lambda: db._connect(statements))
+        try:
+            await db._run(db._connect)
+        except BaseException:
+            db._executor.shutdown(wait=False)
+            raise
         return db
 
-    def _connect(self, statements: list[str]) -> None:
+    def _connect(self) -> None:
         if self._path != ":memory:":
             Path(self._path).parent.mkdir(parents=True, exist_ok=True)
         conn = sqlite3.connect(self._path, isolation_level=None, check_same_thread=False)
@@ -54,8 +68,7 @@ class Database:
         conn.row_factory = sqlite3.Row
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for statement in statements:
-                conn.execute(statement)
+            migrate(conn)
         except BaseException:
             conn.execute("ROLLBACK")
             conn.close()
@@ -81,10 +94,17 @@ class Database:
         """Run ``fn`` on the connection (no transaction is opened for a plain read)."""
         return await self._run(lambda: fn(self._connection()))
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+    async def write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
         """Run ``fn`` in one IMMEDIATE transaction; return after a durable COMMIT.
 
         If ``fn`` raises, the transaction is rolled back and the exception propagates unchanged.
+        ``on_commit(result)`` runs on the writer thread right after the COMMIT (never after a
+        rollback); it must not block.
         """
 
         def run() -> T:
@@ -96,6 +116,11 @@ class Database:
                 conn.execute("ROLLBACK")
                 raise
             conn.execute("COMMIT")
+            if on_commit is not None:
+                try:
+                    on_commit(result)
+                except Exception:  # committed: the write stands, whatever its hook does
+                    log.exception("database: a hook after commit failed")
             return result
 
         return await self._run(run)

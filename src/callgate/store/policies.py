@@ -4,8 +4,14 @@ A client's current policy is its newest version. Versions count up from 1 per cl
 means "nothing stored" and is never written. Resetting a client to the default (HTTP ``DELETE``)
 is a new version that holds the default document, so the history shows who reset it and when.
 
-The optimistic-concurrency check (HTTP ``If-Match``) happens inside the write transaction, so two
-operators racing cannot both win against the same version.
+Versions are unique by the table's key ``(client_id, version)``, and that key alone decides who
+gets a version: a save reads the current version, checks it against ``if_version`` (HTTP
+``If-Match``), and inserts the next one; if another save inserted it first, the insert fails on
+the key, nothing is written, and the save reads again — a conflict if the version it expected is
+gone, another try otherwise. Nothing rests on SQLite's single writer, so a backend with
+concurrent writers (PostgreSQL at READ COMMITTED) keeps the same guarantee with the same key.
+A committed save is published on the store's change feed (``PolicyChange``), from the writer
+thread right after COMMIT, so the feed sees the versions in commit order.
 
 Retention (``Retention``): each save prunes, in its own transaction, the client's versions beyond
 the newest ``keep`` and those older than ``max_age``; the version just written is never pruned,
@@ -19,6 +25,7 @@ HTTP answers) send as it is, without decoding and encoding megabytes again.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import sqlite3
 from collections.abc import Collection
@@ -26,6 +33,7 @@ from datetime import UTC, datetime
 
 from callgate.domain import (
     HistoryPage,
+    PolicyChange,
     Retention,
     RetentionSettings,
     StoredJson,
@@ -35,10 +43,12 @@ from callgate.domain import (
     retention,
 )
 from callgate.policy import PolicyDocument, PolicyValidationError, parse_document
+from callgate.ports import ChangeFeed
 from callgate.store.db import Database, StoreError
 
 __all__ = [  # the domain names are re-exported for the callers that imported them from here
     "HistoryPage",
+    "PolicyChange",
     "PolicyRepository",
     "Retention",
     "RetentionSettings",
@@ -49,16 +59,14 @@ __all__ = [  # the domain names are re-exported for the callers that imported th
     "retention",
 ]
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS policy_versions (
-        client_id  TEXT    NOT NULL,
-        version    INTEGER NOT NULL CHECK (version > 0),
-        document   TEXT    NOT NULL,
-        changed_at TEXT    NOT NULL,
-        changed_by TEXT    NOT NULL,
-        PRIMARY KEY (client_id, version)
-    ) WITHOUT ROWID""",
-)
+_SAVE_ATTEMPTS = 100
+"""Saves without ``if_version`` that lose the race for the next version retry this often: each
+loss means another save got through, so only a storm of concurrent writers to one client gets
+this far (then ``StoreError``)."""
+
+
+class _VersionTakenError(Exception):
+    """Another save inserted the version this one meant to write (the unique key said so)."""
 
 
 def _decode(row: sqlite3.Row) -> StoredPolicy:
@@ -120,8 +128,11 @@ def _current_version(conn: sqlite3.Connection, client_id: str) -> int:
 
 
 class PolicyRepository:
-    def __init__(self, db: Database) -> None:
+    """``ports.PolicyStore`` on SQLite."""
+
+    def __init__(self, db: Database, changes: ChangeFeed) -> None:
         self._db = db
+        self._changes = changes
         self.retention = Retention()
         """Applied by every save; the daemon sets it from the settings."""
 
@@ -232,19 +243,38 @@ class PolicyRepository:
         """
         if encoded is None:
             encoded = canonical_json(document)
-        retention = self.retention
-
-        def write(conn: sqlite3.Connection) -> StoredPolicy:
-            current = _current_version(conn, client_id)
+        for _ in range(_SAVE_ATTEMPTS):
+            current = await self._db.read(lambda conn: _current_version(conn, client_id))
             if if_version is not None and current not in if_version:
                 raise VersionConflictError(client_id, current)
-            changed_at = datetime.now(UTC)
-            conn.execute(
-                "INSERT INTO policy_versions (client_id, version, document, changed_at,"
-                " changed_by) VALUES (?, ?, ?, ?, ?)",
-                (client_id, current + 1, encoded, changed_at.isoformat(), changed_by),
-            )
-            _prune(conn, client_id, current + 1, changed_at, retention)
-            return StoredPolicy(client_id, current + 1, document, changed_at, changed_by)
+            try:
+                return await self._insert(client_id, current + 1, document, encoded, changed_by)
+            except _VersionTakenError:
+                continue  # read again: a conflict if ``if_version`` no longer holds
+        raise StoreError(f"client {client_id!r}: too many concurrent saves, none of this one's won")
 
-        return await self._db.write(write)
+    async def _insert(
+        self, client_id: str, version: int, document: PolicyDocument, encoded: str, by: str
+    ) -> StoredPolicy:
+        """Insert ``version`` (the unique key refuses it if taken) and apply the retention."""
+        retention = self.retention
+        loop = asyncio.get_running_loop()
+
+        def write(conn: sqlite3.Connection) -> StoredPolicy:
+            changed_at = datetime.now(UTC)
+            try:
+                conn.execute(
+                    "INSERT INTO policy_versions (client_id, version, document, changed_at,"
+                    " changed_by) VALUES (?, ?, ?, ?, ?)",
+                    (client_id, version, encoded, changed_at.isoformat(), by),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise _VersionTakenError from exc
+            _prune(conn, client_id, version, changed_at, retention)
+            return StoredPolicy(client_id, version, document, changed_at, by)
+
+        def publish(saved: StoredPolicy) -> None:
+            change = PolicyChange(saved.client_id, saved.version)
+            loop.call_soon_threadsafe(self._changes.publish, change)
+
+        return await self._db.write(write, on_commit=publish)

@@ -1,8 +1,17 @@
-"""The phone-replace repository: PIN hashes, wrong-PIN attempts, and replacements in force.
+"""``ports.ReplaceStore`` on SQLite: PIN hashes, counted PIN attempts, replacements in force, and
+the AstDB deletions owed to a PBX.
 
 Everything here survives a restart and is shared by every instance that uses the same store:
 that is what makes the lockout hold ("5 wrong PINs in 15 minutes", policy rule 8) and what lets
-``GET /client/{id}/replacements`` and the revocation of replacements work after a restart.
+``GET /client/{id}/replacements`` and the revocation of replacements work after a restart. The
+store only persists and counts; ``replace.lockout`` says what the counts mean.
+
+A PIN attempt reservation is linearizable per target and per phone by its lock rows
+(``replace_attempt_locks``): it upserts the target's row, then the phone's (that order always,
+so two reservations never wait on each other in a cycle), and only then reads the failures and
+inserts its own. In SQLite the whole transaction holds the writer; in PostgreSQL the two upserts
+are row locks held to the commit, so the same statements serialise the reservations of one target
+or one phone and nothing else, at READ COMMITTED.
 
 Times are stored as UNIX seconds (REAL, UTC) and handed out as aware ``datetime``s.
 """
@@ -13,52 +22,19 @@ import sqlite3
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from callgate.domain import AstDbKey, Attempt, Replacement, Takeover
-from callgate.replace.lockout import LockoutRules, LockState
+from callgate.domain import (
+    DEFAULT_PBX,
+    AstDbKey,
+    Attempt,
+    FailureTimes,
+    PendingDeletion,
+    Replacement,
+    Reservation,
+    Takeover,
+)
 from callgate.store.db import Database
 
-__all__ = ["SCHEMA", "AstDbKey", "Attempt", "ReplaceRepository", "Replacement", "Takeover"]
-
-SCHEMA: tuple[str, ...] = (
-    """CREATE TABLE IF NOT EXISTS replace_pins (
-        client_id TEXT NOT NULL,
-        ext TEXT NOT NULL,
-        pin_hash TEXT NOT NULL,
-        set_at REAL NOT NULL,
-        PRIMARY KEY (client_id, ext)
-    )""",
-    # One row per PIN attempt that was not (yet) found right: a row is written before the PIN is
-    # checked and removed only when it was right, so concurrent guesses cannot outrun the count
-    # and a crash in the middle counts as a failure.
-    """CREATE TABLE IF NOT EXISTS replace_failures (
-        id INTEGER PRIMARY KEY,
-        client_id TEXT NOT NULL,
-        target TEXT NOT NULL,
-        phone TEXT NOT NULL,
-        at REAL NOT NULL
-    )""",
-    "CREATE INDEX IF NOT EXISTS replace_failures_target"
-    " ON replace_failures (client_id, target, at)",
-    "CREATE INDEX IF NOT EXISTS replace_failures_phone ON replace_failures (client_id, phone, at)",
-    "CREATE INDEX IF NOT EXISTS replace_failures_at ON replace_failures (at)",
-    """CREATE TABLE IF NOT EXISTS replacements (
-        client_id TEXT NOT NULL,
-        phone TEXT NOT NULL,
-        from_ext TEXT NOT NULL,
-        to_ext TEXT NOT NULL,
-        since REAL NOT NULL,
-        PRIMARY KEY (client_id, phone)
-    )""",
-    "CREATE INDEX IF NOT EXISTS replacements_to ON replacements (client_id, to_ext)",
-    # AstDB keys that must go but could not be deleted yet (no Manager connection when a
-    # replacement was revoked or restored over HTTP): deleted as soon as Asterisk is reachable.
-    """CREATE TABLE IF NOT EXISTS replace_astdb_pending (
-        client_id TEXT NOT NULL,
-        family TEXT NOT NULL,
-        key TEXT NOT NULL,
-        PRIMARY KEY (client_id, family, key)
-    )""",
-)
+__all__ = ["AstDbKey", "Attempt", "ReplaceRepository", "Replacement", "Takeover"]
 
 
 def _ts(at: datetime) -> float:
@@ -73,37 +49,45 @@ def _dt(value: float) -> datetime:
 
 def _replacement(row: sqlite3.Row) -> Replacement:
     return Replacement(
-        row["client_id"], row["phone"], row["from_ext"], row["to_ext"], _dt(row["since"])
+        row["client_id"],
+        row["phone"],
+        row["from_ext"],
+        row["to_ext"],
+        _dt(row["since"]),
+        row["pbx"],
     )
 
 
 def _failure_times(
     conn: sqlite3.Connection, client_id: str, column: str, key: str, since: float
-) -> list[datetime]:
+) -> tuple[datetime, ...]:
     # ``column`` is one of two literals chosen below, never user input.
     rows = conn.execute(
-        f"SELECT at FROM replace_failures WHERE client_id = ? AND {column} = ? AND at > ?",  # noqa: S608
+        f"SELECT at FROM replace_failures WHERE client_id = ? AND {column} = ? AND at > ?"  # noqa: S608
+        " ORDER BY at",
         (client_id, key, since),
     ).fetchall()
-    return [_dt(row["at"]) for row in rows]
+    return tuple(_dt(row["at"]) for row in rows)
 
 
-def _lock_state(
-    conn: sqlite3.Connection,
-    client_id: str,
-    target: str,
-    phone: str,
-    now: datetime,
-    rules: LockoutRules,
-) -> LockState:
-    since = _ts(now - rules.horizon)
-    return LockState(
-        rules.locked_until(_failure_times(conn, client_id, "target", target, since), now),
-        rules.locked_until(_failure_times(conn, client_id, "phone", phone, since), now),
+def _failures(
+    conn: sqlite3.Connection, client_id: str, target: str, phone: str, since: float
+) -> FailureTimes:
+    return FailureTimes(
+        _failure_times(conn, client_id, "target", target, since),
+        _failure_times(conn, client_id, "phone", phone, since),
     )
 
 
+_TAKE_LOCK = (
+    "INSERT INTO replace_attempt_locks (client_id, kind, key, reservations) VALUES (?, ?, ?, 1)"
+    " ON CONFLICT (client_id, kind, key) DO UPDATE SET reservations = reservations + 1"
+)
+
+
 class ReplaceRepository:
+    """``ports.ReplaceStore`` on SQLite."""
+
     def __init__(self, db: Database) -> None:
         self._db = db
 
@@ -138,38 +122,31 @@ class ReplaceRepository:
 
         return await self._db.read(run)
 
-    # -- wrong-PIN attempts ----------------------------------------------------------------
+    # -- PIN attempts ------------------------------------------------------------------------
 
-    async def lock_state(
-        self, client_id: str, target: str, phone: str, now: datetime, rules: LockoutRules
-    ) -> LockState:
-        return await self._db.read(
-            lambda conn: _lock_state(conn, client_id, target, phone, now, rules)
-        )
+    async def failure_times(
+        self, client_id: str, target: str, phone: str, since: datetime
+    ) -> FailureTimes:
+        after = _ts(since)
+        return await self._db.read(lambda conn: _failures(conn, client_id, target, phone, after))
 
     async def reserve_attempt(
-        self, client_id: str, target: str, phone: str, now: datetime, rules: LockoutRules
-    ) -> Attempt | LockState:
-        """Count one attempt at ``target``'s PIN from ``phone``, unless either is locked out.
+        self, client_id: str, target: str, phone: str, now: datetime, since: datetime
+    ) -> Reservation:
+        """Count one attempt, with the attempts counted before it (see the module docstring)."""
+        at, after = _ts(now), _ts(since)
 
-        Check and count are one transaction, so two sessions guessing at once cannot both slip
-        under the limit. Returns the lock state instead when a lock is in force.
-        """
-
-        def run(conn: sqlite3.Connection) -> Attempt | LockState:
-            conn.execute(
-                "DELETE FROM replace_failures WHERE at <= ?",
-                (_ts(now - rules.horizon),),
-            )
-            state = _lock_state(conn, client_id, target, phone, now, rules)
-            if state.locked:
-                return state
+        def run(conn: sqlite3.Connection) -> Reservation:
+            conn.execute(_TAKE_LOCK, (client_id, "target", target))
+            conn.execute(_TAKE_LOCK, (client_id, "phone", phone))
+            conn.execute("DELETE FROM replace_failures WHERE at <= ?", (after,))
+            before = _failures(conn, client_id, target, phone, after)
             cur = conn.execute(
                 "INSERT INTO replace_failures (client_id, target, phone, at) VALUES (?, ?, ?, ?)",
-                (client_id, target, phone, _ts(now)),
+                (client_id, target, phone, at),
             )
             assert cur.lastrowid is not None
-            return Attempt(cur.lastrowid)
+            return Reservation(Attempt(cur.lastrowid), before)
 
         return await self._db.write(run)
 
@@ -192,8 +169,9 @@ class ReplaceRepository:
 
         def run(conn: sqlite3.Connection) -> Takeover:
             conn.executemany(
-                "DELETE FROM replace_astdb_pending WHERE client_id = ? AND family = ? AND key = ?",
-                [(new.client_id, family, key) for family, key in writes],
+                "DELETE FROM replace_astdb_pending"
+                " WHERE pbx = ? AND client_id = ? AND family = ? AND key = ?",
+                [(new.pbx, new.client_id, family, key) for family, key in writes],
             )
             previous = conn.execute(
                 "SELECT * FROM replacements WHERE client_id = ? AND phone = ?",
@@ -208,9 +186,9 @@ class ReplaceRepository:
                 (new.client_id, new.phone, new.to_ext),
             )
             conn.execute(
-                "INSERT INTO replacements (client_id, phone, from_ext, to_ext, since)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (new.client_id, new.phone, new.from_ext, new.to_ext, _ts(new.since)),
+                "INSERT INTO replacements (client_id, phone, from_ext, to_ext, since, pbx)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (new.client_id, new.phone, new.from_ext, new.to_ext, _ts(new.since), new.pbx),
             )
             return Takeover(
                 None if previous is None else _replacement(previous),
@@ -247,34 +225,50 @@ class ReplaceRepository:
 
     # -- AstDB deletions waiting for Asterisk -----------------------------------------------
 
-    async def add_pending(self, client_id: str, keys: Sequence[AstDbKey]) -> None:
+    async def add_pending(
+        self, client_id: str, keys: Sequence[AstDbKey], *, pbx: str = DEFAULT_PBX
+    ) -> None:
         await self._db.write(
             lambda conn: conn.executemany(
-                "INSERT OR IGNORE INTO replace_astdb_pending (client_id, family, key)"
-                " VALUES (?, ?, ?)",
-                [(client_id, family, key) for family, key in keys],
+                "INSERT OR IGNORE INTO replace_astdb_pending (pbx, client_id, family, key)"
+                " VALUES (?, ?, ?, ?)",
+                [(pbx, client_id, family, key) for family, key in keys],
             )
         )
 
-    async def pending(self, client_id: str | None = None) -> Sequence[tuple[str, AstDbKey]]:
-        """``(client_id, (family, key))`` of every deletion still owed to AstDB."""
+    async def pending(
+        self, client_id: str | None = None, *, pbx: str | None = None
+    ) -> Sequence[PendingDeletion]:
+        """Every deletion still owed to AstDB, of ``client_id`` and ``pbx`` when given."""
 
-        def run(conn: sqlite3.Connection) -> list[tuple[str, AstDbKey]]:
-            sql = "SELECT client_id, family, key FROM replace_astdb_pending"
-            args: tuple[str, ...] = ()
+        def run(conn: sqlite3.Connection) -> list[PendingDeletion]:
+            where: list[str] = []
+            args: list[str] = []
+            if pbx is not None:
+                where.append("pbx = ?")
+                args.append(pbx)
             if client_id is not None:
-                sql += " WHERE client_id = ?"
-                args = (client_id,)
-            rows = conn.execute(sql + " ORDER BY client_id, family, key", args).fetchall()
-            return [(row["client_id"], (row["family"], row["key"])) for row in rows]
+                where.append("client_id = ?")
+                args.append(client_id)
+            sql = "SELECT pbx, client_id, family, key FROM replace_astdb_pending"
+            if where:
+                sql += " WHERE " + " AND ".join(where)
+            rows = conn.execute(sql + " ORDER BY pbx, client_id, family, key", args).fetchall()
+            return [
+                PendingDeletion(row["pbx"], row["client_id"], (row["family"], row["key"]))
+                for row in rows
+            ]
 
         return await self._db.read(run)
 
-    async def forget_pending(self, client_id: str, key: AstDbKey) -> None:
+    async def forget_pending(
+        self, client_id: str, key: AstDbKey, *, pbx: str = DEFAULT_PBX
+    ) -> None:
         await self._db.write(
             lambda conn: conn.execute(
-                "DELETE FROM replace_astdb_pending WHERE client_id = ? AND family = ? AND key = ?",
-                (client_id, *key),
+                "DELETE FROM replace_astdb_pending"
+                " WHERE pbx = ? AND client_id = ? AND family = ? AND key = ?",
+                (pbx, client_id, *key),
             )
         )
 

@@ -35,15 +35,6 @@ __all__ = [  # the domain names are re-exported for the callers that imported th
     "is_valid_token_name",
 ]
 
-SCHEMA = (
-    """CREATE TABLE IF NOT EXISTS api_tokens (
-        name       TEXT PRIMARY KEY,
-        client_id  TEXT NOT NULL,
-        token_hash TEXT NOT NULL UNIQUE,
-        created_at TEXT NOT NULL
-    )""",
-)
-
 
 def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8", "surrogateescape")).hexdigest()

@@ -1,0 +1,36 @@
+"""The store backends every contract test runs against.
+
+``storage`` is one store of the backend named by the ``backend`` param, opened on a fresh
+database and closed after the test. A new backend (PostgreSQL) is one more entry of
+``BACKENDS`` and one more branch of ``open_backend``; no test changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from callgate.ports import Storage
+from callgate.store import open_store
+
+BACKENDS = ("sqlite",)
+
+
+async def open_backend(backend: str, tmp_path: Path) -> Storage:
+    if backend == "sqlite":
+        return await open_store(str(tmp_path / "callgate.sqlite3"))
+    raise AssertionError(f"no such backend: {backend}")
+
+
+@pytest.fixture(params=BACKENDS)
+def backend(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.fixture
+async def storage(backend: str, tmp_path: Path) -> AsyncIterator[Storage]:
+    store = await open_backend(backend, tmp_path)
+    yield store
+    await store.close()
