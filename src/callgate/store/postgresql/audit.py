@@ -102,7 +102,7 @@ async def _insert_rows(conn: Connection, events: list[AuditEvent]) -> None:
     for first in range(0, len(events), _ROWS_PER_STATEMENT):
         chunk = events[first : first + _ROWS_PER_STATEMENT]
         await conn.execute(
-            _insert_statement(len(chunk)),  # type: ignore[arg-type]  # built of constants
+            _insert_statement(len(chunk)),
             [value for event in chunk for value in _row(event)],
         )
 
@@ -202,7 +202,7 @@ class PgAuditRepository:
         deleted = 0
         while True:
             async with self._db.connection() as conn:
-                cur = await conn.execute(sql, args)  # type: ignore[arg-type]  # constants
+                cur = await conn.execute(sql, args)
                 count = cur.rowcount
             deleted += count
             if count <= 0:
@@ -239,7 +239,7 @@ class PgAuditRepository:
         )
         args.append(limit)
         async with self._db.connection() as conn:
-            cur = await conn.execute(sql, args)  # type: ignore[arg-type]  # fixed clauses
+            cur = await conn.execute(sql, args)
             rows = await cur.fetchall()
         return tuple(_event(row) for row in rows)
 
