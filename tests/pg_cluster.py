@@ -4,7 +4,9 @@ temporary directory, listening on a free loopback port, removed afterwards.
 ``PgCluster.start()`` finds the server binaries (``pg_ctl`` on PATH, else the newest
 ``/usr/lib/postgresql/<version>/bin``), creates the cluster with ``fsync=off`` (a test cluster
 needs no durability across a power cut, and it starts and creates databases far faster), and
-starts it on ``127.0.0.1`` only, with no Unix socket. ``initdb`` refuses to run as root: as root
+starts it on ``127.0.0.1`` only, with no Unix socket. ``synchronous_commit`` stays on: a
+commit is written to the WAL (the kernel's cache) before it returns, so what was committed
+survives ``halt()``, the server's crash. ``initdb`` refuses to run as root: as root
 the cluster belongs to the ``postgres`` user (``runuser -u postgres --``), which owns the
 directory. ``stop()`` ends the server at once (``-m immediate``) and removes the directory.
 
@@ -83,6 +85,12 @@ class PgCluster:
             )
 
     def start(self) -> None:
+        """Create the cluster (the first time) and start its server."""
+        if not self.data.exists():
+            self._init()
+        self._start_server()
+
+    def _init(self) -> None:
         if os.geteuid() == 0:
             # initdb refuses root; the cluster is the postgres user's, and so is its directory.
             account = pwd.getpwnam("postgres")
@@ -100,9 +108,11 @@ class PgCluster:
             "UTF8",
             "--locale=C",
         )
+
+    def _start_server(self) -> None:
         options = (
             f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories=''"
-            " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
+            " -c fsync=off -c full_page_writes=off"
             " -c max_connections=200 -c shared_buffers=32MB"
         )
         self._run(
@@ -120,14 +130,19 @@ class PgCluster:
         )
         self.started = True
 
+    def halt(self) -> None:
+        """Stop the server at once, as a crash would (``start()`` brings it back)."""
+        if self.started:
+            with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
+                self._run(
+                    str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
+                )
+            self.started = False
+
     def stop(self) -> None:
+        """Stop the server and remove the cluster."""
         try:
-            if self.started:
-                with contextlib.suppress(RuntimeError, subprocess.TimeoutExpired):
-                    self._run(
-                        str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "stop"
-                    )
-                self.started = False
+            self.halt()
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
 

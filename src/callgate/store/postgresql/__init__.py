@@ -57,11 +57,14 @@ class PostgresStore:
         await self.db.close()
 
 
-async def open_postgresql(url: str) -> PostgresStore:
+async def open_postgresql(url: str, *, pool_timeout: float = 5.0) -> PostgresStore:
     """Open the store in the database at ``url`` (created by the operator; the tables are
     created and migrated here). ``StoreUnavailableError`` when PostgreSQL cannot be reached,
-    ``StoreError`` for a schema newer than this code's."""
-    db = PgDatabase(url)
+    ``StoreError`` for a schema newer than this code's.
+
+    ``pool_timeout``: seconds a statement waits for a pooled connection before it fails with
+    ``StoreUnavailableError`` (while PostgreSQL is down, how long a write takes to answer 503)."""
+    db = PgDatabase(url, timeout=pool_timeout)
     await db.open()
     changes = PgChangeFeed(db.conninfo)
     try:

@@ -46,6 +46,9 @@ __all__ = ["PgChangeFeed"]
 
 log = logging.getLogger(__name__)
 
+APPLICATION_NAME: Final = "callgate-feed"
+"""How the listen connection shows in ``pg_stat_activity``."""
+
 HEARTBEAT: Final = 5.0
 """Seconds without a notification after which the listen connection is probed."""
 
@@ -64,7 +67,8 @@ class PgChangeFeed:
         self._conninfo = conninfo
         self._heartbeat = heartbeat
         self._backoff_initial = backoff_initial
-        self._backoff_max = backoff_max
+        self.backoff_max = backoff_max
+        """The longest wait between two reconnection attempts (seconds)."""
         self._local = InProcessChangeFeed()
         self._delivered: dict[str, int] = {}
         """The last version handed to the subscribers, per client."""
@@ -155,7 +159,9 @@ class PgChangeFeed:
 
     async def _connect(self, *, initial: bool) -> None:
         try:
-            conn = await psycopg.AsyncConnection.connect(self._conninfo, autocommit=True)
+            conn = await psycopg.AsyncConnection.connect(
+                self._conninfo, autocommit=True, application_name=APPLICATION_NAME
+            )
         except (psycopg.Error, OSError) as exc:
             raise StoreUnavailableError(f"PostgreSQL is unavailable: {exc}") from exc
         self._conn = conn
@@ -203,7 +209,7 @@ class PgChangeFeed:
                 self._set_health(False)
                 await self._drop_connection()
                 delay = backoff * random.uniform(0.5, 1.0)
-                backoff = min(backoff * 2, self._backoff_max)
+                backoff = min(backoff * 2, self.backoff_max)
                 (log.warning if was_healthy else log.info)(
                     "change feed: listen connection lost (%s); retrying in %.2f s",
                     self.last_error,

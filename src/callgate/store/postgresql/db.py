@@ -62,7 +62,11 @@ def conninfo(url: str) -> str:
         given = conninfo_to_dict(url)
     except psycopg.ProgrammingError as exc:
         raise StoreError(f"not a PostgreSQL address: {exc}") from exc
-    options = {"connect_timeout": str(CONNECT_TIMEOUT), **_KEEPALIVES, "application_name": "callgate"}
+    options = {
+        "connect_timeout": str(CONNECT_TIMEOUT),
+        **_KEEPALIVES,
+        "application_name": "callgate",
+    }
     options.update({k: str(v) for k, v in given.items() if v is not None})
     return make_conninfo(**options)
 
@@ -115,6 +119,10 @@ class PgDatabase:
     async def open(self) -> None:
         """Open the pool; ``StoreUnavailableError`` when no first connection can be made."""
         try:
+            # One direct connection first: a refused one fails at once, where the pool would
+            # keep retrying until its timeout.
+            probe = await AsyncConnection.connect(self.conninfo)
+            await probe.close()
             await self._pool.open(wait=True, timeout=CONNECT_TIMEOUT + 1)
         except BaseException as exc:
             await self._pool.close()
