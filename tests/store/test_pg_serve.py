@@ -21,8 +21,11 @@ AUTH = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
 CONCURRENT = 20
 
 
+def log_of(data_dir: Path) -> str:
+    return (data_dir / "serve.log").read_text(errors="replace")
+
+
 async def serve(dsn: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
-    data_dir.mkdir()
     http_port = free_port()
     env = {
         **os.environ,
@@ -56,11 +59,11 @@ async def serve(dsn: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, s
 
 
 async def wait_ready(
-    session: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process, log: Path
+    session: aiohttp.ClientSession, base: str, proc: asyncio.subprocess.Process, data_dir: Path
 ) -> None:
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
-        assert proc.returncode is None, log.read_text()
+        assert proc.returncode is None, log_of(data_dir)
         try:
             async with session.get(f"{base}/readyz") as response:
                 if response.status == 200:
@@ -68,16 +71,18 @@ async def wait_ready(
         except aiohttp.ClientError:
             pass
         await asyncio.sleep(0.02)
-    raise AssertionError(f"not ready within 30 s: {log.read_text()}")
+    raise AssertionError(f"not ready within 30 s: {log_of(data_dir)}")
 
 
 @pytest.fixture
 async def instances(pg_dsn: str, tmp_path: Path) -> AsyncIterator[list[str]]:
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
     procs = [await serve(pg_dsn, tmp_path / name) for name in ("a", "b")]
     try:
         async with aiohttp.ClientSession() as session:
             for (proc, base), name in zip(procs, ("a", "b"), strict=True):
-                await wait_ready(session, base, proc, tmp_path / name / "serve.log")
+                await wait_ready(session, base, proc, tmp_path / name)
         yield [base for _, base in procs]
     finally:
         for proc, _ in procs:
