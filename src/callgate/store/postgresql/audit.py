@@ -22,6 +22,7 @@ import psycopg
 
 from callgate.audit import AuditEvent, EndReason
 from callgate.domain import AuditRetention
+from callgate.store.audit import _dt, _row, _us  # the same rows as SQLite's
 from callgate.store.postgresql.db import Connection, PgDatabase, translate
 
 __all__ = ["PRUNE_BATCH", "PgAuditRepository"]
@@ -37,18 +38,6 @@ _COLUMNS: Final = (
     "time_us, client_id, action, ext, target, decision, reason, policy_version, uniqueid,"
     " channel, extra, started_us, ended_us, end_reason"
 )
-
-
-def _us(value: datetime | None) -> int | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:
-        value = value.replace(tzinfo=UTC)
-    return round(value.timestamp() * 1_000_000)
-
-
-def _dt(value: int | None) -> datetime | None:
-    return None if value is None else datetime.fromtimestamp(value / 1_000_000, UTC)
 
 
 def _event(row: tuple[Any, ...]) -> AuditEvent:
@@ -70,25 +59,6 @@ def _event(row: tuple[Any, ...]) -> AuditEvent:
         started=_dt(started_us),
         ended=_dt(ended_us),
         end_reason=EndReason(end_reason) if end_reason else None,
-    )
-
-
-def _row(event: AuditEvent) -> tuple[object, ...]:
-    return (
-        _us(event.time),
-        event.client_id,
-        str(event.action),
-        event.ext,
-        event.target,
-        event.decision,
-        str(event.reason),
-        event.policy_version,
-        event.uniqueid,
-        event.channel,
-        json.dumps(dict(event.extra)) if event.extra else "{}",
-        _us(event.started),
-        _us(event.ended),
-        event.end_reason.value if event.end_reason else None,
     )
 
 
