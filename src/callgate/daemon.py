@@ -55,7 +55,8 @@ from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
 from callgate.services import AppServices, AuditQueries, PolicyFollower, PolicyService, TokenService
-from callgate.store import Store, open_store
+from callgate.store import AnyStore as Store
+from callgate.store import open_store
 
 __all__ = [
     "LOG_FORMAT",

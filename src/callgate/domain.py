@@ -28,6 +28,11 @@ class StoreError(Exception):
     """The store could not do what was asked (unavailable, corrupt, closed, newer schema)."""
 
 
+class StoreUnavailableError(StoreError):
+    """The backend cannot be reached (PostgreSQL down, or no pool connection in time): nothing
+    was written, and the same request may succeed later (HTTP 503)."""
+
+
 class VersionConflictError(StoreError):
     """The write expected another current version (HTTP 412); nothing was written."""
 

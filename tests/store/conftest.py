@@ -15,12 +15,15 @@ import pytest
 from callgate.ports import Storage
 from callgate.store import open_store
 
-BACKENDS = ("sqlite",)
+BACKENDS = ("sqlite", "postgresql")
 
 
-async def open_backend(backend: str, tmp_path: Path) -> Storage:
+async def open_backend(backend: str, tmp_path: Path, request: pytest.FixtureRequest) -> Storage:
     if backend == "sqlite":
         return await open_store(str(tmp_path / "callgate.sqlite3"))
+    if backend == "postgresql":
+        # A fresh database of the session's private cluster (skips without PostgreSQL).
+        return await open_store(request.getfixturevalue("pg_dsn"))
     raise AssertionError(f"no such backend: {backend}")
 
 
@@ -30,7 +33,9 @@ def backend(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-async def storage(backend: str, tmp_path: Path) -> AsyncIterator[Storage]:
-    store = await open_backend(backend, tmp_path)
+async def storage(
+    backend: str, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[Storage]:
+    store = await open_backend(backend, tmp_path, request)
     yield store
     await store.close()

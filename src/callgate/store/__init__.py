@@ -11,6 +11,7 @@ Every error is a ``StoreError`` (``callgate.domain``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, TypeAlias
 
 from callgate.audit import AuditLog
 from callgate.domain import (
@@ -27,7 +28,11 @@ from callgate.store.policies import PolicyRepository
 from callgate.store.replace import ReplaceRepository
 from callgate.store.tokens import TokenRepository
 
+if TYPE_CHECKING:
+    from callgate.store.postgresql import PostgresStore
+
 __all__ = [
+    "AnyStore",
     "AuditRepository",
     "Database",
     "InProcessChangeFeed",
@@ -62,12 +67,20 @@ class Store:
         await self.db.close()
 
 
-async def open_store(target: str) -> Store:
-    """Open (creating if needed) the store at ``target``: a SQLite path or ``:memory:``.
+AnyStore: TypeAlias = "Store | PostgresStore"
+"""What ``open_store`` opens (for annotations only: PostgreSQL's module is imported on use)."""
+
+
+async def open_store(target: str) -> AnyStore:
+    """Open (creating if needed) the store at ``target``: a SQLite path, ``:memory:``, or a
+    ``postgresql://`` URL (``store.postgresql``).
 
     ``StoreError`` when the database has a newer schema version than this code knows."""
     if target.startswith(("postgresql://", "postgres://")):
-        raise StoreError("a PostgreSQL store is not supported yet: use a SQLite path")
+        # Imported here: psycopg is loaded only by those who use PostgreSQL.
+        from callgate.store.postgresql import open_postgresql
+
+        return await open_postgresql(target)
     path = target.removeprefix("sqlite:///") if target.startswith("sqlite:///") else target
     db = await Database.open(path)
     changes = InProcessChangeFeed()
