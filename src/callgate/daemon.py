@@ -109,15 +109,20 @@ async def load_policies(store: Store, registry: PolicyRegistry) -> None:
     log.info("loaded %d stored policies from %s", len(stored), store.db.path)
 
 
-async def _start_agi(services: Services, store: Store) -> None:
-    """The FastAGI listener; its handler table routes each action (unknown ones are denied)."""
+def _decision_recorder(services: Services, store: Store) -> DecisionRecorder:
+    """Every FastAGI decision's record (policy routes and phone replace alike)."""
     # Every allowed eavesdrop/whisper decision also becomes a grant that live enforcement
     # matches with its ChanSpyStart (SpyerUniqueid = agi_uniqueid).
-    audit = AuditFanOut(store.audit, services.spy_grants)
-    recorder = DecisionRecorder(audit, services.metrics)
+    recorder = DecisionRecorder(AuditFanOut(store.audit, services.spy_grants), services.metrics)
+    services.stoppers.append(recorder.log.close)  # runs after the servers stop: the last lines
+    return recorder
+
+
+async def _start_agi(services: Services, recorder: DecisionRecorder) -> None:
+    """The FastAGI listener; its handler table routes each action (unknown ones are denied)."""
     routes = policy_routes(services.registry, recorder, services.settings.agi_answer_cache_size)
     if services.replace is not None:
-        flow = ReplaceFlow(services.replace, services.metrics)
+        flow = ReplaceFlow(services.replace, recorder)
         routes.update(replace=flow.replace, restore=flow.restore)
     server = AgiServer(
         AgiConfig.from_settings(services.settings),
@@ -126,17 +131,16 @@ async def _start_agi(services: Services, store: Store) -> None:
     )
     await server.start()
     services.agi = server
-    services.stoppers.append(recorder.log.close)  # runs after server.stop: the last lines too
     services.stoppers.append(server.stop)
 
 
-async def _start_replace(services: Services, store: Store) -> None:
+async def _start_replace(services: Services, store: Store, recorder: DecisionRecorder) -> None:
     """Phone replace: PINs, lockout, replacements; revoked by policy changes."""
     settings = services.settings
     service = ReplaceService(
         store.replace,
         services.registry,
-        store.audit,
+        recorder,
         hasher=PinHasher(
             verify_threads=settings.replace_pin_verify_threads,
             write_threads=settings.replace_pin_write_threads,
@@ -315,8 +319,9 @@ async def start(settings: Settings) -> Services:
         store.audit.start_pruning(AuditRetention.from_settings(settings))  # store.close stops it
         await load_policies(store, services.registry)
         live = _build_ami(services, store)
-        await _start_replace(services, store)
-        await _start_agi(services, store)
+        recorder = _decision_recorder(services, store)
+        await _start_replace(services, store, recorder)
+        await _start_agi(services, recorder)
         await _start_http(services, store)
         await _start_ami(services, live)
     except BaseException:

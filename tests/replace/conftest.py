@@ -101,12 +101,14 @@ def make_service(
     audit: FakeAudit,
     live_astdb: LiveAstDb = lambda: None,
     clock: Callable[[], datetime] = utc_now,
+    metrics: Metrics | None = None,
 ) -> ReplaceService:
-    """The service as the daemon builds it (cheap scrypt), listening to ``registry``."""
+    """The service as the daemon builds it (cheap scrypt), listening to ``registry``; its
+    decisions counted in ``metrics``."""
     service = ReplaceService(
         repo,
         registry,
-        audit,
+        DecisionRecorder(audit, metrics or Metrics()),
         hasher=PinHasher(FAST_SCRYPT),
         rules=LockoutRules(),
         live_astdb=live_astdb,
@@ -122,6 +124,6 @@ def agi_server(
     """A FastAGI server on a free loopback port with the handler table as daemon.py builds it."""
     metrics.decisions.label_clients(registry.has_policy)
     recorder = DecisionRecorder(audit, metrics)
-    flow = ReplaceFlow(service, metrics)
+    flow = ReplaceFlow(service, recorder)
     routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
     return AgiServer(AgiConfig(host="127.0.0.1", port=0), AgiDispatcher(routes, recorder), metrics)
