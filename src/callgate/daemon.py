@@ -81,9 +81,9 @@ class Services:
 
 def configure_logging(level: str, filename: Path | None = None) -> None:
     """Log to stderr (or ``filename``), one line a record, written out at once."""
-    # Nothing in LOG_FORMAT needs the caller's file and line (a stack walk per record), the
-    # thread or the process: skip collecting them (the logging HOWTO's "Optimization" switches).
-    logging._srcfile = None
+    # Nothing in LOG_FORMAT needs the thread or the process: skip collecting them (the logging
+    # HOWTO's "Optimization" switches). The decision lines, the only ones by the thousand, never
+    # look up the caller's frame (``DecisionLog`` makes its records with ``makeRecord``).
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
