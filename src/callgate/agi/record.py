@@ -122,7 +122,9 @@ class DecisionRecorder:
         action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
         if self.log.enabled():
             client = request.client_id if attributed else printable(request.client_id)
-            facts = "".join(f" {name}={printable(value)}" for name, value in extra)
+            facts = (
+                "".join([f" {name}={printable(value)}" for name, value in extra]) if extra else ""
+            )
             self.log.info(
                 f"decision client={client}"
                 f" action={action if action != 'invalid' else printable(request.action)}"

@@ -39,7 +39,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import Enum, StrEnum, auto
+from enum import IntEnum, StrEnum, auto
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from callgate.agi.protocol import (
@@ -323,8 +323,11 @@ async def _listen(
     return listeners
 
 
-class LinkState(Enum):
-    """Where one FastAGI connection's session is (``_Link.state``); the rules are ``_Link``'s."""
+class LinkState(IntEnum):
+    """Where one FastAGI connection's session is (``_Link.state``); the rules are ``_Link``'s.
+
+    An ``IntEnum``: its members hash as ints do, in C (an ``Enum`` member's ``__hash__`` is a
+    Python call, several per session on the quick path)."""
 
     AWAITING_ENVIRONMENT = auto()
     ANSWERING = auto()
