@@ -186,6 +186,7 @@ class _SetOne:
     the policy routes take), no decision, log line or audit event."""
 
     line = b"SET VARIABLE CALLGATE_DECISION ALLOW\n"
+    more = ()
 
     def prepare(self, environment: object) -> _SetOne:
         return self

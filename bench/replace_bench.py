@@ -76,10 +76,10 @@ async def time_sessions(count: int) -> None:
         metrics, audit = Metrics(), NullAudit()
         # A lockout that never triggers: every wrong PIN is judged, none is locked out.
         rules = LockoutRules(max_failures=10**9)
-        service = ReplaceService(store.replace, registry, audit, rules=rules)
-        await service.set_pin("acme", "101", PIN)
         recorder = DecisionRecorder(audit, metrics)
-        flow = ReplaceFlow(service, metrics)
+        service = ReplaceService(store.replace, registry, recorder, rules=rules)
+        await service.set_pin("acme", "101", PIN)
+        flow = ReplaceFlow(service, recorder)
         routes = {**policy_routes(registry, recorder), "replace": flow.replace}
         server = AgiServer(AgiConfig(port=0), AgiDispatcher(routes, recorder), metrics)
         await server.start()

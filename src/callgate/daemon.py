@@ -137,9 +137,9 @@ class Services:
 
 def configure_logging(level: str, filename: Path | None = None) -> None:
     """Log to stderr (or ``filename``), one line a record, written out at once."""
-    # Nothing in LOG_FORMAT needs the caller's file and line (a stack walk per record), the
-    # thread or the process: skip collecting them (the logging HOWTO's "Optimization" switches).
-    logging._srcfile = None
+    # Nothing in LOG_FORMAT needs the thread or the process: skip collecting them (the logging
+    # HOWTO's "Optimization" switches). The decision lines, the only ones by the thousand, never
+    # look up the caller's frame (``DecisionLog`` makes its records with ``makeRecord``).
     logging.logThreads = False
     logging.logProcesses = False
     logging.logMultiprocessing = False
@@ -251,10 +251,12 @@ def build(settings: Settings, store: Store) -> Services:
             grants=grants,
             reconcile_interval=settings.ami_reconcile_interval,
         )
+    # One record of every FastAGI decision, the policy routes' and phone replace's alike.
+    recorder = DecisionRecorder(store.audit, metrics, grants=grants)
     replace = ReplaceService(
         store.replace,
         registry,
-        store.audit,
+        recorder,
         hasher=PinHasher(
             verify_threads=settings.replace_pin_verify_threads,
             write_threads=settings.replace_pin_write_threads,
@@ -276,9 +278,8 @@ def build(settings: Settings, store: Store) -> Services:
         audit=AuditQueries(store.audit),
     )
 
-    recorder = DecisionRecorder(store.audit, metrics, grants=grants)
     routes = policy_routes(registry, recorder, settings.agi_answer_cache_size)
-    flow = ReplaceFlow(replace, metrics)
+    flow = ReplaceFlow(replace, recorder)
     routes.update(replace=flow.replace, restore=flow.restore)
     agi = AgiServer(AgiConfig.from_settings(settings), AgiDispatcher(routes, recorder), metrics)
 

@@ -2,19 +2,21 @@
 the one way a caller-supplied value goes into a log line or an audit row (escaped, bounded).
 
 Every FastAGI decision is an INFO line. Through ``logging.info`` it cost about 30 µs of a session
-in the daemon (a ``LogRecord`` built, filters, locks, ``%`` formatting, one write and one flush per
-line). ``DecisionLog`` keeps what that line is — the same text, the same level and logger (so the
-same handlers, formatting and destination as every other line), written promptly — and does less:
-the message is an f-string, the date is formatted once a second, and the lines are written
-together, in one write: those of one event-loop iteration by a ``loop.call_soon`` callback at its
-end, or with ``hold`` (the FastAGI recorder holds 10 ms), all those logged within ``hold`` seconds
-of the first by one ``loop.call_later`` callback. A line is never held longer than that, and
-keeps the time it was logged at.
+in the daemon (the caller's frame looked up, filters, locks, ``%`` formatting, one write and one
+flush per line). ``DecisionLog`` keeps what that line is — a ``LogRecord`` of the same level and
+logger (so the same handlers, formatting and destination as every other line), written promptly —
+and does less: the message is an f-string, the date is formatted once a second
+(``LogFormatter``), and the lines are written together, in one write: those of one event-loop
+iteration by a ``loop.call_soon`` callback at its end, or with ``hold`` (the FastAGI recorder
+holds 10 ms), all those logged within ``hold`` seconds of the first by one ``loop.call_later``
+callback. A line is never held longer than that, and keeps the time it was logged at.
 
-Handlers it knows to be plain (a ``StreamHandler`` or ``FileHandler`` with
-``LogFormatter(LOG_FORMAT)`` and no filters: what ``callgate serve`` configures) get the lines
-written to their stream directly; any other handler (pytest's capture, a handler with filters) gets
-an ordinary ``LogRecord`` per line, created at the decision's time.
+Only the logging module's public API is used: ``Logger.makeRecord``, the handlers' ``format``,
+``acquire``, ``flush`` and ``handle``, and the attributes ``Logger.handle`` itself follows
+(``handlers``, ``propagate``, ``parent``, levels, ``lastResort``). A plain ``StreamHandler`` or
+``FileHandler`` without filters (what ``callgate serve`` configures) gets the pending lines in one
+write; any other handler (pytest's capture, a handler with filters) each record through its
+``handle()``.
 """
 
 from __future__ import annotations
@@ -81,45 +83,51 @@ class LogFormatter(logging.Formatter):
     _second = -1
     _date = ""
 
+    def __init__(self, fmt: str = LOG_FORMAT) -> None:
+        super().__init__(fmt)
+        self._plain = fmt == LOG_FORMAT
+
+    def format(self, record: logging.LogRecord) -> str:
+        # LOG_FORMAT without a traceback or stack: the f-string is what Formatter.format makes
+        # of it (test_log_format), at a third of the cost.
+        if not self._plain or record.exc_info or record.exc_text or record.stack_info:
+            return super().format(record)
+        record.message = record.getMessage()
+        return f"{self.formatTime(record)} {record.levelname} {record.name}: {record.message}"
+
     def formatTime(  # noqa: N802 - the stdlib's name
         self, record: logging.LogRecord, datefmt: str | None = None
     ) -> str:
-        return self.asctime(record.created, record.msecs)
-
-    def asctime(self, created: float, msecs: float) -> str:
-        """``%(asctime)s`` of a record created at ``created`` (``msecs`` as the record has it)."""
-        second = int(created)
+        if datefmt is not None:
+            return super().formatTime(record, datefmt)
+        second = int(record.created)
         if second != self._second:
-            self._date = time.strftime(self.default_time_format, self.converter(created))
+            self._date = time.strftime(self.default_time_format, self.converter(record.created))
             self._second = second
-        return f"{self._date},{int(msecs):03d}"
-
-    def plain_line(self, created: float, level: str, name: str, message: str) -> str | None:
-        """What ``format()`` makes of a record without traceback, or None for another format."""
-        if self._fmt != LOG_FORMAT:
-            return None
-        return f"{self.asctime(created, _msecs(created))} {level} {name}: {message}"
-
-
-def _msecs(created: float) -> float:
-    """``LogRecord.msecs`` as Python 3.11 computes it from ``created``."""
-    return int((created - int(created)) * 1000) + 0.0
+        msec_format = self.default_msec_format
+        return msec_format % (self._date, record.msecs) if msec_format else self._date
 
 
 class DecisionLog:
     """INFO lines of one logger, written at the end of the event-loop iteration that made them, or
-    ``hold`` seconds after the first of them."""
+    ``hold`` seconds after the first of them.
+
+    Each line is a ``LogRecord`` made when it is logged (``Logger.makeRecord``: its time and
+    milliseconds are the logging module's own). A handler that is a plain ``StreamHandler`` or
+    ``FileHandler`` gets the pending lines formatted by its own formatter and written in one
+    write and one flush; any other handler gets each record through its ``handle()``."""
 
     def __init__(
         self,
         logger: logging.Logger,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] | None = None,
         hold: float = 0.0,
     ) -> None:
+        """``clock``: the lines' time, for tests (default: the time ``makeRecord`` takes)."""
         self._logger = logger
         self._clock = clock
         self._hold = hold
-        self._pending: list[tuple[float, str]] = []
+        self._pending: list[logging.LogRecord] = []
 
     def enabled(self) -> bool:
         """Whether a line would be written at all (the caller may then skip building it)."""
@@ -127,10 +135,16 @@ class DecisionLog:
 
     def info(self, message: str) -> None:
         """Log ``message`` (taken as is, no ``%`` formatting) at INFO; never raises."""
-        if not self._logger.isEnabledFor(logging.INFO):
+        logger = self._logger
+        if not logger.isEnabledFor(logging.INFO):
             return
+        record = logger.makeRecord(
+            logger.name, logging.INFO, "(unknown file)", 0, message, (), None
+        )
+        if self._clock is not None:
+            _set_time(record, self._clock())
         pending = self._pending
-        pending.append((self._clock(), message))
+        pending.append(record)
         if len(pending) > 1:
             return  # a flush is already scheduled (end of iteration, or the hold)
         try:
@@ -145,54 +159,52 @@ class DecisionLog:
 
     def flush(self) -> None:
         """Write every pending line now."""
-        lines, self._pending = self._pending, []
-        if not lines:
+        records, self._pending = self._pending, []
+        if not records:
             return
         try:
-            self._write(lines)
+            self._write(records)
         except Exception:
-            logging.getLogger(__name__).exception("decision log: %d lines not written", len(lines))
+            logging.getLogger(__name__).exception(
+                "decision log: %d lines not written", len(records)
+            )
 
     async def close(self) -> None:
         """Write what is pending (the daemon's stopper, after the FastAGI server stopped)."""
         self.flush()
 
-    def _write(self, lines: list[tuple[float, str]]) -> None:
+    def _write(self, records: list[logging.LogRecord]) -> None:
         logger = self._logger
-        name, level = logger.name, logging.getLevelName(logging.INFO)
         if logger.filters:  # a logger filter sees every record: no shortcut
-            for created, message in lines:
-                logger.handle(_record(logger, created, message))
+            for record in records:
+                logger.handle(record)
             return
-        handlers = _handlers(logger)
-        for handler in handlers:
-            formatter = handler.formatter
+        for handler in _handlers(logger):
             stream = getattr(handler, "stream", None)
-            if (
-                type(handler) in (logging.StreamHandler, logging.FileHandler)
-                and isinstance(formatter, LogFormatter)
-                and not handler.filters
-                and stream is not None
-            ):
-                text = [formatter.plain_line(created, level, name, m) for created, m in lines]
-                if None not in text:
-                    terminator: str = getattr(handler, "terminator", "\n")
-                    handler.acquire()
-                    try:
-                        stream.write(terminator.join(text) + terminator)  # type: ignore[arg-type]
-                        handler.flush()
-                    except Exception:  # noqa: BLE001 - as StreamHandler.emit: handleError reports it
-                        for created, message in lines:
-                            handler.handleError(_record(logger, created, message))
-                    finally:
-                        handler.release()
-                    continue
-            for created, message in lines:
-                handler.handle(_record(logger, created, message))
+            if type(handler) not in _PLAIN_HANDLERS or handler.filters or stream is None:
+                for record in records:
+                    handler.handle(record)
+                continue
+            terminator: str = getattr(handler, "terminator", "\n")
+            handler.acquire()
+            try:
+                text = terminator.join(handler.format(record) for record in records)
+                stream.write(text + terminator)
+                handler.flush()
+            except Exception:  # noqa: BLE001 - as StreamHandler.emit: handleError reports it
+                for record in records:
+                    handler.handleError(record)
+            finally:
+                handler.release()
+
+
+_PLAIN_HANDLERS: Final = (logging.StreamHandler, logging.FileHandler)
+"""Handlers whose ``emit`` is "format, write, flush": the lines of a batch can share one write."""
 
 
 def _handlers(logger: logging.Logger) -> list[logging.Handler]:
-    """The handlers an INFO record of ``logger`` reaches, as ``Logger.callHandlers`` finds them."""
+    """The handlers an INFO record of ``logger`` reaches (``propagate``, each handler's level,
+    ``logging.lastResort`` when there is none), in the order ``Logger.handle`` calls them."""
     found: list[logging.Handler] = []
     seen_any = False
     current: logging.Logger | None = logger
@@ -209,9 +221,8 @@ def _handlers(logger: logging.Logger) -> list[logging.Handler]:
     return found
 
 
-def _record(logger: logging.Logger, created: float, message: str) -> logging.LogRecord:
-    record = logger.makeRecord(logger.name, logging.INFO, "(unknown file)", 0, message, (), None)
+def _set_time(record: logging.LogRecord, created: float) -> None:
+    """A record made now, dated ``created`` instead (``DecisionLog``'s own clock)."""
     record.relativeCreated -= (record.created - created) * 1000
     record.created = created
-    record.msecs = _msecs(created)
-    return record
+    record.msecs = float(int((created - int(created)) * 1000))

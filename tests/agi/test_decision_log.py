@@ -89,7 +89,7 @@ REQUESTS = [
 
 def old_line(request: AgiRequest, decision: Decision, version: int, created: float) -> str:
     """What ``logging.Formatter(LOG_FORMAT)`` wrote for the old ``log.info`` call."""
-    from callgate.agi.handlers import _joined  # the helpers the old call used
+    from callgate.agi.record import joined_targets as _joined  # what the old call used
     from callgate.logs import printable as _printable
 
     valid = request.client_id == "acme"

@@ -30,6 +30,7 @@ LINE = encode_command("SET VARIABLE", variables.DECISION, "QUICK")
 @dataclass
 class Answer:
     line: bytes
+    more: tuple[bytes, ...] = ()
     finished: list[str] = field(default_factory=list)
 
     def finish(self) -> None:

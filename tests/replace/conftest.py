@@ -11,8 +11,10 @@ from pathlib import Path
 import pytest
 
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+from callgate.agi.record import log as decision_logger
 from callgate.agi.server import AgiConfig, AgiServer
 from callgate.audit import AuditEvent
+from callgate.logs import DecisionLog
 from callgate.metrics import Metrics
 from callgate.policy import compile_policy, parse_document
 from callgate.registry import ClientPolicy, PolicyRegistry
@@ -95,18 +97,26 @@ def audit() -> FakeAudit:
     return FakeAudit()
 
 
+def decision_recorder(audit: FakeAudit, metrics: Metrics) -> DecisionRecorder:
+    """The daemon's recorder, its lines written at the end of each event-loop iteration rather
+    than held 10 ms: a test reads them right after the session."""
+    return DecisionRecorder(audit, metrics, DecisionLog(decision_logger))
+
+
 def make_service(
     repo: ReplaceRepository,
     registry: PolicyRegistry,
     audit: FakeAudit,
     live_astdb: LiveAstDb = lambda: None,
     clock: Callable[[], datetime] = utc_now,
+    metrics: Metrics | None = None,
 ) -> ReplaceService:
-    """The service as the daemon builds it (cheap scrypt), listening to ``registry``."""
+    """The service as the daemon builds it (cheap scrypt), listening to ``registry``; its
+    decisions counted in ``metrics``."""
     service = ReplaceService(
         repo,
         registry,
-        audit,
+        decision_recorder(audit, metrics or Metrics()),
         hasher=PinHasher(FAST_SCRYPT),
         rules=LockoutRules(),
         live_astdb=live_astdb,
@@ -121,7 +131,7 @@ def agi_server(
 ) -> AgiServer:
     """A FastAGI server on a free loopback port with the handler table as daemon.py builds it."""
     metrics.decisions.label_clients(registry.has_policy)
-    recorder = DecisionRecorder(audit, metrics)
-    flow = ReplaceFlow(service, metrics)
+    recorder = decision_recorder(audit, metrics)
+    flow = ReplaceFlow(service, recorder)
     routes = {**policy_routes(registry, recorder), "replace": flow.replace, "restore": flow.restore}
     return AgiServer(AgiConfig(host="127.0.0.1", port=0), AgiDispatcher(routes, recorder), metrics)

@@ -52,7 +52,7 @@ async def rig(db_path: Path) -> AsyncIterator[Rig]:
     await service.set_pin(CLIENT, "101", TYPED)
     recorder = DecisionRecorder(audit, metrics)
     # Short digit timeout and reply timeout: the "cut short, then silence" case ends quickly.
-    flow = ReplaceFlow(service, metrics, PinPrompt(digit_timeout_ms=10))
+    flow = ReplaceFlow(service, recorder, PinPrompt(digit_timeout_ms=10))
     routes = {**policy_routes(registry, recorder), "replace": flow.replace}
     config = AgiConfig(host="127.0.0.1", port=0, reply_timeout=0.3)
     server = AgiServer(config, AgiDispatcher(routes, recorder), metrics)

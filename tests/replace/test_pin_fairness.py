@@ -20,6 +20,7 @@ import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
+from callgate.agi.record import DecisionRecorder
 from callgate.agi.server import AgiServer
 from callgate.http.app import HttpDeps, build_app
 from callgate.metrics import Metrics
@@ -166,7 +167,8 @@ async def start_rig(store: Store, hasher: PinHasher, limits: PinWriteLimits) -> 
     for client in (A, B):
         registry.load(make_policy(REFERENCE_DOCUMENT, 1, client))
     audit, metrics, limiter = FakeAudit(), Metrics(), PinWriteLimiter(limits)
-    service = ReplaceService(store.replace, registry, audit, hasher=hasher, pin_writes=limiter)
+    recorder = DecisionRecorder(audit, metrics)
+    service = ReplaceService(store.replace, registry, recorder, hasher=hasher, pin_writes=limiter)
     app = build_app(HttpDeps(app_services(store, registry, service), metrics, ADMIN_TOKEN))
     # no connection limit on the client side: the whole flood is in flight at once
     connector = aiohttp.TCPConnector(limit=0)

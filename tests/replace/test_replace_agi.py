@@ -166,8 +166,8 @@ async def start_rig(
         registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     audit = FakeAudit()
     manager = ManagerDb(asterisk)
-    service = make_service(repo, registry, audit, manager.live, clock)
     metrics = Metrics()
+    service = make_service(repo, registry, audit, manager.live, clock, metrics)
     server = agi_server(service, registry, audit, metrics)
     await server.start()
     return Rig(asterisk, service, repo, registry, audit, clock, server, db, manager, metrics)
@@ -520,3 +520,61 @@ async def test_a_new_replacement_is_not_undone_by_an_old_pending_deletion(rig: R
     rig.manager.connected = True
     assert await rig.service.flush_pending() == ()
     assert rig.asterisk.astdb == {f"{ACTING}/100": "101", f"{DEVICE}/101": "100"}
+
+
+# --------------------------------------------------------------------------- the decision record
+
+
+def decision_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        r.getMessage()
+        for r in caplog.records
+        if r.name == "callgate.agi.handlers" and r.getMessage().startswith("decision ")
+    ]
+
+
+async def test_a_replace_has_the_policy_routes_line_counted_once(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    """One format for every decision: the policy routes' fields, then the replace's own facts."""
+    caplog.set_level("INFO", logger="callgate.agi.handlers")
+    await rig.call("replace", "100", "101", keypad=(PIN,))
+    await rig.call("pickup", "101")
+    await wait_until(lambda: len(decision_lines(caplog)) == 2)
+    replace_line, pickup_line = decision_lines(caplog)
+    assert replace_line == (
+        "decision client=acme action=replace ext=100 target=101 decision=allow"
+        " reason=phone_replace_group targets=- version=1 uniqueid=1795723250.23"
+        " phone=100 entered=yes"
+    )
+    assert pickup_line.startswith("decision client=acme action=pickup ext=101 target=- ")
+    assert rig.decisions("replace", "allow") == 1  # counted by the recorder, once
+
+
+async def test_a_phone_name_from_the_endpoint_is_escaped_in_the_line(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="callgate.agi.handlers")
+    call = await rig.call("replace", "100", "101", phone="10 0\x1b[2J", keypad=(PIN,))
+    assert call.decision == ("DENY", "invalid_request")
+    await wait_until(lambda: len(decision_lines(caplog)) == 1)
+    (line,) = decision_lines(caplog)
+    assert line.endswith(" phone='10 0\\x1b[2J'")
+    assert rig.audit.facts(rig.audit.events[-1])["phone"] == "10 0\x1b[2J"
+
+
+async def test_a_malformed_replace_is_logged_and_counted_but_not_audited(
+    rig: Rig, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level("INFO", logger="callgate.agi.handlers")
+    channel = FakeChannel(variables={"CALLGATE_EXT": "100"}, astdb=rig.asterisk.db)
+    await call(rig.server.port, request_environment("replace", "ac me", "100", "101"), channel)
+    assert channel.variables["CALLGATE_REASON"] == "invalid_request"
+    await wait_until(lambda: len(decision_lines(caplog)) == 1)
+    (line,) = decision_lines(caplog)
+    assert line.startswith(
+        "decision client='ac me' action=replace ext=100 target=101 decision=deny"
+    )
+    assert rig.audit.events == []
+    labels = {"client": "(other)", "action": "replace", "decision": "deny"}
+    assert rig.metrics.registry.get_sample_value("callgate_decisions_total", labels) == 1

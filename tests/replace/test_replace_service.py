@@ -8,7 +8,7 @@ import sqlite3
 from pathlib import Path
 
 from callgate.registry import PolicyRegistry
-from callgate.replace.service import AstDbError, Outcome, PinChallenge, ReplaceRequest
+from callgate.replace.service import AstDbError, PinChallenge, ReplaceRequest, Ruling
 from callgate.store.db import Database
 from callgate.store.replace import ReplaceRepository
 from reference_policy import REFERENCE_DOCUMENT
@@ -29,7 +29,7 @@ def registry_with(document: dict[str, object]) -> PolicyRegistry:
     return registry
 
 
-async def challenge(outcome: Outcome | PinChallenge) -> PinChallenge:
+async def challenge(outcome: Ruling | PinChallenge) -> PinChallenge:
     assert isinstance(outcome, PinChallenge), outcome
     return outcome
 
@@ -58,7 +58,7 @@ async def test_store_unavailable_is_a_denial(db_path: Path, clock: Clock) -> Non
     await service.set_pin(CLIENT, "101", PIN)
     await db.close()
     outcome = await service.begin_replace(request())
-    assert isinstance(outcome, Outcome)
+    assert isinstance(outcome, Ruling)
     assert (outcome.decision.allowed, outcome.decision.reason) == (False, "unavailable")
     assert audit.events[-1].reason == "unavailable"
 

@@ -4,11 +4,20 @@ The dispatcher routes by the URL path (``agi://host/pickup`` -> ``pickup``) thro
 in ``daemon.py``: ``pickup``, ``eavesdrop`` and ``whisper`` go to ``PolicyRoute`` (a pure decision
 on the compiled policy the registry holds — no store, no other network call while the phone
 waits); ``replace`` and ``restore`` to the phone-replace flow. A route owns its session: it reads,
-decides and sets the ``CALLGATE_*`` variables (``answer()``). An action without a route is denied
+decides and sets the ``CALLGATE_*`` variables. An action without a route is denied
 ``invalid_request``; a route that raises is denied ``internal_error``: never an open door.
 
+Names, one meaning each: an ``Answer`` is what callgate answers one request (the decision, the
+version that decided, the commands setting the variables); ``PolicyRoute.answer(environment)``
+makes it, once per session, for both of the server's paths (the quick path sends its commands
+from the read callback, the task path through an ``AgiSession``); an ``AnsweredRequest`` is that
+answer with its request, recorded when the session ends; ``variable_pairs`` are the variables
+and their values; ``send_decision`` sets them for a decision made elsewhere (the replace flow).
+
 Variables are set with one ``EXEC MSet`` (one round trip instead of five ``SET VARIABLE``s), and
-all of them every time, a denial included, so a previous AGI's values never survive.
+all of them every time, a denial included, so a previous AGI's values never survive. An answer too
+long for one command is sent as several ``EXEC MSet`` (``variable_commands``); one whose single
+value no command can carry is a denial ``internal_error``.
 """
 
 from __future__ import annotations
@@ -16,17 +25,19 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime
-from functools import lru_cache
-from typing import Final, NamedTuple, Protocol
+from typing import Final, NamedTuple
 
 from callgate.agi import variables
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
-from callgate.agi.session import AgiSession, AgiSessionError, mset_command
-from callgate.audit import AuditEvent, AuditSink
-from callgate.logs import DecisionLog, printable
-from callgate.metrics import LoopCount, Metrics
-from callgate.pbx import DEFAULT_PBX, PbxName
+from callgate.agi.record import (
+    DECISION_LOG_HOLD,
+    AgiRequest,
+    DecisionRecorder,
+    decision_fields,
+    joined_targets,
+)
+from callgate.agi.session import AgiSession, AgiSessionError, variable_commands
+from callgate.logs import printable
 from callgate.policy import (
     ALL_TARGETS,
     Action,
@@ -37,6 +48,24 @@ from callgate.policy import (
     is_valid_client_id,
 )
 from callgate.registry import ClientPolicy, PolicyRegistry
+
+__all__ = [
+    "DECISION_LOG_HOLD",
+    "POLICY_ACTIONS",
+    "REMEMBERED_ANSWERS",
+    "AgiDispatcher",
+    "AgiRequest",
+    "AgiRoute",
+    "Answer",
+    "AnsweredRequest",
+    "DecisionRecorder",
+    "PolicyRoute",
+    "answer_of",
+    "pickup_argument",
+    "policy_routes",
+    "send_decision",
+    "variable_pairs",
+]
 
 log = logging.getLogger(__name__)
 
@@ -50,29 +79,6 @@ _INTERNAL_ERROR: Final = Decision.deny(Reason.INTERNAL_ERROR)
 _INVALID_REASON: Final = Reason.INVALID_REQUEST
 
 
-class AgiRequest(NamedTuple):
-    """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>])``."""
-
-    action: str
-    client_id: str
-    ext: str
-    target: str | None
-    """``None`` for the group forms (``agi_arg_3`` empty or absent)."""
-    uniqueid: str | None
-    channel: str | None
-
-    @classmethod
-    def from_environment(cls, env: AgiEnvironment) -> AgiRequest:
-        return cls(  # positional: this runs for every session
-            env.action,
-            env.arg(1),
-            env.arg(2),
-            env.arg(3) or None,
-            env.uniqueid or None,
-            env.channel or None,
-        )
-
-
 def pickup_argument(client_id: str, decision: Decision, target: str | None) -> str:
     """``CALLGATE_PICKUP``: ``Pickup()``'s argument naming exactly the allowed ringing legs."""
     if not decision.allowed:
@@ -81,228 +87,95 @@ def pickup_argument(client_id: str, decision: Decision, target: str | None) -> s
         return f"{client_id}/{target}@{variables.PICKUPMARK}"
     if decision.targets == (ALL_TARGETS,):
         return ""  # plain Pickup() within the client's own named pickup group
-    return _group_pickup_argument(client_id, decision.targets)
+    return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in decision.targets)
 
 
-# The same group answers again and again (a policy's memo tables hand out the same tuples):
-# joining tens of targets per session is worth remembering. Bounded: old entries fall out.
-@lru_cache(maxsize=4096)
-def _group_pickup_argument(client_id: str, targets: tuple[str, ...]) -> str:
-    return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in targets)
-
-
-@lru_cache(maxsize=4096)
-def _joined(targets: tuple[str, ...]) -> str:
-    """``CALLGATE_TARGETS``: the targets joined by ``&``."""
-    return "&".join(targets)
-
-
-def answer_pairs(decision: Decision, version: int, pickup: str = "") -> tuple[tuple[str, str], ...]:
+def variable_pairs(
+    decision: Decision, version: int, pickup: str = ""
+) -> tuple[tuple[str, str], ...]:
     """Every ``CALLGATE_*`` variable and its value; the decision is the last pair."""
     return (
         (variables.REASON, decision.reason.value),
-        (variables.TARGETS, _joined(decision.targets)),
+        (variables.TARGETS, joined_targets(decision.targets)),
         (variables.VERSION, str(version)),
         (variables.PICKUP, pickup),
         (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
     )
 
 
-async def answer(session: AgiSession, decision: Decision, version: int, pickup: str = "") -> None:
-    """Set every ``CALLGATE_*`` variable in one command (``answer_pairs``)."""
-    await session.set_variables(answer_pairs(decision, version, pickup))
-
-
-class Answered:
-    """A ``QuickAnswer``: the decision's one ``EXEC MSet``, recorded when the session ends."""
-
-    __slots__ = ("_decision", "_outcome", "_recorder", "_request", "_valid", "_version", "line")
-
-    def __init__(
-        self,
-        line: bytes,
-        recorder: DecisionRecorder,
-        request: AgiRequest,
-        decision: Decision,
-        version: int,
-        outcome: str | None = None,
-        valid_client: bool | None = None,
-    ) -> None:
-        self.line = line
-        self._recorder = recorder
-        self._request = request
-        self._decision = decision
-        self._version = version
-        self._outcome = outcome
-        self._valid = valid_client
-
-    def finish(self) -> None:
-        """Recorded once, as answered (or as decided, if the caller went away first)."""
-        self._recorder.record(
-            self._request, self._decision, self._version, self._outcome, self._valid
-        )
-
-    @classmethod
-    def of(
-        cls,
-        recorder: DecisionRecorder,
-        request: AgiRequest,
-        decision: Decision,
-        version: int,
-        pickup: str = "",
-    ) -> Answered | None:
-        """The quick answer, or ``None`` when it takes more than one ``EXEC MSet`` (a value
-        needing ``SET VARIABLE``, or too long for one command): the task path handles those."""
-        try:
-            line = mset_command(answer_pairs(decision, version, pickup))
-        except AgiProtocolError:
-            return None
-        return None if line is None else cls(line, recorder, request, decision, version)
-
-
-DECISION_LOG_HOLD: Final = 0.01
-"""Seconds a decision line may wait for others to share its write. At 1,000 sessions/s a write
-per line (and the event-loop iteration that made it) cost 13 µs of each session's CPU
-(``bench/agi_bench.py``); the date in each line is still the decision's."""
-
-
-class GrantSink(Protocol):
-    """Where allowed decisions go for live enforcement (``ami.tracker.SpyGrants``); it ignores
-    what opens no listen/whisper session, never blocks and never raises."""
-
-    def note_allowed(
-        self,
-        client_id: str,
-        action: str,
-        ext: str,
-        target: str | None,
-        uniqueid: str,
-        channel: str,
-        policy_version: int,
-        reason: str = "",
-        *,
-        pbx: PbxName,
-    ) -> None: ...
-
-
-class DecisionRecorder:
-    """One log line, one audit event and one metric per decision.
-
-    Nothing here grows with what callers send: the metric's ``client`` label is bounded by
-    ``Metrics.decisions`` (``OTHER_CLIENT`` for a client without a stored policy), and every
-    caller-supplied value in the line is ``printable`` (escaped, at most ``FIELD_LIMIT``
-    characters); the audit store bounds the event's values the same way."""
-
-    def __init__(
-        self,
-        audit: AuditSink,
-        metrics: Metrics,
-        decision_log: DecisionLog | None = None,
-        *,
-        grants: GrantSink | None = None,
-    ) -> None:
-        self._audit = audit
-        self._grants = grants
-        """Told of every allowed decision (live enforcement's ``SpyGrants``: a listen/whisper
-        allowed here is matched with its ChanSpyStart, and ended if a change withdraws it)."""
-        self._decisions = metrics.decisions
-        # The labelled series of the stored clients, looked up once: a client never loses its
-        # stored policy (a deletion stores the default document), so an entry never goes stale.
-        self._children: dict[tuple[str, str, str], LoopCount] = {}
-        self.log = (
-            DecisionLog(log, hold=DECISION_LOG_HOLD) if decision_log is None else decision_log
-        )
-        """The decision lines (``callgate.agi.handlers`` at INFO), written together at most
-        ``DECISION_LOG_HOLD`` after the first of them; ``daemon.py`` flushes it on stop."""
-
-    def record(
-        self,
-        request: AgiRequest,
-        decision: Decision,
-        version: int,
-        outcome: str | None = None,
-        valid_client: bool | None = None,
-    ) -> None:
-        """``outcome``: ``log_outcome(decision, version)`` and ``valid_client``: whether the client
-        id is well-formed, when the caller knows them already (the quick path does)."""
-        if valid_client is None:
-            valid_client = is_valid_client_id(request.client_id)
-        action = request.action if request.action in _KNOWN_ACTIONS else "invalid"
-        if self.log.enabled():
-            client = request.client_id if valid_client else printable(request.client_id)
-            self.log.info(
-                f"decision client={client}"
-                f" action={action if action != 'invalid' else printable(request.action)}"
-                f" ext={printable(request.ext)} target={printable(request.target)}"
-                f"{outcome or log_outcome(decision, version)}"
-                f" uniqueid={printable(request.uniqueid)}"
-            )
-        key = (request.client_id if valid_client else "-", action, decision.verdict)
-        child = self._children.get(key)
-        if child is None:
-            child = self._decisions.labels(*key)
-            if self._decisions.labelled(key[0]):
-                self._children[key] = child
-        child.inc()
-        grants = self._grants
-        if grants is not None and decision.allowed and request.uniqueid and request.channel:
-            grants.note_allowed(
-                request.client_id,
-                action,
-                request.ext,
-                request.target,
-                request.uniqueid,
-                request.channel,
-                version,
-                decision.reason.value,
-                pbx=DEFAULT_PBX,  # the one PBX this FastAGI server serves today
-            )
-        if valid_client:  # an audit log is per client: there is none for a malformed id
-            self._audit.record(
-                AuditEvent(
-                    time=datetime.now(UTC),
-                    client_id=request.client_id,
-                    action=action,
-                    ext=request.ext,
-                    target=request.target,
-                    decision=decision.verdict,
-                    reason=decision.reason.value,
-                    policy_version=version,
-                    uniqueid=request.uniqueid,
-                    channel=request.channel,
-                )
-            )
-
-
-_KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
-
-
-def log_outcome(decision: Decision, version: int) -> str:
-    """The decision's part of its log line (the same for every request answered alike)."""
-    return (
-        f" decision={decision.verdict} reason={decision.reason.value}"
-        f" targets={_joined(decision.targets) or '-'} version={version:d}"
-    )
-
-
-class _Answer(NamedTuple):
-    """What a policy route answers one request."""
+class Answer(NamedTuple):
+    """What callgate answers one request."""
 
     decision: Decision
     version: int
-    line: bytes
-    """The encoded ``EXEC MSet``."""
-    outcome: str
-    """``log_outcome(decision, version)``."""
+    """The version of the policy that decided (0: none, or the default document)."""
+    commands: tuple[bytes, ...]
+    """The encoded commands setting every ``CALLGATE_*`` variable, in order (one, nearly
+    always)."""
+    fields: str
+    """``decision_fields(decision, version)``: the decision's part of the log line."""
+
+
+def answer_of(
+    decision: Decision, version: int, pickup: str = "", uniqueid: str | None = None
+) -> Answer:
+    """The answer giving ``decision``; a denial ``internal_error`` when a value is too long for
+    any command (decided here, once, for both paths)."""
+    try:
+        commands = variable_commands(variable_pairs(decision, version, pickup))
+    except AgiProtocolError:
+        log.exception("the answer for %s does not fit in an AGI command", printable(uniqueid))
+        decision = _INTERNAL_ERROR
+        commands = variable_commands(variable_pairs(decision, version))
+    return Answer(decision, version, commands, decision_fields(decision, version))
+
+
+_INVALID_ANSWER: Final = answer_of(_INVALID, 0)
+
+
+async def send_decision(session: AgiSession, decision: Decision, version: int) -> None:
+    """Set every ``CALLGATE_*`` variable for a decision made elsewhere (the replace flow)."""
+    await session.send_variables(answer_of(decision, version).commands)
+
+
+class AnsweredRequest:
+    """A ``QuickAnswer``: a request's answer, recorded when the session ends."""
+
+    __slots__ = ("_answer", "_attributed", "_recorder", "_request", "line", "more")
+
+    def __init__(
+        self,
+        recorder: DecisionRecorder,
+        request: AgiRequest,
+        answer: Answer,
+        attributed: bool | None = None,
+    ) -> None:
+        self.line = answer.commands[0]
+        self.more = answer.commands[1:]
+        self._recorder = recorder
+        self._request = request
+        self._answer = answer
+        self._attributed = attributed
+
+    @property
+    def answer(self) -> Answer:
+        return self._answer
+
+    def finish(self) -> None:
+        """Recorded once, as answered (or as decided, if the caller went away first)."""
+        answer = self._answer
+        self._recorder.record(
+            self._request, answer.decision, answer.version, answer.fields, self._attributed
+        )
 
 
 @dataclass(slots=True)
-class _Answers:
+class _RememberedAnswers:
     """One client's remembered answers, all given by one compiled policy."""
 
     compiled: CompiledPolicy
     version: int
-    by_request: dict[tuple[str, str, str | None], _Answer]
+    by_request: dict[tuple[str, str, str | None], Answer]
     """(action, ext, target) -> the answer."""
 
 
@@ -327,14 +200,13 @@ class PolicyRoute:
         # very compiled policy and version: a policy change drops them, old policy and all.
         # Only well-formed requests of clients with a stored policy are remembered, and at most
         # ``remembered`` answers in all: made-up clients, extensions or targets cannot grow it.
-        self._answers: dict[str, _Answers] = {}
+        self._answers: dict[str, _RememberedAnswers] = {}
         self._remembered = 0
         self._budget = remembered
 
     def _decide(
         self, request: AgiRequest, environment: AgiEnvironment, policy: ClientPolicy | None
-    ) -> tuple[Decision, int, str]:
-        """The decision, the deciding policy's version and the pickup argument."""
+    ) -> Answer:
         version = 0
         try:
             if policy is None or environment.duplicate_keys:
@@ -348,7 +220,7 @@ class PolicyRoute:
         except Exception:
             log.exception("decision failed for %s", printable(request.uniqueid))
             decision, pickup = _INTERNAL_ERROR, ""
-        return decision, version, pickup
+        return answer_of(decision, version, pickup, request.uniqueid)
 
     def _policy(self, request: AgiRequest) -> ClientPolicy | None:
         """The client's policy in force, ``None`` for a malformed client id."""
@@ -356,8 +228,8 @@ class PolicyRoute:
             return None
         return self._registry.get(request.client_id)
 
-    def prepare(self, environment: AgiEnvironment) -> Answered | None:
-        """The whole session as one command (the server's quick path), or ``None``."""
+    def answer(self, environment: AgiEnvironment) -> AnsweredRequest:
+        """The request's answer, decided (or remembered) once: both paths send its commands."""
         request = AgiRequest.from_environment(environment)
         policy = self._policy(request)
         if (
@@ -366,8 +238,9 @@ class PolicyRoute:
             or policy.version == 0  # no stored policy: nothing worth remembering for it
             or not self._budget
         ):
-            decision, version, pickup = self._decide(request, environment, policy)
-            return Answered.of(self._recorder, request, decision, version, pickup)
+            return AnsweredRequest(
+                self._recorder, request, self._decide(request, environment, policy)
+            )
         answers = self._answers.get(request.client_id)
         if (
             answers is None
@@ -376,35 +249,27 @@ class PolicyRoute:
         ):
             if answers is not None:
                 self._remembered -= len(answers.by_request)
-            answers = _Answers(policy.compiled, policy.version, {})
+            answers = _RememberedAnswers(policy.compiled, policy.version, {})
             self._answers[request.client_id] = answers
         key = (request.action, request.ext, request.target)
         answer = answers.by_request.get(key)
         if answer is None:
-            decision, version, pickup = self._decide(request, environment, policy)
-            try:
-                line = mset_command(answer_pairs(decision, version, pickup))
-            except AgiProtocolError:
-                line = None
-            if line is None or decision is _INTERNAL_ERROR or decision.reason is _INVALID_REASON:
-                return Answered.of(self._recorder, request, decision, version, pickup)
-            answer = _Answer(decision, version, line, log_outcome(decision, version))
+            answer = self._decide(request, environment, policy)
+            decision = answer.decision
+            if decision is _INTERNAL_ERROR or decision.reason is _INVALID_REASON:
+                return AnsweredRequest(self._recorder, request, answer)
             if self._remembered >= self._budget:
                 self._make_room()
                 answers = self._answers.setdefault(
-                    request.client_id, _Answers(policy.compiled, policy.version, {})
+                    request.client_id, _RememberedAnswers(policy.compiled, policy.version, {})
                 )
             answers.by_request[key] = answer
             self._remembered += 1
-        return Answered(
-            answer.line,
-            self._recorder,
-            request,
-            answer.decision,
-            answer.version,
-            answer.outcome,
-            valid_client=True,  # a policy was found for it
-        )
+        # attributed: a policy was found for the client, so its id is well-formed
+        return AnsweredRequest(self._recorder, request, answer, attributed=True)
+
+    prepare = answer
+    """``QuickHandler``: every policy request is answered on the server's quick path."""
 
     def _make_room(self) -> None:
         """Forget the answers of the client that has the most (the one asking made-up
@@ -422,20 +287,14 @@ class PolicyRoute:
             self._remembered = 0
 
     async def __call__(self, session: AgiSession) -> Decision:
-        request = AgiRequest.from_environment(session.environment)
-        policy = self._policy(request)
-        decision, version, pickup = self._decide(request, session.environment, policy)
+        """The task path (the quick path's ``prepare`` failed): the same answer, sent through
+        ``session``."""
+        answered = self.answer(session.environment)
         try:
-            try:
-                await answer(session, decision, version, pickup)
-            except AgiProtocolError:
-                uniqueid = printable(request.uniqueid)
-                log.exception("the answer for %s does not fit in one AGI command", uniqueid)
-                decision = _INTERNAL_ERROR
-                await answer(session, decision, version)
+            await session.send_variables(answered.answer.commands)
         finally:  # recorded once, as answered (or as decided, if the caller went away)
-            self._recorder.record(request, decision, version)
-        return decision
+            answered.finish()
+        return answered.answer.decision
 
 
 class AgiDispatcher:
@@ -448,16 +307,17 @@ class AgiDispatcher:
             name: route for name, route in self._routes.items() if isinstance(route, PolicyRoute)
         }
 
-    def prepare(self, environment: AgiEnvironment) -> Answered | None:
-        """``QuickHandler``: a policy route's one-command answer, or a denial for an action
-        without a route; ``None`` for the other routes (the server then runs ``__call__``)."""
+    def prepare(self, environment: AgiEnvironment) -> AnsweredRequest | None:
+        """``QuickHandler``: a policy route's answer, or a denial for an action without a
+        route; ``None`` for the other routes (the server then runs ``__call__``)."""
         action = environment.action
         route = self._quick.get(action)
         if route is not None:
-            return route.prepare(environment)
+            return route.answer(environment)
         if action in self._routes:
             return None
-        return Answered.of(self._recorder, AgiRequest.from_environment(environment), _INVALID, 0)
+        request = AgiRequest.from_environment(environment)
+        return AnsweredRequest(self._recorder, request, _INVALID_ANSWER)
 
     async def __call__(self, session: AgiSession) -> None:
         route = self._routes.get(session.environment.action)
@@ -478,7 +338,7 @@ class AgiDispatcher:
 
     async def _deny(self, session: AgiSession, decision: Decision) -> None:
         self._recorder.record(AgiRequest.from_environment(session.environment), decision, 0)
-        await answer(session, decision, 0)
+        await send_decision(session, decision, 0)
 
 
 def policy_routes(

@@ -13,10 +13,11 @@ any Unix) event loops, asyncio's own and uvloop, offer ``add_reader``; Windows' 
 Once the environment is complete, a session takes one of two paths:
 
 - **Quick**: a handler that offers ``prepare()`` (``QuickHandler``) may answer from the
-  environment alone with one command; the link writes it at once, in the read callback, and
-  when the reply arrives calls the answer's ``finish()`` and closes. No task, no coroutine, no
-  future: the policy routes (a decision from memory, answered by one ``EXEC MSet``) cost the
-  event loop nothing beyond the connection's own callbacks.
+  environment alone with a fixed list of commands (one, nearly always); the link writes the
+  first at once, in the read callback, each next one on the reply to the one before, and after
+  the last reply calls the answer's ``finish()`` and closes. No task, no coroutine, no future:
+  the policy routes (a decision from memory, answered by one ``EXEC MSet``) cost the event loop
+  nothing beyond the connection's own callbacks.
 - **Task**: otherwise (``prepare()`` returns ``None``, or the handler has none), one task runs the
   session handler with an ``AgiSession`` for as many commands as it needs.
 
@@ -38,7 +39,7 @@ import socket
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from enum import StrEnum
+from enum import IntEnum, StrEnum, auto
 from typing import TYPE_CHECKING, Final, Protocol, runtime_checkable
 
 from callgate.agi.protocol import (
@@ -66,6 +67,11 @@ class QuickAnswer(Protocol):
     @property
     def line(self) -> bytes:
         """The encoded command (``encode_command``), written as soon as the environment is in."""
+        ...
+
+    @property
+    def more(self) -> tuple[bytes, ...]:
+        """Commands sent after it, each on the reply to the one before (usually none)."""
         ...
 
     def finish(self) -> None:
@@ -126,8 +132,8 @@ class AgiConfig:
         )
 
 
-class Outcome(StrEnum):
-    """Values of the ``callgate_agi_sessions{outcome}`` counter."""
+class SessionOutcome(StrEnum):
+    """How a FastAGI session ended: the ``callgate_agi_sessions{outcome}`` counter's values."""
 
     COMPLETED = "completed"
     OVERLOAD = "overload"
@@ -138,6 +144,10 @@ class Outcome(StrEnum):
     CANCELLED = "cancelled"
 
 
+_PEER_ENDS: Final = frozenset({SessionOutcome.COMPLETED, SessionOutcome.DISCONNECTED})
+"""A handler's own ends that, on an ``ABANDONED`` link, give way to what ended the connection."""
+
+
 class AgiServer:
     def __init__(self, config: AgiConfig, handler: SessionHandler, metrics: Metrics) -> None:
         self.config = config
@@ -145,7 +155,9 @@ class AgiServer:
         self.prepare = handler.prepare if isinstance(handler, QuickHandler) else None
         self._metrics = metrics
         # Resolved once: a labelled child per outcome, not a lookup per session.
-        self._outcomes = {outcome: metrics.agi_sessions.labels(outcome) for outcome in Outcome}
+        self._outcomes = {
+            outcome: metrics.agi_sessions.labels(outcome) for outcome in SessionOutcome
+        }
         self._links: set[_Link] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -256,7 +268,7 @@ class AgiServer:
         self._idle.clear()
         return True
 
-    def forget(self, link: _Link, outcome: Outcome) -> None:
+    def forget(self, link: _Link, outcome: SessionOutcome) -> None:
         self._outcomes[outcome].inc()
         if link in self._links:
             self._links.discard(link)
@@ -311,19 +323,69 @@ async def _listen(
     return listeners
 
 
+class LinkState(IntEnum):
+    """Where one FastAGI connection's session is (``_Link.state``); the rules are ``_Link``'s.
+
+    An ``IntEnum``: its members hash as ints do, in C (an ``Enum`` member's ``__hash__`` is a
+    Python call, several per session on the quick path)."""
+
+    AWAITING_ENVIRONMENT = auto()
+    ANSWERING = auto()
+    RUNNING = auto()
+    ABANDONED = auto()
+    FINISHED = auto()
+
+
+_NEXT_STATES: Final = {
+    LinkState.AWAITING_ENVIRONMENT: frozenset(
+        {LinkState.ANSWERING, LinkState.RUNNING, LinkState.FINISHED}
+    ),
+    LinkState.ANSWERING: frozenset({LinkState.FINISHED}),
+    LinkState.RUNNING: frozenset({LinkState.ABANDONED, LinkState.FINISHED}),
+    LinkState.ABANDONED: frozenset({LinkState.FINISHED}),
+    LinkState.FINISHED: frozenset(),
+}
+"""Every transition a link may make (``_Link._move`` refuses any other)."""
+
+_ENDED: Final = frozenset({LinkState.ABANDONED, LinkState.FINISHED})
+"""States in which nothing the peer sends matters any more."""
+
+
 class _Link:
-    """One connection: bytes in -> ``AgiConnection`` -> environment / replies; commands out."""
+    """One connection: bytes in -> ``AgiConnection`` -> environment / replies; commands out.
+
+    Its session is in one ``LinkState``; the transitions (``_NEXT_STATES``), as h11 states its
+    rules:
+
+    - ``AWAITING_ENVIRONMENT``: from the accept, until the environment is complete (deadline
+      ``env_timeout``). Then ``ANSWERING`` when the handler's ``prepare()`` answered it, else
+      ``RUNNING``.
+    - ``ANSWERING`` (quick path): the answer's commands go out one by one, each on the reply to
+      the one before (deadline ``reply_timeout`` each). After the last reply: ``FINISHED``.
+    - ``RUNNING`` (task path): the handler's task runs; its end finishes the session. When the
+      connection ends under it (a deadline, a protocol error) it is ``ABANDONED``: the outcome
+      is known, the waiting command woken with the error, and the task's end finishes the
+      session with that outcome (the server still counts the link until then, so shutdown waits
+      for the handler).
+    - ``FINISHED``: ``_finish(outcome)`` ran — the one place a session ends, whatever ended it
+      (the last reply, the peer leaving, a deadline, a protocol error, shutdown, overload, the
+      handler's end or failure): the answer's ``finish()`` called, the outcome counted, the
+      duration observed, the link forgotten by the server. It runs once; every later end is a
+      no-op. The socket closes separately: at once, or once its last bytes have left.
+
+    Every transition goes through ``_move``, every end through ``_finish``.
+    """
 
     __slots__ = (
         "_address",
         "_agi",
         "_closed",
-        "_done",
-        "_failure",
         "_fd",
         "_linger",
         "_loop",
+        "_outcome",
         "_outgoing",
+        "_pending",
         "_quick",
         "_server",
         "_sock",
@@ -332,6 +394,7 @@ class _Link:
         "_unsent",
         "_waiter",
         "deadline",
+        "state",
     )
 
     def __init__(
@@ -348,25 +411,30 @@ class _Link:
         self._address = address
         config = server.config
         self._agi = AgiConnection(max_line=config.max_line, max_env=config.max_env)
+        self.state = LinkState.AWAITING_ENVIRONMENT
+        self._closed = False
+        """The socket is closed (the session may still be running: its task finds out)."""
         self._unsent = b""
         """Bytes the kernel did not take yet (written when the socket is writable again)."""
-        self._closed = False
-        self._waiter: asyncio.Future[Reply] | None = None
         self._linger: asyncio.TimerHandle | None = None
+        self._waiter: asyncio.Future[Reply] | None = None
+        """``RUNNING``: the command awaiting its reply."""
         self._task: asyncio.Task[None] | None = None
         self._quick: QuickAnswer | None = None
-        """The quick answer, until its reply (or the end of the connection)."""
+        """``ANSWERING``: the answer, finished by ``_finish``."""
+        self._pending: tuple[bytes, ...] = ()
+        """``ANSWERING``: its commands not sent yet."""
         self._outgoing: bytes | None = None
-        """Its line, until the bytes received so far are all read (see ``_pump``)."""
+        """``ANSWERING``: the next command, until the bytes received so far are all read."""
+        self._outcome = SessionOutcome.COMPLETED
+        """``ABANDONED``: what ended the connection."""
         self._started = 0.0
-        self._done = False
-        self._failure: Outcome | None = None
         self.deadline = 0.0
         """``_now()`` by which the awaited bytes must arrive; 0 while none are awaited."""
 
     def start(self) -> None:
         if not self._server.admit(self):
-            self._done = True
+            self._finish(SessionOutcome.OVERLOAD)
             # Half-close and drain until Asterisk closes: closing with its environment unread
             # would send a reset, which can destroy the `failure` line before Asterisk reads it.
             self._write(OVERLOAD_REPLY)
@@ -375,7 +443,6 @@ class _Link:
                     self._sock.shutdown(socket.SHUT_WR)
                 self._loop.add_reader(self._fd, self._drain)
                 self._linger = self._loop.call_later(_OVERLOAD_LINGER, self._release)
-            self._server.forget(self, Outcome.OVERLOAD)
             log.warning(
                 "FastAGI %s: refused (%d sessions open, limit %d); answered failure",
                 self._peer(),
@@ -385,6 +452,30 @@ class _Link:
             return
         self.deadline = _now() + self._server.config.env_timeout
         self._loop.add_reader(self._fd, self._readable)
+
+    # -- the state
+
+    def _move(self, state: LinkState) -> None:
+        if state not in _NEXT_STATES[self.state]:
+            raise RuntimeError(f"FastAGI link: no way from {self.state.name} to {state.name}")
+        self.state = state
+
+    def _finish(self, outcome: SessionOutcome) -> None:
+        """End the session (see the class docstring); once, whatever calls it."""
+        was = self.state
+        if was is LinkState.FINISHED:
+            return
+        self._move(LinkState.FINISHED)
+        self.deadline = 0.0
+        quick, self._quick, self._outgoing, self._pending = self._quick, None, None, ()
+        if quick is not None:
+            try:
+                quick.finish()
+            except Exception:
+                log.exception("FastAGI %s: finishing the session failed", self._peer())
+        self._server.forget(self, outcome)
+        if was is not LinkState.AWAITING_ENVIRONMENT:
+            self._server.observe(_now() - self._started)
 
     # -- CommandLink, for the session
 
@@ -401,7 +492,7 @@ class _Link:
         return self._server.config.reply_timeout
 
     async def roundtrip(self, line: bytes, reply_within: float) -> Reply:
-        if self._done or self._closed:
+        if self.state is not LinkState.RUNNING or self._closed:
             raise AgiConnectionLost("the connection is closed")
         try:
             self._write(self._agi.send(line))
@@ -465,7 +556,7 @@ class _Link:
         self._unsent = self._unsent[sent:]
         if not self._unsent:
             self._loop.remove_writer(self._fd)
-            if self._done:  # the session ended while its last bytes were queued
+            if self.state is LinkState.FINISHED:  # its last bytes were queued
                 self._release()
 
     def _drain(self) -> None:
@@ -505,34 +596,52 @@ class _Link:
     # -- what the peer did
 
     def data_received(self, data: bytes) -> None:
-        if self._done:
+        if self.state in _ENDED:
             return
         try:
             self._agi.receive_data(data)
             self._pump()
         except AgiProtocolError as exc:
-            self._fail(Outcome.PROTOCOL_ERROR, str(exc))
+            self._fail(SessionOutcome.PROTOCOL_ERROR, str(exc))
 
     def eof_received(self) -> None:
-        if not self._done:
+        if self.state not in _ENDED:
             try:
                 self._agi.receive_data(b"")
                 self._pump()
             except AgiProtocolError as exc:
-                self._fail(Outcome.PROTOCOL_ERROR, str(exc))
+                self._fail(SessionOutcome.PROTOCOL_ERROR, str(exc))
         self._release()  # the peer has closed its side: close ours too
         self._lost("the connection was closed")
 
-    def _lost(self, reason: str) -> None:
-        """The connection is gone (a reset, or the peer closed): end whatever still waits."""
+    def _lost(
+        self, reason: str, unstarted: str = "closed before the environment was complete"
+    ) -> None:
+        """The peer is gone: wake the waiting command; finish unless a handler runs (its
+        command fails, and its end finishes the session)."""
         self._wake(AgiConnectionLost(reason))
-        if self._quick is not None:
+        if self.state is LinkState.ANSWERING:
             log.warning("FastAGI %s: session ended early: %s", self._peer(), reason)
-            self._end_quick(Outcome.DISCONNECTED)
-        elif not self._done and self._task is None:
-            self._done = True
-            self._server.forget(self, Outcome.DISCONNECTED)
-            log.warning("FastAGI %s: closed before the environment was complete", self._peer())
+            self._finish(SessionOutcome.DISCONNECTED)
+        elif self.state is LinkState.AWAITING_ENVIRONMENT:
+            self._finish(SessionOutcome.DISCONNECTED)
+            log.warning("FastAGI %s: %s", self._peer(), unstarted)
+
+    def _fail(self, outcome: SessionOutcome, reason: str) -> None:
+        """Close this connection because of the peer (a deadline, a protocol error)."""
+        if self.state in _ENDED:
+            return
+        log.warning("FastAGI %s: %s; connection closed", self._peer(), reason)
+        if self.state is LinkState.RUNNING:
+            self._outcome = outcome
+            self._move(LinkState.ABANDONED)
+        else:
+            self._finish(outcome)
+        error: AgiSessionError = (
+            AgiTimeout(reason) if outcome == SessionOutcome.TIMEOUT else AgiConnectionLost(reason)
+        )
+        self._wake(error)
+        self._release()
 
     # -- internals
 
@@ -541,31 +650,22 @@ class _Link:
             event = self._agi.next_event()
             if event is NEED_DATA:
                 if self._outgoing is not None:
-                    self._send_quick()
+                    self._send_next()
                 return
             if isinstance(event, Reply):
-                if self._quick is not None:
-                    self._quick_reply(event)
-                    return
+                if self.state is LinkState.ANSWERING:
+                    if self._answer_replied(event):
+                        return
+                    continue
                 waiter = self._waiter
                 if waiter is not None and not waiter.done():
                     waiter.set_result(event)
             elif isinstance(event, AgiEnvironment):
                 self._start_session(event)
             elif event is CLOSED:
-                self._wake(AgiConnectionLost("Asterisk closed the connection"))
-                if self._quick is not None:
-                    log.warning(
-                        "FastAGI %s: session ended early: Asterisk closed the connection",
-                        self._peer(),
-                    )
+                if self.state is not LinkState.RUNNING:
                     self._close()
-                    self._end_quick(Outcome.DISCONNECTED)
-                elif self._task is None and not self._done:
-                    self._done = True
-                    self._close()
-                    self._server.forget(self, Outcome.DISCONNECTED)
-                    log.warning("FastAGI %s: closed without an environment", self._peer())
+                self._lost("Asterisk closed the connection", "closed without an environment")
                 return
             # HANGUP: recorded in the protocol state (dead), nothing to wake
 
@@ -580,96 +680,73 @@ class _Link:
                 log.exception("FastAGI %s: preparing the answer failed", self._peer())
                 quick = None  # the handler's __call__ still answers (and denies)
             if quick is not None:
+                self._move(LinkState.ANSWERING)
+                self._quick = quick
+                self._pending = quick.more
                 # Written once what was received with the environment is read: a line that came
                 # before the command is unsolicited (the protocol refuses it), not its reply.
-                self._quick = quick
                 self._outgoing = quick.line
                 return
+        self._move(LinkState.RUNNING)
         self._task = self._loop.create_task(self._run(AgiSession(self, environment)))
 
-    def _send_quick(self) -> None:
+    def _send_next(self) -> None:
         line, self._outgoing = self._outgoing, None
-        if line is None or self._closed or self._done:
+        if line is None or self._closed or self.state is not LinkState.ANSWERING:
             return
         self._write(self._agi.send(line))
         if not self._closed:
             self.deadline = _now() + self._server.config.reply_timeout
 
-    def _quick_reply(self, reply: Reply) -> None:
-        """The reply to the quick answer: the session is over, whatever it says."""
+    def _answer_replied(self, reply: Reply) -> bool:
+        """A reply to the quick answer's command: the next one, or the end (returns True)."""
         self.deadline = 0.0
-        outcome = Outcome.COMPLETED
         if reply.code != 200 or reply.result == "-2":  # as AgiSession's checks would raise
-            outcome = Outcome.DISCONNECTED
             log.warning(
                 "FastAGI %s: session ended early: the answer got %d %s",
                 self._peer(),
                 reply.code,
                 reply.text,
             )
-        self._end_quick(outcome)
+            outcome = SessionOutcome.DISCONNECTED
+        elif self._pending:
+            # Sent once what was received with this reply is read, as the first command.
+            self._outgoing, self._pending = self._pending[0], self._pending[1:]
+            return False
+        else:
+            outcome = SessionOutcome.COMPLETED
+        self._finish(outcome)
         self._close()
-
-    def _end_quick(self, outcome: Outcome) -> None:
-        quick, self._quick, self._outgoing = self._quick, None, None
-        if quick is None or self._done:
-            return
-        self._done = True
-        try:
-            quick.finish()
-        except Exception:
-            log.exception("FastAGI %s: finishing the session failed", self._peer())
-        self._server.forget(self, outcome)
-        self._server.observe(_now() - self._started)
+        return True
 
     async def _run(self, session: AgiSession) -> None:
-        outcome = Outcome.COMPLETED
+        outcome = SessionOutcome.COMPLETED
         try:
             await self._server.handler(session)
         except AgiSessionError as exc:
-            outcome = self._failure or Outcome.DISCONNECTED
-            if self._failure is None:  # else _fail() has logged it
+            outcome = SessionOutcome.DISCONNECTED
+            if self.state is not LinkState.ABANDONED:  # else _fail() has logged it
                 log.warning("FastAGI %s: session ended early: %s", self._peer(), exc)
         except asyncio.CancelledError:
-            outcome = Outcome.CANCELLED
+            outcome = SessionOutcome.CANCELLED
             raise
         except Exception:
-            outcome = Outcome.ERROR
+            outcome = SessionOutcome.ERROR
             log.exception("FastAGI %s: session handler failed", self._peer())
         finally:
-            if outcome is Outcome.COMPLETED and self._failure is not None:
-                outcome = self._failure  # the handler went on after the peer failed
-            if not self._done:
-                self._done = True
-                self._server.forget(self, outcome)
-                self._server.observe(_now() - self._started)
+            if self.state is LinkState.ABANDONED and outcome in _PEER_ENDS:
+                outcome = self._outcome  # what ended the connection, not what the handler saw
+            self._finish(outcome)
             self._close()
-
-    def _fail(self, outcome: Outcome, reason: str) -> None:
-        """Close this connection because of the peer; wake a waiting command."""
-        if self._done:
-            return
-        log.warning("FastAGI %s: %s; connection closed", self._peer(), reason)
-        self._failure = outcome
-        if self._quick is not None:
-            self._end_quick(outcome)
-        elif self._task is None:
-            self._done = True
-            self._server.forget(self, outcome)
-        error: AgiSessionError = (
-            AgiTimeout(reason) if outcome == Outcome.TIMEOUT else AgiConnectionLost(reason)
-        )
-        self._wake(error)
-        self._release()
 
     def expire(self) -> None:
         """Called by the server's sweep once ``deadline`` has passed."""
         self.deadline = 0.0
-        if self._task is None and self._quick is None:
+        if self.state is LinkState.AWAITING_ENVIRONMENT:
             timeout = self._server.config.env_timeout
-            self._fail(Outcome.TIMEOUT, f"no environment within {timeout}s")
+            self._fail(SessionOutcome.TIMEOUT, f"no environment within {timeout}s")
         else:
-            self._fail(Outcome.TIMEOUT, "no reply within the deadline")
+            self._fail(SessionOutcome.TIMEOUT, "no reply within the deadline")
 
     def _wake(self, error: AgiSessionError) -> None:
         waiter = self._waiter
@@ -679,12 +756,9 @@ class _Link:
     def abort(self) -> asyncio.Task[None] | None:
         """Shutdown after the grace period: drop the connection, cancel its session."""
         if self._task is not None and not self._task.done():
-            self._task.cancel()
-        elif self._quick is not None:
-            self._end_quick(Outcome.CANCELLED)
-        elif not self._done:
-            self._done = True
-            self._server.forget(self, Outcome.CANCELLED)
+            self._task.cancel()  # its end finishes the session, cancelled
+        else:
+            self._finish(SessionOutcome.CANCELLED)
         self._release()
         return self._task
 

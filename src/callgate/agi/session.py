@@ -12,7 +12,6 @@ collects a PIN) is marked by the protocol and shown by its length only (``Reply.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from functools import lru_cache
 from typing import Protocol
 
 from callgate.agi.protocol import (
@@ -64,18 +63,54 @@ class CommandLink(Protocol):
     async def roundtrip(self, line: bytes, reply_within: float) -> Reply: ...
 
 
-@lru_cache(maxsize=1024)
-def mset_command(pairs: tuple[tuple[str, str], ...]) -> bytes | None:
-    """The ``EXEC MSet`` line setting ``pairs``, or ``None`` when a value needs ``SET VARIABLE``.
+def variable_commands(pairs: tuple[tuple[str, str], ...]) -> tuple[bytes, ...]:
+    """The commands setting ``pairs`` in order: one ``EXEC MSet`` when the line fits, several
+    ``EXEC MSet`` (in order, each as long as fits) when it does not, one ``SET VARIABLE`` per
+    pair when a value needs escaping that ``MSet()`` cannot carry.
 
-    Remembered: the same few answers go out again and again, and encoding one is a good part of a
-    session's own CPU. Raises ``AgiProtocolError`` when the line would be too long.
+    The last pair is the one a dialplan acts on (``CALLGATE_DECISION``): when it takes more than
+    one command, the first one also empties the last pair's variable, so a session cut between
+    two commands leaves it empty, never the value a previous AGI set. Raises
+    ``AgiProtocolError`` when a pair cannot be sent in one command at all.
     """
+    if not pairs:
+        return ()
     try:
-        argument = format_mset(pairs)
+        format_mset(pairs)
+    except AgiProtocolError:
+        return tuple(encode_command("SET VARIABLE", name, value) for name, value in pairs)
+    try:
+        return (encode_command("EXEC", "MSet", format_mset(pairs)),)
+    except AgiProtocolError:
+        if len(pairs) == 1:
+            raise
+    last = pairs[-1][0]
+    commands: list[bytes] = []
+    group: list[tuple[str, str]] = [(last, "")]
+    line = _mset_line(group)
+    for pair in pairs:
+        longer = _mset_line([*group, pair])
+        if longer is None:
+            if line is None:
+                raise AgiProtocolError(f"{pair[0]}: too long for one command")
+            commands.append(line)
+            group = [pair]
+            longer = _mset_line(group)
+            if longer is None:
+                raise AgiProtocolError(f"{pair[0]}: too long for one command")
+        else:
+            group.append(pair)
+        line = longer
+    assert line is not None
+    commands.append(line)
+    return tuple(commands)
+
+
+def _mset_line(pairs: list[tuple[str, str]]) -> bytes | None:
+    try:
+        return encode_command("EXEC", "MSet", format_mset(pairs))
     except AgiProtocolError:
         return None
-    return encode_command("EXEC", "MSet", argument)
 
 
 class AgiSession:
@@ -123,17 +158,21 @@ class AgiSession:
         """Set every pair, in order: one ``EXEC MSet`` round trip when the values allow it.
 
         ``MSet`` sets all the pairs inside one command, so a session that dies half-way leaves
-        none of them set; when a value needs escaping it falls back to ``SET VARIABLE`` each.
+        none of them set; when a value needs escaping it falls back to ``SET VARIABLE`` each
+        (``variable_commands``).
         """
-        items = tuple(pairs)
-        line = mset_command(items)
-        if line is None:
-            for name, value in items:
-                await self.set_variable(name, value)
-            return
-        reply = await self._exchange("EXEC", line, None)  # EXEC works on a dead channel too
-        if reply.result == "-2":  # the application is missing: nothing was set
-            raise AgiCommandFailed("EXEC MSet", reply)
+        await self.send_variables(variable_commands(tuple(pairs)))
+
+    async def send_variables(self, commands: Iterable[bytes]) -> None:
+        """Send ``variable_commands``' lines, each after the reply to the one before."""
+        for line in commands:
+            # Sent on a dead channel too: EXEC and SET VARIABLE work there.
+            if line.startswith(b"EXEC "):
+                reply = await self._exchange("EXEC", line, None)
+                if reply.result == "-2":  # the application is missing: nothing was set
+                    raise AgiCommandFailed("EXEC MSet", reply)
+            else:
+                await self._exchange("SET VARIABLE", line, None)
 
     async def get_variable(self, name: str) -> str | None:
         """The value, or ``None`` when the variable is not set."""

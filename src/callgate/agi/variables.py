@@ -23,6 +23,14 @@ PICKUP: Final = "CALLGATE_PICKUP"
 
 ALL: Final = (DECISION, REASON, TARGETS, VERSION, PICKUP)
 
+# Set on the PJSIP endpoint (``set_var=``), read by callgate: what the phone itself is.
+OWN_EXTENSION: Final = "CALLGATE_EXT"
+"""``set_var=CALLGATE_EXT=<ext>``: the physical phone's own extension (the replace flow reads it
+with ``GET VARIABLE``; caller ID is never used)."""
+CLIENT: Final = "CALLGATE_CLIENT"
+"""``set_var=CALLGATE_CLIENT=<client>``: the client the endpoint belongs to (the shipped dialplan
+checks it against the client it passes to the AGI)."""
+
 ALLOW: Final = "ALLOW"
 DENY: Final = "DENY"
 

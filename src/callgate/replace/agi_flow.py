@@ -3,8 +3,9 @@
 ``replace`` (``agi_arg_1`` client, ``agi_arg_2`` the extension the phone acts as now,
 ``agi_arg_3`` the target):
 
-1. read the phone's own extension with ``GET VARIABLE CALLGATE_EXT`` — set on the PJSIP endpoint
-   (``set_var``), so it names the physical phone; caller ID is never used;
+1. read the phone's own extension with ``GET VARIABLE CALLGATE_EXT`` (``variables.OWN_EXTENSION``)
+   — set on the PJSIP endpoint (``set_var``), so it names the physical phone; caller ID is never
+   used;
 2. ``ReplaceService.begin_replace`` — a denial here (``replace_not_permitted``,
    ``no_replace_pin``, ``locked_out``, ...) is answered without prompting;
 3. ``ANSWER`` and ``GET DATA <prompt> <timeout> 12``: the PIN travels from the caller's keypad
@@ -13,10 +14,11 @@
 4. ``ReplaceService.finish_replace`` — on the right PIN it writes AstDB in this same session
    (``DATABASE PUT callgate/<client>/acting/<phone> <target>`` and ``.../device/<target>
    <phone>``);
-5. the ``CALLGATE_*`` variables, a denial included (``handlers.answer``).
+5. the ``CALLGATE_*`` variables, a denial included (``handlers.send_decision``).
 
-The service writes the decision's log line and audit event (with the phone, which the generic
-``DecisionRecorder`` does not know); this module counts it in ``callgate_decisions``.
+Every decision is recorded once, by the ``DecisionRecorder`` (``agi.record``: its log line, its
+audit event with the phone, its count): the service records those it makes, this module the
+requests it refuses as malformed before the service sees them.
 
 A prompt Asterisk cannot play (no sound file) is answered ``200 result=-1`` like a hangup, but
 without the ``HANGUP`` line: the PIN is then asked again without a prompt (``GET DATA ""``), which a
@@ -29,24 +31,26 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Final
 
-from callgate.agi.handlers import answer
+from callgate.agi import variables
+from callgate.agi.handlers import send_decision
+from callgate.agi.record import AgiRequest, DecisionRecorder
 from callgate.agi.session import AgiChannelDead, AgiSession, AgiSessionError
-from callgate.metrics import Metrics
-from callgate.policy import Action, Decision, Reason, is_valid_client_id
+from callgate.logs import printable
+from callgate.policy import Decision, Reason, is_valid_client_id
 from callgate.replace.pins import MAX_PIN_DIGITS
 from callgate.replace.service import (
     AstDbError,
-    Outcome,
     PinChallenge,
     ReplaceRequest,
     ReplaceService,
+    Ruling,
 )
 
 log = logging.getLogger(__name__)
 
-OWN_EXTENSION_VARIABLE = "CALLGATE_EXT"
-"""Set by the PJSIP endpoint (``set_var=CALLGATE_EXT=<ext>``): the physical phone's extension."""
+_MALFORMED: Final = Ruling(Decision.deny(Reason.INVALID_REQUEST), 0)
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,54 +81,58 @@ class ReplaceFlow:
     """The two handlers; the AGI handler table calls ``replace`` and ``restore``."""
 
     def __init__(
-        self, service: ReplaceService, metrics: Metrics, prompt: PinPrompt | None = None
+        self,
+        service: ReplaceService,
+        recorder: DecisionRecorder,
+        prompt: PinPrompt | None = None,
     ) -> None:
         self._service = service
-        self._decisions = metrics.decisions
+        self._recorder = recorder
         self._prompt = prompt or PinPrompt()
 
-    async def replace(self, session: AgiSession) -> Outcome:
+    async def replace(self, session: AgiSession) -> Ruling:
         request = await self._request(session, target=session.environment.arg(3))
-        if isinstance(request, Outcome):
-            return await self._answer(session, Action.REPLACE, request)
+        if request is None:
+            return await self._answer(session, _MALFORMED)
         begun = await self._service.begin_replace(request)
         if isinstance(begun, PinChallenge):
             digits = await self._collect_pin(session)
-            outcome = await self._service.finish_replace(
+            ruling = await self._service.finish_replace(
                 request, begun, digits, SessionAstDb(session)
             )
         else:
-            outcome = begun
-        return await self._answer(session, Action.REPLACE, outcome, request.client_id)
+            ruling = begun
+        return await self._answer(session, ruling)
 
-    async def restore(self, session: AgiSession) -> Outcome:
+    async def restore(self, session: AgiSession) -> Ruling:
         request = await self._request(session, target=None)
-        if isinstance(request, Outcome):
-            return await self._answer(session, Action.RESTORE, request)
-        outcome = await self._service.restore(request, SessionAstDb(session))
-        return await self._answer(session, Action.RESTORE, outcome, request.client_id)
+        if request is None:
+            return await self._answer(session, _MALFORMED)
+        ruling = await self._service.restore(request, SessionAstDb(session))
+        return await self._answer(session, ruling)
 
-    async def _answer(
-        self, session: AgiSession, action: Action, outcome: Outcome, client_id: str = "-"
-    ) -> Outcome:
-        """Count the decision, then set every ``CALLGATE_*`` variable (a denial included)."""
-        self._decisions.labels(client_id, action.value, outcome.decision.verdict).inc()
-        await answer(session, outcome.decision, outcome.version)
-        return outcome
+    async def _answer(self, session: AgiSession, ruling: Ruling) -> Ruling:
+        """Set every ``CALLGATE_*`` variable (a denial included)."""
+        await send_decision(session, ruling.decision, ruling.version)
+        return ruling
 
-    async def _request(self, session: AgiSession, target: str | None) -> ReplaceRequest | Outcome:
+    async def _request(self, session: AgiSession, target: str | None) -> ReplaceRequest | None:
+        """The request, or ``None`` (recorded as denied) when it is malformed."""
         env = session.environment
         client_id = env.arg(1)
         if env.duplicate_keys or not is_valid_client_id(client_id):
-            log.info("replace/restore request refused: malformed (uniqueid %r)", env.uniqueid)
-            return Outcome(Decision.deny(Reason.INVALID_REQUEST), 0)
-        phone = await session.get_variable(OWN_EXTENSION_VARIABLE)
+            # Not the client's decision (its id may be made up): counted, logged, not audited.
+            self._recorder.record(
+                AgiRequest.from_environment(env), _MALFORMED.decision, 0, attributed=False
+            )
+            return None
+        phone = await session.get_variable(variables.OWN_EXTENSION)
         if not phone:
             log.warning(
-                "%s is not set on channel %r: the endpoint needs set_var=%s=<its extension>",
-                OWN_EXTENSION_VARIABLE,
-                env.channel,
-                OWN_EXTENSION_VARIABLE,
+                "%s is not set on channel %s: the endpoint needs set_var=%s=<its extension>",
+                variables.OWN_EXTENSION,
+                printable(env.channel),
+                variables.OWN_EXTENSION,
             )
         return ReplaceRequest(
             client_id=client_id,
@@ -151,14 +159,15 @@ class ReplaceFlow:
             # caller who hung up answers the same way and Asterisk then sends HANGUP, so asking
             # again tells the two apart: a dead channel answers 511 (AgiChannelDead).
             log.warning(
-                "PIN prompt %r could not be played on %r (is the sound file installed?):"
+                "PIN prompt %r could not be played on %s (is the sound file installed?):"
                 " collecting the PIN without it",
                 self._prompt.file,
-                session.environment.channel,
+                printable(session.environment.channel),
             )
             return await self._get_pin(session, "")
         except AgiChannelDead:
-            log.info("caller hung up before entering a PIN (%s)", session.environment.uniqueid)
+            uniqueid = printable(session.environment.uniqueid)
+            log.info("caller hung up before entering a PIN (%s)", uniqueid)
             return ""
         except AgiSessionError as exc:
             log.warning("no PIN collected: %s", exc)

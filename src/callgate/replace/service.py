@@ -25,15 +25,16 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from enum import StrEnum
 from typing import Protocol
 
-from callgate.audit import AuditEvent, AuditSink
+from callgate.agi.record import AgiRequest, DecisionRecorder
+from callgate.audit import AuditEvent
 from callgate.domain import DEFAULT_PBX, AstDbKey, Attempt, Replacement, StoreError
+from callgate.logs import printable
 from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
 from callgate.ports import ReplaceStore
 from callgate.registry import ClientPolicy, PolicyRegistry
@@ -102,8 +103,9 @@ class PinChallenge:
 
 
 @dataclass(frozen=True, slots=True)
-class Outcome:
-    """The decision for the session, and the policy version it was made under."""
+class Ruling:
+    """What the service decided for a replace or restore session, and the policy version it
+    was made under."""
 
     decision: Decision
     version: int
@@ -125,7 +127,7 @@ class ReplaceService:
         self,
         repo: ReplaceStore,
         registry: PolicyRegistry,
-        audit: AuditSink,
+        recorder: DecisionRecorder,
         *,
         hasher: PinHasher | None = None,
         pin_writes: PinWriteLimiter | None = None,
@@ -135,7 +137,9 @@ class ReplaceService:
     ) -> None:
         self._repo = repo
         self._registry = registry
-        self._audit = audit
+        self._recorder = recorder
+        """Records each decision (log line, audit event, count); its audit sink also gets the
+        ends of replacements."""
         self._hasher = hasher or PinHasher()
         self._pin_writes = pin_writes or PinWriteLimiter()
         self._rules = rules or LockoutRules()
@@ -163,7 +167,7 @@ class ReplaceService:
 
     # -- replace (FastAGI) -----------------------------------------------------------------
 
-    async def begin_replace(self, req: ReplaceRequest) -> Outcome | PinChallenge:
+    async def begin_replace(self, req: ReplaceRequest) -> Ruling | PinChallenge:
         """Everything that can deny before the caller is asked for a PIN."""
         policy = self._registry.get(req.client_id)
         try:
@@ -176,11 +180,11 @@ class ReplaceService:
         except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
             decision = _failure(exc, req)
         self._record(Action.REPLACE, req, decision, policy.version)
-        return Outcome(decision, policy.version)
+        return Ruling(decision, policy.version)
 
     async def finish_replace(
         self, req: ReplaceRequest, challenge: PinChallenge, digits: str, astdb: AstDb
-    ) -> Outcome:
+    ) -> Ruling:
         """Judge the digits the caller entered (``""``: none, a timeout or a hangup)."""
         version = challenge.version
         try:
@@ -188,7 +192,7 @@ class ReplaceService:
         except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
             decision = _failure(exc, req)
         self._record(Action.REPLACE, req, decision, version, entered="yes" if digits else "no")
-        return Outcome(decision, version)
+        return Ruling(decision, version)
 
     def _authorize(self, policy: ClientPolicy, req: ReplaceRequest) -> Decision:
         if not is_valid_extension(req.phone):
@@ -261,7 +265,7 @@ class ReplaceService:
 
     # -- restore -----------------------------------------------------------------------------
 
-    async def restore(self, req: ReplaceRequest, astdb: AstDb) -> Outcome:
+    async def restore(self, req: ReplaceRequest, astdb: AstDb) -> Ruling:
         """The phone goes back to its own extension (FastAGI ``restore``)."""
         policy = self._registry.get(req.client_id)
         try:
@@ -269,7 +273,7 @@ class ReplaceService:
         except Exception as exc:  # noqa: BLE001 (fail closed: any error is a logged deny)
             decision = _failure(exc, req)
         self._record(Action.RESTORE, req, decision, policy.version)
-        return Outcome(decision, policy.version)
+        return Ruling(decision, policy.version)
 
     async def _restore(self, req: ReplaceRequest, policy: ClientPolicy, astdb: AstDb) -> Decision:
         if not is_valid_extension(req.phone):
@@ -404,37 +408,16 @@ class ReplaceService:
     def _record(
         self, action: Action, req: ReplaceRequest, decision: Decision, version: int, **facts: str
     ) -> None:
-        log.info(
-            "decision client=%s action=%s phone=%s ext=%s target=%s decision=%s reason=%s"
-            " version=%s uniqueid=%s",
-            req.client_id,
-            action,
-            _shown(req.phone),
-            _shown(req.acting),
-            _shown(req.target),
-            decision.verdict,
-            decision.reason,
-            version,
-            _shown(req.uniqueid),
+        request = AgiRequest(
+            action.value, req.client_id, req.acting, req.target, req.uniqueid, req.channel
         )
-        self._audit.record(
-            AuditEvent(
-                time=self._clock(),
-                client_id=req.client_id,
-                action=str(action),
-                ext=req.acting,
-                target=req.target,
-                decision=decision.verdict,
-                reason=str(decision.reason),
-                policy_version=version,
-                uniqueid=req.uniqueid,
-                channel=req.channel,
-                extra=(("phone", req.phone), *sorted(facts.items())),
-            )
+        extra = (("phone", req.phone), *sorted(facts.items()))
+        self._recorder.record(
+            request, decision, version, attributed=True, extra=extra, when=self._clock()
         )
 
     def _record_end(self, ended: Replacement, end: ReplacementEnd, version: int) -> None:
-        self._audit.record(
+        self._recorder.audit.record(
             AuditEvent(
                 time=self._clock(),
                 client_id=ended.client_id,
@@ -463,26 +446,13 @@ async def _clear_astdb(astdb: AstDb, ended: Replacement) -> None:
         await astdb.delete(*key)
 
 
-def _shown(value: str | None) -> str:
-    """Request text for a log line: as is when it is a plain extension or uniqueid, else escaped
-    (values come from the AGI environment and may hold any byte)."""
-    if value is None:
-        return "-"
-    if _PLAIN.fullmatch(value):
-        return value
-    return ascii(value[:64])
-
-
-_PLAIN = re.compile(r"[A-Za-z0-9_.+-]{1,64}")
-
-
 def _locked_out(state: LockState, req: ReplaceRequest) -> Decision:
     log.warning(
         "replace locked out: client %s target %s until %s, phone %s until %s",
         req.client_id,
-        req.target,
+        printable(req.target),
         state.target_locked_until,
-        req.phone,
+        printable(req.phone),
         state.phone_locked_until,
     )
     return Decision.deny(Reason.LOCKED_OUT)
@@ -494,7 +464,7 @@ def _failure(exc: Exception, req: ReplaceRequest) -> Decision:
         "replace/restore failed closed (%s): client %s phone %s",
         reason,
         req.client_id,
-        _shown(req.phone),
+        printable(req.phone),
         exc_info=exc,
     )
     return Decision.deny(reason)
