@@ -27,6 +27,7 @@ from callgate.config import Settings
 from callgate.domain import AuditRetention, retention
 from callgate.http.api import ami_not_configured
 from callgate.http.app import HttpDeps, build_app, start_http
+from callgate.http.insight_routes import INSIGHT_CONFIG, LIVE_ENFORCEMENT, insight_config
 from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_connection_cap
 from callgate.http.policy_routes import POLICY_CONFIG, policy_config
 from callgate.http.replace_routes import REPLACE_SERVICE
@@ -222,7 +223,7 @@ def http_limits(settings: Settings, nofile: int | None = None) -> ListenerLimits
     )
 
 
-async def _start_http(services: Services, store: Store) -> None:
+async def _start_http(services: Services, store: Store, live: LiveEnforcement | None) -> None:
     token = services.settings.admin_token
     app = build_app(
         HttpDeps(
@@ -237,6 +238,9 @@ async def _start_http(services: Services, store: Store) -> None:
     if services.replace is not None:
         app[REPLACE_SERVICE] = services.replace
     app[POLICY_CONFIG] = policy_config(services.settings)
+    app[INSIGHT_CONFIG] = insight_config(services.settings)
+    if live is not None:
+        app[LIVE_ENFORCEMENT] = live
     settings = services.settings
     host, port = settings.http_address
     runner = await start_http(
@@ -312,7 +316,7 @@ async def start(settings: Settings) -> Services:
         live = _build_ami(services, store)
         await _start_replace(services, store)
         await _start_agi(services, store)
-        await _start_http(services, store)
+        await _start_http(services, store, live)
         await _start_ami(services, live)
     except BaseException:
         await services.stop()

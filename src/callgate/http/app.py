@@ -27,7 +27,9 @@ from aiohttp import web
 
 from callgate.http import (
     audit_routes,
+    console_routes,
     docs_routes,
+    insight_routes,
     ops_routes,
     policy_routes,
     replace_routes,
@@ -100,6 +102,8 @@ ROUTE_MODULES: tuple[RouteModule, ...] = (
     docs_routes.register,
     replace_routes.register,
     audit_routes.register,
+    insight_routes.register,
+    console_routes.register,
 )
 
 
