@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from aiohttp import web
@@ -78,6 +78,7 @@ INSIGHT_CONFIG = web.AppKey("insight_config", InsightConfig)
 LIVE_ENFORCEMENT = web.AppKey("live_enforcement", LiveEnforcement)
 _STREAMS = web.AppKey("live_streams", dict[str, int])
 _CLOSING = web.AppKey("live_closing", asyncio.Event)
+_PICTURES = web.AppKey("pictures", dict[tuple[str, int, int, str], bytes])
 
 
 # --- reading state (the few places that know where it lives) -------------------------------
@@ -134,6 +135,28 @@ def _too_large(code: str, message: str, **facts: int) -> ApiError:
     return ApiError(409, code, message, [dict(facts)])
 
 
+_CACHE_SIZE = 16
+
+
+async def _cached(
+    request: web.Request, policy: ClientPolicy, kind: str, make: Callable[[], dict[str, object]]
+) -> web.Response:
+    """A picture is fixed by the policy version: the last few are kept, encoded, per app.
+
+    Computed on the loop, not in a thread: ``Reach.decisions`` publishes its table before
+    filling it, so a FastAGI decision racing a thread that fills it could read it half made.
+    """
+    cache = request.app[_PICTURES]
+    key = (policy.client_id, policy.version, id(policy.compiled), kind)
+    body = cache.pop(key, None)
+    if body is None:
+        body = json.dumps({"policy_version": policy.version, **make()}).encode()
+        while len(cache) >= _CACHE_SIZE:
+            cache.pop(next(iter(cache)))
+    cache[key] = body
+    return web.Response(body=body, content_type="application/json")
+
+
 async def get_matrix(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     actions = _actions(request)
@@ -148,8 +171,12 @@ async def get_matrix(request: web.Request) -> web.Response:
             extensions=count,
             limit=limit,
         )
-    body = permission_matrix(policy.document, policy.compiled, actions)
-    return web.json_response({"policy_version": policy.version, **body})
+    return await _cached(
+        request,
+        policy,
+        "matrix:" + ",".join(actions),
+        lambda: permission_matrix(policy.document, policy.compiled, actions),
+    )
 
 
 async def get_summary(request: web.Request) -> web.Response:
@@ -157,7 +184,12 @@ async def get_summary(request: web.Request) -> web.Response:
     actions = _actions(request)
     policy = _policy(request, client_id)
     try:
-        body = group_summary(policy.document, policy.compiled, actions)
+        return await _cached(
+            request,
+            policy,
+            "summary:" + ",".join(actions),
+            lambda: group_summary(policy.document, policy.compiled, actions),
+        )
     except SummaryTooLargeError as exc:
         raise _too_large(
             "summary_too_large",
@@ -165,7 +197,6 @@ async def get_summary(request: web.Request) -> web.Response:
             " extension (matrix/extension/{ext}).",
             kinds=exc.classes,
         ) from None
-    return web.json_response({"policy_version": policy.version, **body})
 
 
 async def get_extension(request: web.Request) -> web.Response:
@@ -474,6 +505,7 @@ _ACTIONS_PARAM: JsonObject = {
 def register(api: Api) -> None:
     api.app[_STREAMS] = {}
     api.app[_CLOSING] = asyncio.Event()
+    api.app[_PICTURES] = {}
     api.app.on_shutdown.append(_close_streams)
     spec = api.openapi
     spec.add_tag(_TAG, "The operator console's views: permission picture, impact, live")

@@ -58,13 +58,20 @@ def signature(document: PolicyDocument, extensions: Iterable[str]) -> dict[str, 
                 # interchangeable if what the document says of each is the same.
                 if key in wanted:
                     places[key].add(f"{path}{{}}={inner!r}")
-                for at, char in enumerate(key):
-                    if char == "_" and key[at + 1 :] in wanted:
+                at = key.find("_")
+                while at >= 0:
+                    if key[at + 1 :] in wanted:
                         places[key[at + 1 :]].add(f"{path}/{key[: at + 1]}*={inner!r}")
+                    at = key.find("_", at + 1)
                 walk(inner, f"{path}/{key}")
         elif isinstance(value, (list, tuple)):
+            where = path + "[]"
             for inner in value:
-                walk(inner, path + "[]")
+                if isinstance(inner, str):  # the common case, without a call
+                    if inner in wanted:
+                        places[inner].add(where)
+                else:
+                    walk(inner, where)
 
     walk(document.model_dump(mode="json"), "")
     return {ext: frozenset(where) for ext, where in places.items()}

@@ -253,7 +253,9 @@ function drawMatrix(area, matrix, action, explain) {
     ` — policy version ${matrix.policy_version}</caption><thead><tr><th scope="col">from \\ to</th>`];
   for (const ext of extensions) parts.push(`<th scope="col">${escapeHtml(ext)}</th>`);
   parts.push("</tr></thead><tbody>");
+  const rows = [];
   extensions.forEach((row, i) => {
+    const start = parts.length;
     parts.push(`<tr><th scope="row">${escapeHtml(row)}</th>`);
     extensions.forEach((col, j) => {
       if (i === j) {
@@ -272,10 +274,19 @@ function drawMatrix(area, matrix, action, explain) {
         ` data-allowed="${allowed.join(" ")}" aria-label="${escapeHtml(label)}">${text}</td>`);
     });
     parts.push("</tr>");
+    rows.push(parts.splice(start).join(""));
   });
-  parts.push("</tbody></table>");
-  area.innerHTML = parts.join("");
+  // The first rows at once, the rest in slices: a large table is usable before it is whole.
+  const FIRST = 40;
+  area.innerHTML = parts.join("") + rows.slice(0, FIRST).join("") + "</tbody></table>";
   const table = $("#matrix", area);
+  const body = $("tbody", table);
+  const more = (from) => {
+    if (from >= rows.length || !table.isConnected) return;
+    body.insertAdjacentHTML("beforeend", rows.slice(from, from + FIRST).join(""));
+    setTimeout(() => more(from + FIRST), 0);
+  };
+  setTimeout(() => more(FIRST), 0);
   let focused = null;
   const focus = (td) => {
     if (!td) return;
