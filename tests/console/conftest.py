@@ -1,19 +1,13 @@
-"""Fixtures of the console's browser tests: the daemon with the fake Manager, and headless
-Chromium (the system's, driven by Playwright; never a downloaded browser)."""
+"""Fixtures of the console's browser tests: the daemon with the fake Manager (from
+``daemon_support``), and headless Chromium's path and flags (the system's, never downloaded)."""
 
 from __future__ import annotations
 
 import shutil
-from collections.abc import AsyncIterator
-from pathlib import Path
 
-import pytest
+from .daemon_support import CLIENT, daemon, fake
 
-from callgate.daemon import Services
-from fake_ami import FakeAmi
-from reference_policy import REFERENCE_DOCUMENT
-
-from .daemon_support import put_policy, running_daemon
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "CLIENT", "daemon", "fake"]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [
@@ -25,19 +19,3 @@ CHROMIUM_ARGS = [
     "--no-first-run",
     "--disable-dev-shm-usage",
 ]
-CLIENT = "acme"
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
-async def daemon(tmp_path: Path, fake: FakeAmi) -> AsyncIterator[Services]:
-    async with running_daemon(tmp_path, fake) as services:
-        await put_policy(services, CLIENT, REFERENCE_DOCUMENT)
-        yield services

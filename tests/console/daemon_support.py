@@ -8,16 +8,19 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import pytest
 from pydantic import SecretStr
 
 from callgate.config import Settings
 from callgate.daemon import Services, start
 from fake_ami import FakeAmi
 from fake_asterisk import call, environment_with, load_transcript
+from reference_policy import REFERENCE_DOCUMENT
 from support import free_port, wait_until
 
 ADMIN_TOKEN = "console-admin-token-for-tests"
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+CLIENT = "acme"
 
 
 def base_url(services: Services) -> str:
@@ -90,3 +93,22 @@ async def start_listen(
     assert answer.variables["CALLGATE_DECISION"] == "ALLOW", answer.variables
     await fake.start_spy(channel, uniqueid, f"PJSIP/{client_id}_{target}-1", uniqueid + "9")
     return channel
+
+
+# Fixtures, imported by the test modules that use them (``from console.daemon_support import``).
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAmi]:
+    fake = FakeAmi()
+    await fake.start()
+    yield fake
+    await fake.close()
+
+
+@pytest.fixture
+async def daemon(tmp_path: Path, fake: FakeAmi) -> AsyncIterator[Services]:
+    """The whole daemon, its Manager the fake, client ``acme`` on the reference policy."""
+    async with running_daemon(tmp_path, fake) as services:
+        await put_policy(services, CLIENT, REFERENCE_DOCUMENT)
+        yield services

@@ -8,22 +8,19 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
-from pathlib import Path
 from typing import Any
 
 import aiohttp
-import pytest
 
 from callgate.daemon import Services
 from callgate.policy import compile_policy, parse_document
 from callgate.policy.matrix import ACTIONS, decide_cell
-from console.daemon_support import (
+from console.daemon_support import (  # daemon, fake: fixtures
     ADMIN,
     base_url,
     client_token,
-    put_policy,
-    running_daemon,
+    daemon,
+    fake,
     start_listen,
 )
 from fake_ami import FakeAmi
@@ -32,6 +29,8 @@ from support import wait_until
 
 from .http_support import ADMIN as HARNESS_ADMIN
 from .http_support import CLIENT, POLICY_URL, Harness
+
+__all__ = ["daemon", "fake"]  # fixtures, imported
 
 JSON = {"Content-Type": "application/json"}
 
@@ -183,12 +182,12 @@ async def test_an_invalid_candidate_gets_put_s_located_errors(api: Harness) -> N
     assert response.status == 415
 
 
-async def test_end_without_a_manager_is_503(api: Harness) -> None:
+async def test_without_a_manager_nothing_is_live_and_nothing_can_be_ended(api: Harness) -> None:
     response = await api.client.post(
         f"/client/{CLIENT}/live/default/1.2/end", headers=HARNESS_ADMIN
     )
-    assert response.status == 503
-    assert (await response.json())["error"] == "ami_not_configured"
+    assert response.status == 404
+    assert (await response.json())["error"] == "no_such_session"
     response = await api.client.get(f"/client/{CLIENT}/live", headers=HARNESS_ADMIN)
     assert await response.json() == {
         "policy_version": 0,
@@ -196,21 +195,6 @@ async def test_end_without_a_manager_is_503(api: Harness) -> None:
         "sessions": [],
         "replacements": [],
     }
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
-async def daemon(tmp_path: Path, fake: FakeAmi) -> AsyncIterator[Services]:
-    async with running_daemon(tmp_path, fake) as services:
-        await put_policy(services, CLIENT, REFERENCE_DOCUMENT)
-        yield services
 
 
 async def live_now(http: aiohttp.ClientSession, headers: dict[str, str]) -> dict[str, Any]:

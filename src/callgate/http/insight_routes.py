@@ -335,13 +335,10 @@ async def end_session(request: web.Request) -> web.Response:
     if bad:
         raise unprocessable("invalid_session", "No session can have that name.", bad)
     live = _live(request)
-    if live is None:
-        raise ApiError(
-            503, "ami_not_configured", "No Asterisk Manager is configured: nothing can be ended."
-        )
     spyer = ChannelRef(PbxName(pbx), uniqueid)
-    session = live.session(spyer)
-    if session is None or session.client_id != client_id:
+    # Without a Manager no session is ever tracked, so there is none to end (404, not 503).
+    session = live.session(spyer) if live is not None else None
+    if live is None or session is None or session.client_id != client_id:
         # Another client's session is answered like none: a token learns nothing beyond its own.
         raise not_found("no_such_session", f"No listen/whisper session {pbx}/{uniqueid}.")
     try:
@@ -634,7 +631,7 @@ def register(api: Api) -> None:
                 "204": {"description": "Hung up"},
                 "404": error_response(404, "no_such_session"),
                 "422": error_response(422, "invalid_session: not a pbx/uniqueid"),
-                "503": error_response(503, "ami_not_configured, or ami_unavailable"),
+                "503": error_response(503, "ami_unavailable: its PBX's Manager cannot hang up now"),
             },
         },
     )
