@@ -53,6 +53,8 @@ class EndReason(StrEnum):
     LISTENER_HANGUP = "listener_hangup"
     CALL_ENDED = "call_ended"
     REVOKED = "revoked"
+    OPERATOR = "operator"
+    """An operator pressed End (the console's ``POST .../live/{pbx}/{uniqueid}/end``)."""
 
 
 class AuditEvent(NamedTuple):

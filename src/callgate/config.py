@@ -140,6 +140,17 @@ class Settings(BaseSettings):
     audit_prune_interval: float = Field(default=60.0, gt=0)
     """Seconds between two prunings of the audit log (each deletes in small transactions)."""
 
+    # --- operator console (/console and its routes: matrix, preview, live) ---
+    console_matrix_max_extensions: int = Field(default=300, ge=2, le=2000)
+    """The permission matrix route answers for clients with at most this many extensions; past
+    it: 409 ``matrix_too_large`` (the group summary and one extension's view still answer)."""
+    console_live_max_streams: int = Field(default=4, ge=1, le=100)
+    """Live event streams (``/client/{id}/live/events``) one client may hold open; past it: 429."""
+    console_live_poll_seconds: float = Field(default=0.25, gt=0, le=10)
+    """How often a live event stream looks for a change to send."""
+    console_live_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
+    """A live event stream with nothing new sends a comment this often (proxies keep it open)."""
+
     @field_validator("agi", "http")
     @classmethod
     def _check_listen(cls, value: str) -> str:

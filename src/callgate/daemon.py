@@ -42,6 +42,7 @@ from callgate.ami.tracker import SpyGrants
 from callgate.config import Settings
 from callgate.domain import AuditRetention, retention
 from callgate.http.app import HttpDeps, build_app, start_http
+from callgate.http.insight_routes import insight_config
 from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_connection_cap
 from callgate.http.policy_routes import policy_config
 from callgate.logs import LOG_FORMAT, LogFormatter
@@ -293,6 +294,8 @@ def build(settings: Settings, store: Store) -> Services:
             policy=policy_config(settings),
             ready=services.ready.is_set,
             ami_status=services.ami_status,
+            insight=insight_config(settings),
+            live=live,
         )
     )
     services.components = [

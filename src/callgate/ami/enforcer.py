@@ -132,6 +132,28 @@ class Enforcer:
             log.error("Hangup of %s refused: %s", session.spyer_channel, response.get("Message"))
             self._tracker.mark_revoking(session.ref, None)
 
+    async def end_by_operator(self, session: SpySession, by: str) -> bool:
+        """Hang up ``session``'s spier because operator ``by`` asked; True once it has ended.
+
+        Raises ``ManagerError`` when the Manager is not connected or does not answer.
+        """
+        channel = session.spyer_channel
+        if session.pbx != self._client.pbx or not channel or channel.startswith("/"):
+            log.error("not hanging up %r on PBX %r: not one of its channels", channel, session.pbx)
+            return False
+        self._tracker.mark_operator_end(session.ref, by)
+        try:
+            (response,) = await self._client.send_action("Hangup", [("Channel", channel)])
+        except ManagerError:
+            self._tracker.mark_operator_end(session.ref, None)
+            raise
+        if response.is_success or response.get("Message") == "No such channel":
+            self._tracker.close(session.ref, EndReason.OPERATOR)
+            log.info("operator %s ended %s session %s", by, session.grant.action, channel)
+            return True
+        self._tracker.mark_operator_end(session.ref, None)
+        raise ManagerError(f"Hangup of {channel} refused: {response.get('Message')}")
+
     async def stop(self) -> None:
         for task in list(self._tasks):
             task.cancel()

@@ -225,6 +225,18 @@ class LiveEnforcement:
     def sessions(self) -> list[SpySession]:
         return [s for link in self.links.values() for s in link.tracker.sessions()]
 
+    async def end_session(self, spyer: ChannelRef, by: str) -> bool | None:
+        """Hang up that listener because operator ``by`` asked (audited ``operator``).
+
+        ``None``: no such session; False: not a channel callgate may hang up; raises
+        ``ManagerError`` when its PBX's Manager cannot do it now.
+        """
+        link = self.links.get(spyer.pbx)
+        session = link.tracker.get(spyer) if link is not None else None
+        if link is None or session is None:
+            return None
+        return await link.enforcer.end_by_operator(session, by)
+
     def start(self) -> None:
         for link in self.links.values():
             link.client.start()

@@ -91,6 +91,8 @@ class SpySession:
     stopped_at: float | None = None
     revocation: Revocation | None = None
     """Set once a Hangup of the spier was sent because a policy change withdrew the right."""
+    ended_by: str | None = None
+    """Set once a Hangup of the spier was sent because this operator asked for it."""
 
     @property
     def ref(self) -> ChannelRef:
@@ -307,6 +309,12 @@ class SessionTracker:
         if session is not None:
             self._replace(dataclasses.replace(session, revocation=revocation))
 
+    def mark_operator_end(self, spyer: ChannelRef, by: str | None) -> None:
+        """The spier is being hung up because operator ``by`` asked (``None``: that failed)."""
+        session = self._sessions.get(spyer)
+        if session is not None:
+            self._replace(dataclasses.replace(session, ended_by=by))
+
     def close(self, spyer: ChannelRef, reason: EndReason | None = None) -> SpySession | None:
         """End a session; ``reason`` defaults to what the events tell (see the module doc)."""
         session = self._sessions.pop(spyer, None)
@@ -337,12 +345,16 @@ class SessionTracker:
             reason,
         )
         extra = session.revocation.audit_extra() if session.revocation is not None else ()
+        if session.ended_by is not None:
+            extra = (*extra, ("ended_by", session.ended_by))
         self._audit.record(
             self._audit_event(session, ended=self._now(), end_reason=reason, extra=extra)
         )
         return session
 
     def _end_reason(self, session: SpySession) -> EndReason:
+        if session.ended_by is not None:
+            return EndReason.OPERATOR
         if session.revocation is not None:
             return EndReason.REVOKED
         if session.spyee is not None and session.spyee in self._gone:

@@ -25,9 +25,12 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
+from callgate.ami.service import LiveEnforcement
 from callgate.http import (
     audit_routes,
+    console_routes,
     docs_routes,
+    insight_routes,
     ops_routes,
     policy_routes,
     replace_routes,
@@ -50,6 +53,7 @@ from callgate.http.api import (
 )
 from callgate.http.auth import Authenticator
 from callgate.http.errors import error_middleware
+from callgate.http.insight_routes import INSIGHT_CONFIG, LIVE_ENFORCEMENT, InsightConfig
 from callgate.http.listener import GuardedRunner, ListenerLimits
 from callgate.http.policy_routes import POLICY_CONFIG, PolicyConfig
 from callgate.metrics import Metrics
@@ -76,6 +80,10 @@ class HttpDeps:
     ready: Callable[[], bool] = field(default=never_ready)
     """True once every stored policy is loaded and both listeners are open."""
     ami_status: Callable[[], ManagerState] = field(default=ami_not_configured)
+    insight: InsightConfig = field(default_factory=InsightConfig)
+    """The console routes' bounds (``insight_config(settings)``)."""
+    live: LiveEnforcement | None = None
+    """Live enforcement, for the console's live view and its End button; None without --ami."""
 
 
 def _route_template(request: web.Request) -> str:
@@ -103,6 +111,8 @@ ROUTE_MODULES: tuple[RouteModule, ...] = (
     docs_routes.register,
     replace_routes.register,
     audit_routes.register,
+    insight_routes.register,
+    console_routes.register,
 )
 
 
@@ -120,6 +130,9 @@ def build_app(deps: HttpDeps) -> web.Application:
     app[AUTHENTICATOR] = Authenticator(deps.admin_token, services.tokens)
     app[READY] = deps.ready
     app[AMI_STATUS] = deps.ami_status
+    app[INSIGHT_CONFIG] = deps.insight
+    if deps.live is not None:
+        app[LIVE_ENFORCEMENT] = deps.live
     api = Api(app)
     for register in ROUTE_MODULES:
         register(api)

@@ -107,7 +107,7 @@ _EVENT: JsonObject = {
         "ended": {**_TIME, "description": "listen/whisper: the session ended"},
         "end_reason": {
             "type": ["string", "null"],
-            "enum": ["listener_hangup", "call_ended", "revoked", None],
+            "enum": ["listener_hangup", "call_ended", "revoked", "operator", None],
         },
         "revoked_by_version": {"type": "string", "description": "the version that withdrew it"},
         "revoked_reason": {"type": "string", "description": "the new decision's reason"},

@@ -33,6 +33,12 @@ _NAME_RULE: Final = "1 to 64 characters of A-Z a-z 0-9 _ - ."
 CLIENT_ID_PATTERN: Final = f"^{_NAME}$"
 CLIENT_ID_RULE: Final = _NAME_RULE
 CLIENT_ID_PATH_PATTERN: Final = f"^(?!\\.{{1,2}}$){_NAME}$"
+PBX_NAME_PATTERN: Final = CLIENT_ID_PATTERN
+"""A PBX's name (``default``, or a name the settings give): the same characters as a client id."""
+PBX_NAME_RULE: Final = _NAME_RULE
+UNIQUEID_PATTERN: Final = r"^[A-Za-z0-9_.-]{1,150}$"
+"""An Asterisk channel's uniqueid as a URL path segment (``1795723209.1``, or a linkedid-style
+name a system has set): plain characters, bounded."""
 """A client id as a URL path segment: "." and ".." are valid client ids in policy.md, but a URL
 cannot carry them as a segment (they mean "this" and "the parent" folder)."""
 

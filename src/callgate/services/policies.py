@@ -18,7 +18,7 @@ from typing import Final
 from callgate.domain import HistoryPage, StoredJson, StoredPolicy, StoreError, canonical_json
 from callgate.policy import Decision, PolicyDocument, compile_policy, decide
 from callgate.ports import PolicyStore
-from callgate.registry import PolicyRegistry
+from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.services.follower import PolicyFollower
 
 __all__ = ["DEFAULT_JSON", "IN_FORCE_TIMEOUT", "PolicyService"]
@@ -92,6 +92,10 @@ class PolicyService:
         return await self._store.history_page(
             client_id, limit=limit, before=before, max_bytes=max_bytes
         )
+
+    def in_force(self, client_id: str) -> ClientPolicy:
+        """The client's policy that decides now (the registry's: what FastAGI reads)."""
+        return self._registry.get(client_id)
 
     def check(
         self, client_id: str, action: str, ext: str, target: str | None
