@@ -122,27 +122,42 @@ class AuditRepository:
         limit: int = 1000,
     ) -> tuple[AuditEvent, ...]:
         """Newest first. ``ext`` matches the acting extension or the target."""
-        where = ["client_id = ?"]
-        args: list[object] = [client_id]
-        if since is not None:
-            where.append("time_us >= ?")
-            args.append(_us(since))
-        if until is not None:
-            where.append("time_us <= ?")
-            args.append(_us(until))
-        if ext is not None:
-            where.append("(ext = ? OR target = ?)")
-            args += [ext, ext]
-        if action is not None:
-            where.append("action = ?")
-            args.append(action)
+        where, args = audit_filter("?", client_id, since=since, until=until, ext=ext, action=action)
         sql = (
-            f"SELECT * FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608 - fixed clauses
+            f"SELECT * FROM audit_events WHERE {where}"  # noqa: S608 - fixed clauses
             " ORDER BY time_us DESC, id DESC LIMIT ?"
         )
         args.append(limit)
         rows = await self._db.read(lambda conn: conn.execute(sql, args).fetchall())
         return tuple(_event(row) for row in rows)
+
+
+def audit_filter(
+    mark: str,
+    client_id: str,
+    *,
+    since: datetime | None,
+    until: datetime | None,
+    ext: str | None,
+    action: str | None,
+) -> tuple[str, list[object]]:
+    """The WHERE clause of an audit query and its arguments, with ``mark`` as the placeholder
+    (``?`` for SQLite, ``%s`` for psycopg): one filter for both stores."""
+    where = [f"client_id = {mark}"]
+    args: list[object] = [client_id]
+    if since is not None:
+        where.append(f"time_us >= {mark}")
+        args.append(_us(since))
+    if until is not None:
+        where.append(f"time_us <= {mark}")
+        args.append(_us(until))
+    if ext is not None:
+        where.append(f"(ext = {mark} OR target = {mark})")
+        args += [ext, ext]
+    if action is not None:
+        where.append(f"action = {mark}")
+        args.append(action)
+    return " AND ".join(where), args
 
 
 _INSERT = """

@@ -22,7 +22,7 @@ import psycopg
 
 from callgate.audit import AuditEvent, EndReason
 from callgate.domain import AuditRetention
-from callgate.store.audit import _dt, _row, _us  # the same rows as SQLite's
+from callgate.store.audit import _dt, _row, _us, audit_filter  # the same rows as SQLite's
 from callgate.store.postgresql.db import Connection, PgDatabase, translate
 
 __all__ = ["PRUNE_BATCH", "PgAuditRepository"]
@@ -190,22 +190,11 @@ class PgAuditRepository:
         action: str | None = None,
         limit: int = 1000,
     ) -> tuple[AuditEvent, ...]:
-        where = ["client_id = %s"]
-        args: list[object] = [client_id]
-        if since is not None:
-            where.append("time_us >= %s")
-            args.append(_us(since))
-        if until is not None:
-            where.append("time_us <= %s")
-            args.append(_us(until))
-        if ext is not None:
-            where.append("(ext = %s OR target = %s)")
-            args += [ext, ext]
-        if action is not None:
-            where.append("action = %s")
-            args.append(action)
+        where, args = audit_filter(
+            "%s", client_id, since=since, until=until, ext=ext, action=action
+        )
         sql = (
-            f"SELECT {_COLUMNS} FROM audit_events WHERE {' AND '.join(where)}"  # noqa: S608
+            f"SELECT {_COLUMNS} FROM audit_events WHERE {where}"  # noqa: S608
             " ORDER BY time_us DESC, id DESC LIMIT %s"
         )
         args.append(limit)
