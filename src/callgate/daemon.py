@@ -270,7 +270,9 @@ def build(settings: Settings, store: Store) -> Services:
     # a replacement's store round trips, nor a write's answer behind either).
     if live is not None:
         registry.subscribe(live.on_policy_change)
-    registry.subscribe(replace.on_policy_change)
+    # The store half of revoking replacements is promised by the write's answer (GET
+    # .../replacements right after it no longer lists them); its AstDB half runs after.
+    registry.subscribe(replace.on_policy_change, before_answer=True)
     follower = PolicyFollower(store.policies, registry)
     app = AppServices(
         policies=PolicyService(store.policies, registry, follower),

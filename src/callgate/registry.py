@@ -5,7 +5,9 @@ change is installed by replacing a client's entry with a new immutable ``ClientP
 that already hold the old one finish with it, the next reader gets the new one. Only the change
 feed's follower (``services.follower``) installs changes in a running daemon. Listeners (the
 revocations of listens and of replacements) are told of every change after the swap, each in its
-own task: a write that awaits ``applied`` is answered once the swap is done, never after them.
+own task: a write that awaits ``applied`` is answered once the swap is done, never after them —
+except the few listeners subscribed ``before_answer`` (the store half of revoking replacements:
+local and quick), which run right after the swap and before ``applied`` returns.
 """
 
 from __future__ import annotations
@@ -41,6 +43,11 @@ _DEFAULT_DOCUMENT = PolicyDocument()
 _DEFAULT_COMPILED = compile_policy(_DEFAULT_DOCUMENT)
 
 
+SETTLE_TIMEOUT = 5.0
+"""Seconds a ``before_answer`` listener may take over one change before the change is applied
+without it (it goes on; its failure is logged)."""
+
+
 def default_policy(client_id: str) -> ClientPolicy:
     return ClientPolicy(client_id, 0, _DEFAULT_DOCUMENT, _DEFAULT_COMPILED)
 
@@ -59,6 +66,10 @@ class PolicyRegistry:
         self._policies: dict[str, ClientPolicy] = {}
         self._listeners: FanOut[Change] = FanOut(_span, name="policy-listener")
         self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._before_answer: list[ChangeListener] = []
+        self._applied: dict[str, int] = {}
+        """Per client, the newest version applied: installed and settled (``before_answer``)."""
+        self._settling: set[asyncio.Task[None]] = set()
 
     def get(self, client_id: str) -> ClientPolicy:
         policy = self._policies.get(client_id)
@@ -72,10 +83,25 @@ class PolicyRegistry:
     def load(self, policy: ClientPolicy) -> None:
         """Install a policy at start-up, without telling the listeners."""
         self._policies[policy.client_id] = policy
+        self._applied[policy.client_id] = policy.version
 
-    def subscribe(self, listener: ChangeListener) -> Callable[[], None]:
+    def subscribe(
+        self, listener: ChangeListener, *, before_answer: bool = False
+    ) -> Callable[[], None]:
         """Tell ``listener`` of every later change, in its own task (a slow listener delays
-        neither the swap nor the other listeners); the returned function stops that."""
+        neither the swap nor the other listeners); the returned function stops that.
+
+        ``before_answer``: the change is applied (``applied`` returns, a write is answered)
+        only once ``listener`` is done with it — for work the answer promises, which must be
+        quick (it is bounded by ``SETTLE_TIMEOUT``)."""
+        if before_answer:
+            self._before_answer.append(listener)
+
+            def stop() -> None:
+                if listener in self._before_answer:
+                    self._before_answer.remove(listener)
+
+            return stop
 
         async def tell(change: Change) -> None:
             await listener(*change)
@@ -91,9 +117,28 @@ class PolicyRegistry:
         if policy.version and old.version > policy.version:
             return False
         self._policies[policy.client_id] = policy
-        self._wake(policy.client_id, policy.version)
+        if self._before_answer:
+            task = asyncio.get_running_loop().create_task(
+                self._settle(old, policy), name="policy-settle"
+            )
+            self._settling.add(task)
+            task.add_done_callback(self._settling.discard)
+        else:
+            self._wake(policy.client_id, policy.version)
         self._listeners.put(policy.client_id, (old, policy))
         return True
+
+    async def _settle(self, old: ClientPolicy, new: ClientPolicy) -> None:
+        try:
+            for listener in list(self._before_answer):
+                try:
+                    await asyncio.wait_for(listener(old, new), SETTLE_TIMEOUT)
+                except Exception:  # the change is in force all the same; say what did not follow
+                    log.exception(
+                        "client %s v%d: a change listener failed", new.client_id, new.version
+                    )
+        finally:
+            self._wake(new.client_id, new.version)
 
     async def publish(self, policy: ClientPolicy) -> None:
         """``install``, then wait until every listener was told (tests, benches)."""
@@ -101,8 +146,9 @@ class PolicyRegistry:
         await self.idle()
 
     async def applied(self, client_id: str, version: int) -> None:
-        """Return once the client's installed version is ``version`` or newer."""
-        if self.get(client_id).version >= version:
+        """Return once the client's applied version is ``version`` or newer: installed, and
+        settled by the ``before_answer`` listeners."""
+        if self._applied.get(client_id, 0) >= version:
             return
         future = asyncio.get_running_loop().create_future()
         self._waiters.setdefault(client_id, []).append((version, future))
@@ -110,10 +156,15 @@ class PolicyRegistry:
 
     async def idle(self) -> None:
         """Return once every listener has been told of every change installed so far."""
+        while self._settling:
+            await asyncio.gather(*self._settling, return_exceptions=True)
         await self._listeners.idle()
 
     async def close(self) -> None:
         """Stop telling the listeners (at shutdown, after the writers have stopped)."""
+        for task in list(self._settling):
+            task.cancel()
+        await asyncio.gather(*self._settling, return_exceptions=True)
         await self._listeners.close()
         for waiters in self._waiters.values():
             for _, future in waiters:
@@ -121,6 +172,7 @@ class PolicyRegistry:
         self._waiters.clear()
 
     def _wake(self, client_id: str, version: int) -> None:
+        self._applied[client_id] = max(self._applied.get(client_id, 0), version)
         waiters = self._waiters.get(client_id)
         if not waiters:
             return

@@ -122,7 +122,7 @@ def make_service(
         live_astdb=live_astdb,
         clock=clock,
     )
-    registry.subscribe(service.on_policy_change)
+    registry.subscribe(service.on_policy_change, before_answer=True)  # as daemon.build wires it
     return service
 
 

@@ -87,7 +87,7 @@ async def test_another_instances_change_updates_the_registry_and_ends_a_listen_a
     replace = ReplaceService(here.replace, registry, audit, live_astdb=manager_astdb(client))
     # wired as daemon.build wires them
     registry.subscribe(live.on_policy_change)
-    registry.subscribe(replace.on_policy_change)
+    registry.subscribe(replace.on_policy_change, before_answer=True)
     here.changes.subscribe(follower.on_change)
     live.start()
     try:
