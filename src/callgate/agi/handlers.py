@@ -161,9 +161,10 @@ class Answered:
 
 
 DECISION_LOG_HOLD: Final = 0.01
-"""Seconds a decision line may wait for others to share its write. At 1,000 sessions/s a write
-per line (and the event-loop iteration that made it) cost 13 µs of each session's CPU
-(``bench/agi_bench.py``); the date in each line is still the decision's."""
+"""Seconds a decision line may wait for others to share its write. At 1,000 sessions/s, one
+decision per event-loop iteration, a write per line (and the iteration that made it) was a
+measurable part of each session's CPU (``bench/agi_bench.py``; ``docs/performance.md``); the date
+in each line is still the decision's."""
 
 
 class GrantSink(Protocol):
