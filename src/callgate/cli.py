@@ -36,7 +36,11 @@ def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> N
     p.add_argument("--config", type=Path, help="TOML config file")
     p.add_argument("--agi", metavar="HOST:PORT", help="FastAGI listener (default 127.0.0.1:4573)")
     p.add_argument("--http", metavar="HOST:PORT", help="HTTP API listener (default 127.0.0.1:8080)")
-    p.add_argument("--db", metavar="URL_OR_PATH", help="SQLite path (default in the data dir)")
+    p.add_argument(
+        "--db",
+        metavar="URL_OR_PATH",
+        help="a SQLite path (default in the data dir) or a postgresql:// URL",
+    )
     p.add_argument("--data-dir", type=Path, help="data directory (default ~/.local/share/callgate)")
     p.add_argument("--ami", metavar="HOST:PORT", help="Asterisk Manager address")
     p.add_argument("--ami-user", help="Asterisk Manager user")

@@ -1,9 +1,9 @@
 """The log format, the decision log (one line per FastAGI decision, cheaply), and ``printable``:
 the one way a caller-supplied value goes into a log line or an audit row (escaped, bounded).
 
-Every FastAGI decision is an INFO line. Through ``logging.info`` it cost about 30 µs of a session
-in the daemon (the caller's frame looked up, filters, locks, ``%`` formatting, one write and one
-flush per line). ``DecisionLog`` keeps what that line is — a ``LogRecord`` of the same level and
+Every FastAGI decision is an INFO line. Through ``logging.info`` it was a large share of a session's
+CPU in the daemon (the caller's frame looked up, filters, locks, ``%`` formatting, one write and
+one flush per line; ``bench/agi_bench.py``, figures in ``docs/performance.md``). ``DecisionLog`` keeps what that line is — a ``LogRecord`` of the same level and
 logger (so the same handlers, formatting and destination as every other line), written promptly —
 and does less: the message is an f-string, the date is formatted once a second
 (``LogFormatter``), and the lines are written together, in one write: those of one event-loop

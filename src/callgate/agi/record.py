@@ -30,9 +30,10 @@ from callgate.policy import Action, Decision, is_valid_client_id
 log = logging.getLogger("callgate.agi.handlers")
 
 DECISION_LOG_HOLD: Final = 0.01
-"""Seconds a decision line may wait for others to share its write. At 1,000 sessions/s a write
-per line (and the event-loop iteration that made it) cost 13 µs of each session's CPU
-(``bench/agi_bench.py``); the date in each line is still the decision's."""
+"""Seconds a decision line may wait for others to share its write: at 1,000 sessions/s a write
+per line (and the event-loop iteration that made it) was a measurable share of each session's
+CPU (``bench/agi_bench.py``; figures in ``docs/performance.md``); the date in each line is still
+the decision's."""
 
 _KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
 

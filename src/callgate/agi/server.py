@@ -5,8 +5,8 @@ non-blocking socket watched with ``loop.add_reader``: what it reads goes to ``Ag
 it acts on the events. No asyncio transport or protocol objects: a FastAGI session is a few
 hundred bytes in lock-step, and asyncio's transport machinery (a task per accepted connection,
 ``TCP_NODELAY`` and two address lookups per socket, three scheduled callbacks per connection) cost
-more CPU than the whole session otherwise (``bench/agi_bench.py``: a bare asyncio-streams server
-134 µs per session, the same exchange on raw sockets 62 µs). ``TCP_NODELAY`` is not needed: the
+more CPU than the whole session otherwise (``bench/agi_bench.py --servers raw,bare`` compares the
+two; the figures are in ``docs/performance.md``). ``TCP_NODELAY`` is not needed: the
 server writes one command and waits for its reply, so Nagle never holds a write back. Linux (and
 any Unix) event loops, asyncio's own and uvloop, offer ``add_reader``; Windows' proactor does not.
 

@@ -1,13 +1,13 @@
 """Turning a PUT body into a validated document: the CPU-heavy half of a policy write.
 
-For the largest document policy.md allows (about 2 MiB of JSON) decoding, validating and
-encoding cost some 40 ms of CPU in C and Rust code that holds the GIL throughout, so neither the
+For the largest document policy.md allows (about 2 MiB of JSON) decoding, validating and encoding
+take tens of milliseconds of CPU in C and Rust code that holds the GIL throughout, so neither the
 event loop nor a thread may run it without stalling every other client's FastAGI sessions
-(``bench/put_offload_bench.py`` measures this). ``prepare`` therefore runs in a worker process
-for large bodies and returns what is cheap to rebuild on the loop's side: the canonical JSON text
-(a string, unpickled as one copy) and the document's validated fields in pickled chunks that
-``rebuild`` turns back into a ``PolicyDocument`` without validating again, yielding to the loop
-between chunks.
+(``bench/put_offload_bench.py`` measures this; ``docs/performance.md``). ``prepare`` therefore runs
+in a worker process for large bodies and returns what is cheap to rebuild on the loop's side: the
+canonical JSON text (a string, unpickled as one copy) and the document's validated fields in pickled
+chunks that ``rebuild`` turns back into a ``PolicyDocument`` without validating again, yielding to
+the loop between chunks.
 
 Everything here is importable without aiohttp's application or the store being set up, since a
 worker process imports this module on its own; errors cross the process boundary as ``Rejected``

@@ -1,9 +1,10 @@
 """How many PIN writes a client may make: a rate (token bucket) and a number in progress at once.
 
-A PIN write costs one scrypt hash (about 0.1 s of CPU and 32 MiB at the default cost). The hashes
-already take turns between clients (``pins.FairSlots``), so one client's writes do not queue
-another's behind them; these limits keep one client from owning the write threads at all and
-answer the excess at once (HTTP 429 with ``Retry-After``) instead of queueing it without end.
+A PIN write costs one scrypt hash (slow on purpose, and 32 MiB at the default cost; its time is
+``bench/replace_bench.py``'s first figure). The hashes already take turns between clients
+(``pins.FairSlots``), so one client's writes do not queue another's behind them; these limits keep
+one client from owning the write threads at all and answer the excess at once (HTTP 429 with
+``Retry-After``) instead of queueing it without end.
 
 Per client, in memory: a restart gives every client a full bucket, which is what an idle client
 has anyway.

@@ -60,7 +60,8 @@ class PinHashError(ValueError):
 
 @dataclass(frozen=True, slots=True)
 class ScryptParams:
-    """scrypt cost. The default (n=2^15, r=8, p=1) takes about 0.1 s and 32 MiB per hash."""
+    """scrypt cost. The default (n=2^15, r=8, p=1) takes 32 MiB (128 * n * r bytes) per hash;
+    ``bench/replace_bench.py`` prints its time."""
 
     log2_n: int = 15
     r: int = 8
