@@ -6,7 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
 import aiohttp
 import pytest
@@ -32,8 +33,9 @@ from .harness import (
 CLIENTS = ("acme", "globex")
 
 
-@pytest.fixture(scope="module")
-def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
+def new_asterisk(root: Path, *, agi: Callable[[PbxPorts], str] | None = None) -> Asterisk:
+    """An Asterisk configured in ``root`` on free loopback ports, not started yet; ``agi`` makes
+    its CALLGATE_AGI from the ports (default: the one-address shorthand)."""
     binary = find_asterisk()
     assert binary is not None, "the test module skips itself when there is no Asterisk"
     module_dir = find_module_dir(binary)
@@ -46,10 +48,16 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
         rtp_start=free_udp_range(100),
         agi=free_port(),
     )
-    root = tmp_path_factory.mktemp("pbx")
-    asterisk = Asterisk(binary, root / "asterisk", ports)
+    asterisk = Asterisk(binary, root, ports, agi(ports) if agi else None)
     asterisk.write_config(module_dir, find_data_dir(binary))
-    callgate = Callgate(root / "callgate", ports.agi, free_port(), ports.ami)
+    return asterisk
+
+
+@pytest.fixture(scope="module")
+def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
+    root = tmp_path_factory.mktemp("pbx")
+    asterisk = new_asterisk(root / "asterisk")
+    callgate = Callgate(root / "callgate", asterisk.ports.agi, free_port(), asterisk.ports.ami)
     (root / "callgate").mkdir()
     asterisk.start()
     try:
