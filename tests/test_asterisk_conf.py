@@ -120,6 +120,8 @@ BROKEN = [
      "CALLGATE_AGI=agi://127.0.0.1:4573/pickup", "agi-address"),
     ("agi-list-hagi-port", EXT, None, "CALLGATE_AGI=agi://127.0.0.1:4573",
      "CALLGATE_AGI=hagi://callgate.example.com:4573", "agi-address"),
+    ("docker-agi-list-empty-item", "extensions.conf", None, "4573&agi://", "4573&&agi://",
+     "agi-address"),
     ("tenant-client-from-the-phone", "extensions_callgate_tenants.conf", None,
      "Gosub(callgate,pickup,1(acme))", "Gosub(callgate,pickup,1(${CALLGATE_CLIENT}))", "tenant"),
     ("tenant-block-half-copied", "extensions_callgate_tenants.conf", None,
@@ -380,13 +382,34 @@ def test_docker_compose_runs_asterisk_22_and_callgate_from_this_repo() -> None:
     services = compose["services"]
     assert re.fullmatch(r"andrius/asterisk:22(\.[0-9.]+.*)?", services["asterisk"]["image"])
     assert services["callgate"]["build"]["context"] == "."
-    assert services["postgres"]["profiles"] == ["postgres"]
+    assert services["postgres"]["profiles"] == ["postgres", "ha"]
     for mount in services["asterisk"]["volumes"]:
         source = mount.split(":")[0]
         assert (ROOT / source).exists(), f"{source} is mounted but not in the repository"
     environment = services["callgate"]["environment"]
     assert environment["CALLGATE_AGI"] == "127.0.0.1:4573"
     assert "CALLGATE_ADMIN_TOKEN" in environment
+
+
+def test_docker_compose_ha_profile_runs_two_instances_on_postgresql_listed_in_the_dialplan() -> (
+    None
+):
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    first, second = services["callgate"], services["callgate-b"]
+    assert second["profiles"] == ["ha"]
+    assert second["build"] == first["build"]
+    assert second["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # one database for both; the second refuses anything but PostgreSQL
+    assert first["environment"]["CALLGATE_DB"] == second["environment"]["CALLGATE_DB"]
+    assert "postgresql://*) exec callgate serve" in second["command"][-1]
+    for key in ("CALLGATE_AMI", "CALLGATE_AMI_USER", "CALLGATE_AMI_SECRET", "CALLGATE_ADMIN_TOKEN"):
+        assert first["environment"][key] == second["environment"][key]
+    for key in ("CALLGATE_AGI", "CALLGATE_HTTP"):
+        assert first["environment"][key] != second["environment"][key]
+    # the Docker dialplan asks callgate, then callgate-b
+    plan = check.read_dialplan(check.read_conf(CONF / "extensions.conf"))
+    listed = [f"agi://{s['environment']['CALLGATE_AGI']}" for s in (first, second)]
+    assert plan.globals["CALLGATE_AGI"] == "&".join(listed)
 
 
 def test_dockerfile_installs_this_package_on_python_311() -> None:

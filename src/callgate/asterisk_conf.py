@@ -640,14 +640,18 @@ def agi_address_problems(value: str) -> list[str]:
     return problems
 
 
+def check_agi_address(plan: Dialplan) -> list[Finding]:
+    if "CALLGATE_AGI" not in plan.globals:
+        return []
+    where = plan.globals_where.get("CALLGATE_AGI", Where(Path("extensions.conf"), 0))
+    return [
+        Finding("agi-address", where, problem)
+        for problem in agi_address_problems(plan.globals["CALLGATE_AGI"])
+    ]
+
+
 def check_dialplan(plan: Dialplan) -> list[Finding]:
-    findings: list[Finding] = []
-    if "CALLGATE_AGI" in plan.globals:
-        where = plan.globals_where.get("CALLGATE_AGI", Where(Path("extensions.conf"), 0))
-        findings += [
-            Finding("agi-address", where, problem)
-            for problem in agi_address_problems(plan.globals["CALLGATE_AGI"])
-        ]
+    findings = check_agi_address(plan)
     for ext in plan.extensions:
         findings += check_flow(ext)
         for step in ext.steps:
@@ -857,7 +861,13 @@ def check_directory(directory: Path) -> list[Finding]:
     plan = read_dialplan(sections)
     findings = check_dialplan(plan)
     if (directory / "extensions.conf").exists():
-        read_dialplan(conf.read("extensions.conf"))  # it must at least read cleanly
+        # It must read cleanly; a CALLGATE_AGI it sets after its #includes is the one in force.
+        complete = read_dialplan(conf.read("extensions.conf"))
+        if (
+            complete.globals_where.get("CALLGATE_AGI", Where(Path(), 0)).path.name
+            == "extensions.conf"
+        ):
+            findings += check_agi_address(complete)
     findings += check_features(conf.read("features.conf"), plan)
     findings += check_manager(conf.read("manager.conf"))
     findings += check_endpoints(conf.read("pjsip.conf"), plan)
