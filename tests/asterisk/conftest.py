@@ -9,13 +9,11 @@ import socket
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from support import free_port, wait_until
 
 from .harness import (
-    ADMIN_TOKEN,
     AMI_TESTER,
     Ami,
     Api,
@@ -23,6 +21,7 @@ from .harness import (
     Callgate,
     Pbx,
     PbxPorts,
+    admin_api,
     event,
     find_asterisk,
     find_data_dir,
@@ -70,9 +69,8 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
 
 @pytest.fixture
 async def api(pbx: Pbx) -> AsyncIterator[Api]:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        yield Api(http, pbx.callgate.base_url)
+    async with admin_api(pbx.callgate) as admin:
+        yield admin
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -542,6 +542,14 @@ class Api:
         url = f"{self.base}/client/{client}/extension/{ext}/replace_pin"
         async with self.http.put(url, json={"pin": pin}) as response:
             assert response.status == 204, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def admin_api(callgate: Callgate) -> AsyncIterator[Api]:
+    """``callgate``'s HTTP API with the admin token, for as long as the block runs."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        yield Api(http, callgate.base_url)
 
 
 # ------------------------------------------------------------------------------ AMI client

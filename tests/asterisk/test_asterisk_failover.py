@@ -24,7 +24,6 @@ import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from dataclasses import dataclass
 
-import aiohttp
 import pytest
 
 from pg_cluster import PgCluster
@@ -32,12 +31,12 @@ from support import free_port, wait_until
 
 from .conftest import hang_up_everything, new_asterisk
 from .harness import (
-    ADMIN_TOKEN,
     Ami,
     Api,
     Asterisk,
     Callgate,
     Pbx,
+    admin_api,
     event,
     skip_without_asterisk,
 )
@@ -98,9 +97,8 @@ def pbx(pair: Pair) -> Pbx:
 
 @pytest.fixture
 async def second_api(pair: Pair) -> AsyncIterator[Api]:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        yield Api(http, pair.second.base_url)
+    async with admin_api(pair.second) as api:
+        yield api
 
 
 @pytest.fixture
@@ -144,6 +142,21 @@ async def in_step(first: Api, second: Api, client: str) -> None:
     await wait_until(caught_up, within=10, interval=0.02)
 
 
+async def picks_up(ami: Ami, target: str) -> int:
+    """acme_100 dials ``**101``: allowed, and it takes ``target``; the mark of the dial."""
+    mark = await dial(ami, "acme_100", "**101")
+    assert await answer_of(ami, "acme_100", mark) == ("ALLOW", "pickup_share_group")
+    picked = await ami.wait_event(event("Pickup", Channel="PJSIP/acme_100-*"), mark)
+    assert picked["TargetChannel"] == target
+    return mark
+
+
+async def policy_on_both(first: Api, second: Api) -> None:
+    """acme's test policy, written through the first instance, in force on both."""
+    await first.put_policy("acme", POLICY)
+    await in_step(first, second, "acme")
+
+
 def statuses(ami: Ami, phone: str, since: int) -> list[str]:
     """Every AGISTATUS the dialing phone's channel got, in order: one per callgate tried."""
     return [e["Value"] for e in ami.events_since(since, varset(phone, "AGISTATUS", None))]
@@ -182,17 +195,12 @@ async def test_first_stopped_the_second_answers_every_feature_code(
     calls: Ami, api: Api, second_api: Api, pair: Pair
 ) -> None:
     ami = calls
-    await api.put_policy("acme", POLICY)
     await api.set_pin("acme", "101", "2468")
-    await in_step(api, second_api, "acme")
+    await policy_on_both(api, second_api)
     before = await sessions(pair.second)
     await asyncio.to_thread(pair.first.stop)
     try:
-        target = await ring(ami, "acme", "101")
-        mark = await dial(ami, "acme_100", "**101")
-        assert await answer_of(ami, "acme_100", mark) == ("ALLOW", "pickup_share_group")
-        picked = await ami.wait_event(event("Pickup", Channel="PJSIP/acme_100-*"), mark)
-        assert picked["TargetChannel"] == target
+        mark = await picks_up(ami, await ring(ami, "acme", "101"))
         # the first refused the connection, the second answered
         assert statuses(ami, "acme_100", mark) == ["FAILURE", "SUCCESS"]
         await hang_up_everything(ami)
@@ -240,8 +248,7 @@ async def test_the_first_answers_the_second_is_never_asked(
     calls: Ami, api: Api, second_api: Api, pair: Pair, code: str, answer: tuple[str, str]
 ) -> None:
     ami = calls
-    await api.put_policy("acme", POLICY)
-    await in_step(api, second_api, "acme")
+    await policy_on_both(api, second_api)
     await ring(ami, "acme", code[2:])
     first, second = await sessions(pair.first), await sessions(pair.second)
 
@@ -296,18 +303,13 @@ async def test_first_not_reachable_the_second_answers(
     calls: Ami, api: Api, second_api: Api, pair: Pair
 ) -> None:
     ami = calls
-    await api.put_policy("acme", POLICY)
-    await in_step(api, second_api, "acme")
+    await policy_on_both(api, second_api)
     closed = free_port()  # nothing listens there: the connection is refused
     # the shorthand HOST:PORT of earlier releases, then a URL: both forms in one list
     await agi_list(ami, f"127.0.0.1:{closed}&agi://127.0.0.1:{pair.second.agi_port}")
     second = await sessions(pair.second)
-    target = await ring(ami, "acme", "101")
 
-    mark = await dial(ami, "acme_100", "**101")
-    assert await answer_of(ami, "acme_100", mark) == ("ALLOW", "pickup_share_group")
-    picked = await ami.wait_event(event("Pickup", Channel="PJSIP/acme_100-*"), mark)
-    assert picked["TargetChannel"] == target
+    mark = await picks_up(ami, await ring(ami, "acme", "101"))
     assert statuses(ami, "acme_100", mark) == ["FAILURE", "SUCCESS"]
     assert await sessions(pair.second) == second + 1
 
@@ -317,8 +319,7 @@ async def test_first_closes_without_an_answer_the_second_answers(
 ) -> None:
     """Accepting and closing (an instance dying mid-session): AGISTATUS=SUCCESS, no verdict."""
     ami = calls
-    await api.put_policy("acme", POLICY)
-    await in_step(api, second_api, "acme")
+    await policy_on_both(api, second_api)
 
     async def close_at_once(_: asyncio.StreamReader, __: asyncio.StreamWriter) -> None:
         return
@@ -327,11 +328,8 @@ async def test_first_closes_without_an_answer_the_second_answers(
     target = await ring(ami, "acme", "101")
     async with fastagi_stub(close_at_once) as port:
         await agi_list(ami, f"agi://127.0.0.1:{port}&agi://127.0.0.1:{pair.second.agi_port}")
-        mark = await dial(ami, "acme_100", "**101")
-        assert await answer_of(ami, "acme_100", mark) == ("ALLOW", "pickup_share_group")
-        picked = await ami.wait_event(event("Pickup", Channel="PJSIP/acme_100-*"), mark)
+        mark = await picks_up(ami, target)
 
-    assert picked["TargetChannel"] == target
     assert statuses(ami, "acme_100", mark) == ["SUCCESS", "SUCCESS"]
     assert await sessions(pair.second) == second + 1
 
