@@ -55,6 +55,7 @@ def test_shipped_configuration_keeps_every_rule() -> None:
 
 EXT = "extensions_callgate.conf"
 VERDICT = '"${AGISTATUS}" = "SUCCESS" & "${CALLGATE_DECISION}" = "ALLOW"'
+RETRY = 'GotoIf($["${CALLGATE_DECISION}" = ""]?next)'
 
 # A table reads better one row per case than as ruff would lay it out.
 # fmt: off
@@ -66,8 +67,8 @@ BROKEN = [
      '"${AGISTATUS}" = "SUCCESS" | "${CALLGATE_DECISION}" = "ALLOW"', "agi-check"),
     ("pickup-branches-swapped", EXT, "pickup", f"{VERDICT}]?:deny", f"{VERDICT}]?deny:",
      "guarded"),
-    ("pickup-before-asking", EXT, "pickup", "n(ask),AGI(",
-     "n,Pickup(${CALLGATE_PICKUP})\n same => n(ask),AGI(", "guarded"),
+    ("pickup-before-asking", EXT, "pickup", "n(ask),Set(CG_AGIS=",
+     "n,Pickup(${CALLGATE_PICKUP})\n same => n(ask),Set(CG_AGIS=", "guarded"),
     ("whisper-decision-used-for-pickup", EXT, "whisper", "ChanSpy(${CG_SPYEE},qESuw)",
      "Pickup(${ARG2})", "guarded"),
     ("verdict-check-not-next", EXT, "restore", ",${CG_ACTING})\n",
@@ -97,6 +98,30 @@ BROKEN = [
     ("spyee-prefix-regex", EXT, "spyee", "${CHANNELS(^PJSIP/${ARG1}_${CG_DEVICE}-[0-9a-f]+$)}",
      "${CHANNELS(PJSIP/${ARG1}_${CG_DEVICE})}", "exact-channel"),
     ("label-typo", EXT, "restore", "?:deny)", "?:denied)", "labels"),
+    # failover: the next instance only when the previous one gave no answer
+    ("failover-after-a-deny", EXT, "listen", RETRY,
+     'GotoIf($["${CALLGATE_DECISION}" != "ALLOW"]?next)', "agi-failover"),
+    ("failover-on-agistatus", EXT, "pickup", RETRY, 'GotoIf($["${AGISTATUS}" != "SUCCESS"]?next)',
+     "agi-failover"),
+    ("failover-branches-swapped", EXT, "whisper", RETRY,
+     'GotoIf($["${CALLGATE_DECISION}" = ""]?:next)', "agi-failover"),
+    ("failover-after-the-verdict", EXT, "replace", "n(deny),Congestion(3)",
+     "n(deny),Goto(next)", "agi-failover"),
+    ("failover-check-without-verdict", EXT, "restore",
+     f"{RETRY}\n same => n,GotoIf($[{VERDICT}]?:deny)", f"{RETRY}\n same => n,Wait(1)",
+     "agi-check"),
+    ("agi-list-empty-item", EXT, None, "CALLGATE_AGI=agi://127.0.0.1:4573",
+     "CALLGATE_AGI=agi://127.0.0.1:4573&&agi://127.0.0.2:4573", "agi-address"),
+    ("agi-list-comma", EXT, None, "CALLGATE_AGI=agi://127.0.0.1:4573",
+     "CALLGATE_AGI=agi://127.0.0.1:4573,agi://127.0.0.2:4573", "agi-address"),
+    ("agi-list-spaces", EXT, None, "CALLGATE_AGI=agi://127.0.0.1:4573",
+     "CALLGATE_AGI=agi://127.0.0.1:4573 & agi://127.0.0.2:4573", "agi-address"),
+    ("agi-list-path", EXT, None, "CALLGATE_AGI=agi://127.0.0.1:4573",
+     "CALLGATE_AGI=agi://127.0.0.1:4573/pickup", "agi-address"),
+    ("agi-list-hagi-port", EXT, None, "CALLGATE_AGI=agi://127.0.0.1:4573",
+     "CALLGATE_AGI=hagi://callgate.example.com:4573", "agi-address"),
+    ("docker-agi-list-empty-item", "extensions.conf", None, "4573&agi://", "4573&&agi://",
+     "agi-address"),
     ("tenant-client-from-the-phone", "extensions_callgate_tenants.conf", None,
      "Gosub(callgate,pickup,1(acme))", "Gosub(callgate,pickup,1(${CALLGATE_CLIENT}))", "tenant"),
     ("tenant-block-half-copied", "extensions_callgate_tenants.conf", None,
@@ -145,6 +170,14 @@ def test_checker_catches_a_broken_copy(
 ) -> None:
     edit(conf / filename, old, new, extension=extension)
     assert rule in rules(conf)
+
+
+def test_checker_catches_a_failover_loop_that_does_not_clear_again(conf: Path) -> None:
+    # The retry lands after the clearing: the second try could read the first one's leftovers.
+    take = "n,Gosub(callgate,next-agi,1)"
+    edit(conf / EXT, take, take.replace("n,", "n(take),"), extension="restore")
+    edit(conf / EXT, RETRY, RETRY.replace("?next", "?take"), extension="restore")
+    assert rules(conf) == {"agi-prepare"}
 
 
 # ------------------------------------------------------------------------------ the reader
@@ -262,14 +295,66 @@ def test_agi_calls_match_the_fastagi_contract() -> None:
         if step.app_lower == "agi"
     }
     assert {name: args[0] for name, args in calls.items()} == {
-        "pickup": "agi://${CALLGATE_AGI}/pickup",
-        "listen": "agi://${CALLGATE_AGI}/eavesdrop",
-        "whisper": "agi://${CALLGATE_AGI}/whisper",
-        "replace": "agi://${CALLGATE_AGI}/replace",
-        "restore": "agi://${CALLGATE_AGI}/restore",
+        "pickup": "${CG_AGI_URL}/pickup",
+        "listen": "${CG_AGI_URL}/eavesdrop",
+        "whisper": "${CG_AGI_URL}/whisper",
+        "replace": "${CG_AGI_URL}/replace",
+        "restore": "${CG_AGI_URL}/restore",
     }
     assert all(args[1:3] == ["${CG_CLIENT}", "${CG_ACTING}"] for args in calls.values())
-    assert plan.globals["CALLGATE_AGI"] == "127.0.0.1:4573"
+    assert plan.globals["CALLGATE_AGI"] == "agi://127.0.0.1:4573"
+
+
+def test_every_fastagi_call_takes_the_next_address_of_the_list() -> None:
+    """Each action walks CALLGATE_AGI: copy it, clear, take the next URL, deny when none is
+    left, ask, and go back for the next one only when there was no answer."""
+    plan = check.read_dialplan(check.read_conf(CONF / "extensions_callgate.conf"))
+    for ext in plan.in_context("callgate"):
+        texts = [s.text for s in ext.steps]
+        agi = [i for i, s in enumerate(ext.steps) if s.app_lower == "agi"]
+        if not agi:
+            continue
+        (at,) = agi
+        start = texts.index("Set(CG_AGIS=${CALLGATE_AGI})")
+        assert [s.label for s in ext.steps[start : start + 2]] == ["ask", "next"], ext.name
+        assert texts[start + 1].startswith("MSet(CALLGATE_DECISION=,")
+        assert texts[start + 2 : at] == [
+            "Gosub(callgate,next-agi,1)",
+            'GotoIf($["${CG_AGI_URL}" = ""]?deny)',
+        ], ext.name
+        assert texts[at + 1] == RETRY, ext.name
+        assert texts[at + 2] == f"GotoIf($[{VERDICT}]?:deny)", ext.name
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        "",
+        "agi://127.0.0.1:4573",
+        "agi://10.0.0.1:4573&agi://10.0.0.2:4573",
+        "hagi://callgate.example.com",
+        "agi://callgate-a.example.com&hagi://callgate.example.com",
+        "127.0.0.1:4573&127.0.0.2",
+        "agi://[::1]:4573",
+    ],
+)
+def test_agi_address_lists_that_are_fine(value: str) -> None:
+    assert check.agi_address_problems(value) == []
+
+
+def test_gotoif_is_split_where_asterisk_splits_it() -> None:
+    # Asterisk substitutes ${...} and $[...] before GotoIf looks for its '?' and ':'.
+    assert check.split_gotoif('${REGEX("^h?agi://" ${X})}?done') == (
+        '${REGEX("^h?agi://" ${X})}',
+        "done",
+        "",
+    )
+    assert check.split_gotoif('${REGEX("^[A-Za-z0-9_]+$" ${ARG1})}?:done') == (
+        '${REGEX("^[A-Za-z0-9_]+$" ${ARG1})}',
+        "",
+        "done",
+    )
+    assert check.split_gotoif('$["${X}" = "[a]?"]?a:b') == ('$["${X}" = "[a]?"]', "a", "b")
 
 
 def test_ringing_legs_carry_the_pickup_mark() -> None:
@@ -297,13 +382,34 @@ def test_docker_compose_runs_asterisk_22_and_callgate_from_this_repo() -> None:
     services = compose["services"]
     assert re.fullmatch(r"andrius/asterisk:22(\.[0-9.]+.*)?", services["asterisk"]["image"])
     assert services["callgate"]["build"]["context"] == "."
-    assert services["postgres"]["profiles"] == ["postgres"]
+    assert services["postgres"]["profiles"] == ["postgres", "ha"]
     for mount in services["asterisk"]["volumes"]:
         source = mount.split(":")[0]
         assert (ROOT / source).exists(), f"{source} is mounted but not in the repository"
     environment = services["callgate"]["environment"]
     assert environment["CALLGATE_AGI"] == "127.0.0.1:4573"
     assert "CALLGATE_ADMIN_TOKEN" in environment
+
+
+def test_docker_compose_ha_profile_runs_two_instances_on_postgresql_listed_in_the_dialplan() -> (
+    None
+):
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    first, second = services["callgate"], services["callgate-b"]
+    assert second["profiles"] == ["ha"]
+    assert second["build"] == first["build"]
+    assert second["depends_on"]["postgres"]["condition"] == "service_healthy"
+    # one database for both; the second refuses anything but PostgreSQL
+    assert first["environment"]["CALLGATE_DB"] == second["environment"]["CALLGATE_DB"]
+    assert "postgresql://*) exec callgate serve" in second["command"][-1]
+    for key in ("CALLGATE_AMI", "CALLGATE_AMI_USER", "CALLGATE_AMI_SECRET", "CALLGATE_ADMIN_TOKEN"):
+        assert first["environment"][key] == second["environment"][key]
+    for key in ("CALLGATE_AGI", "CALLGATE_HTTP"):
+        assert first["environment"][key] != second["environment"][key]
+    # the Docker dialplan asks callgate, then callgate-b
+    plan = check.read_dialplan(check.read_conf(CONF / "extensions.conf"))
+    listed = [f"agi://{s['environment']['CALLGATE_AGI']}" for s in (first, second)]
+    assert plan.globals["CALLGATE_AGI"] == "&".join(listed)
 
 
 def test_dockerfile_installs_this_package_on_python_311() -> None:

@@ -13,12 +13,21 @@ pbx/pbx_config.c): ``[section]`` and ``[section](!,template)`` headers, ``key = 
 
 The rules (each finding names its rule):
 
-- ``agi-url``: a FastAGI call names one of callgate's actions and passes the client and the
-  acting extension (``agi_arg_1``, ``agi_arg_2``), neither empty nor taken from caller ID.
+- ``agi-url``: a FastAGI call (``AGI(agi://HOST/<action>,...)``, ``hagi://`` or a URL from a
+  variable, ``AGI(${CG_AGI_URL}/<action>,...)``) names one of callgate's actions and passes the
+  client and the acting extension (``agi_arg_1``, ``agi_arg_2``), neither empty nor taken from
+  caller ID.
+- ``agi-address``: ``[globals]`` ``CALLGATE_AGI`` is a list of ``agi://HOST[:PORT]``,
+  ``hagi://DOMAIN`` or ``HOST[:PORT]`` separated by ``&``: no empty item (it would end the list
+  there), no space, comma or path, no port after ``hagi://`` (Asterisk then skips the SRV lookup).
 - ``agi-prepare``: before every FastAGI call, on every path, ``AGIEXITONHANGUP=yes`` and every
   answer variable (``CALLGATE_DECISION`` ...) cleared, so a stale ``ALLOW`` cannot be read.
 - ``agi-check``: the step right after a FastAGI call is the verdict check: ``GotoIf`` on
-  ``AGISTATUS = SUCCESS & CALLGATE_DECISION = ALLOW`` (or its negation towards the denial).
+  ``AGISTATUS = SUCCESS & CALLGATE_DECISION = ALLOW`` (or its negation towards the denial), or
+  the failover check ``GotoIf($["${CALLGATE_DECISION}" = ""]?<retry>)`` right before it.
+- ``agi-failover``: a path reaches a second FastAGI call only through the true branch of the
+  failover check: callgate is asked again elsewhere only when it gave no answer, never after an
+  ``ALLOW`` or a ``DENY``.
 - ``guarded``: ``Pickup``/``PickupChan`` run only on the allow branch of a ``pickup`` answer,
   ``ChanSpy``/``ExtenSpy`` only on the allow branch of an ``eavesdrop`` or ``whisper`` answer.
 - ``chanspy``: every ``ChanSpy`` has ``u`` (exact channel, never a name prefix); after
@@ -282,6 +291,8 @@ class Dialplan:
     extensions: list[Extension]
     contexts: set[str]
     globals: dict[str, str]
+    # where each global was last set (Asterisk keeps the last of several [globals] values)
+    globals_where: dict[str, Where] = field(default_factory=dict)
 
     def in_context(self, context: str) -> list[Extension]:
         return [e for e in self.extensions if e.context == context]
@@ -303,9 +314,11 @@ def read_dialplan(sections: Iterable[Section]) -> Dialplan:
     extensions: dict[tuple[str, str], Extension] = {}
     contexts: set[str] = set()
     global_vars: dict[str, str] = {}
+    global_where: dict[str, Where] = {}
     for section in sections:
         if section.name.lower() == "globals":
             global_vars.update((e.key, e.value) for e in section.entries)
+            global_where.update((e.key, e.where) for e in section.entries)
             continue
         if section.name.lower() == "general" or section.template:
             continue
@@ -341,7 +354,7 @@ def read_dialplan(sections: Iterable[Section]) -> Dialplan:
             last_priority = number
     for ext in extensions.values():
         ext.steps.sort(key=lambda s: s.priority)
-    return Dialplan(list(extensions.values()), contexts, global_vars)
+    return Dialplan(list(extensions.values()), contexts, global_vars, global_where)
 
 
 # ------------------------------------------------------------------------------ verdict checks
@@ -353,6 +366,7 @@ _STATUS, _DECISION, _ALLOW = (
 )
 _ALLOW_TERMS = {(_STATUS, "=", '"SUCCESS"'), (_DECISION, "=", _ALLOW)}
 _DENY_TERMS = {(_STATUS, "!=", '"SUCCESS"'), (_DECISION, "!=", _ALLOW)}
+_UNANSWERED_TERMS = {(_DECISION, "=", '""')}
 _TERM = re.compile(r'^\s*("[^"]*")\s*(!=|=)\s*("[^"]*")\s*$')
 
 
@@ -379,17 +393,54 @@ def verdict_kind(condition: str) -> str | None:
     return None
 
 
+def is_unanswered_check(condition: str) -> bool:
+    """``$["${CALLGATE_DECISION}" = ""]``: true only when the FastAGI session gave no answer
+    (whatever ``AGISTATUS`` says: an answer followed by a failure is still an answer)."""
+    condition = condition.strip()
+    if not (condition.startswith("$[") and condition.endswith("]")):
+        return False
+    inner = condition[2:-1]
+    return "&" not in inner and "|" not in inner and _terms(inner, "&") == _UNANSWERED_TERMS
+
+
+def _partition_outside_substitutions(text: str, separator: str) -> tuple[str, str]:
+    """``text`` cut at the first ``separator`` outside ``${...}`` and ``$[...]``: Asterisk
+    substitutes those before GotoIf looks for its ``?`` and ``:``."""
+    # The closing bracket of each open bracket, innermost last. As in pbx_variables.c, inside
+    # ${...} only braces nest, inside $[...] only square brackets.
+    closers: list[str] = []
+    for i, ch in enumerate(text):
+        opens = ch in "{[" and i > 0 and text[i - 1] == "$"
+        if opens or (closers and ch == {"}": "{", "]": "["}[closers[-1]]):
+            closers.append("}" if ch == "{" else "]")
+        elif closers and ch == closers[-1]:
+            closers.pop()
+        elif ch == separator and not closers:
+            return text[:i], text[i + 1 :]
+    return text, ""
+
+
 def split_gotoif(data: str) -> tuple[str, str, str]:
-    condition, _, branches = data.partition("?")
-    if_true, _, if_false = branches.partition(":")
+    condition, branches = _partition_outside_substitutions(data, "?")
+    if_true, if_false = _partition_outside_substitutions(branches, ":")
     return condition, if_true.strip(), if_false.strip()
+
+
+# A FastAGI URL: agi:// or hagi:// with a host, or a variable holding one (the failover list).
+_FASTAGI_BASE = r"(?:h?agi://[^/]*|\$\{[A-Za-z0-9_]+\})"
+
+
+def is_fastagi(step: Step) -> bool:
+    return step.app_lower == "agi" and bool(
+        re.match(_FASTAGI_BASE + "/", split_args(step.data)[0].strip())
+    )
 
 
 def agi_action(step: Step) -> str | None:
     if step.app_lower != "agi":
         return None
     url = split_args(step.data)[0].strip()
-    match = re.match(r"^agi://[^/]*/([A-Za-z_]+)$", url)
+    match = re.match(rf"^{_FASTAGI_BASE}/([A-Za-z_]+)$", url)
     return match[1] if match else None
 
 
@@ -481,14 +532,28 @@ def check_flow(ext: Extension) -> list[Finding]:
                 report("agi-prepare", step, f"not cleared before the FastAGI call: {missing}")
             if not state.exit_on_hangup:
                 report("agi-prepare", step, "Set(AGIEXITONHANGUP=yes) missing before FastAGI")
-            following = ext.steps[nxt] if nxt < len(ext.steps) else None
-            if (
-                following is None
-                or following.app_lower != "gotoif"
-                or not verdict_kind(split_gotoif(following.data)[0])
-            ):
+            if state.asked is not None:
+                report(
+                    "agi-failover",
+                    step,
+                    "FastAGI asked again after an answer: only an empty CALLGATE_DECISION may"
+                    " fail over",
+                )
+            if not _verdict_follows(ext, nxt):
                 report("agi-check", step, "the next step is not the AGISTATUS/DECISION check")
             work.append((nxt, _State(frozenset(), exit_on_hangup, agi_action(step), False)))
+            continue
+
+        if step.app_lower == "gotoif" and is_unanswered_check(split_gotoif(step.data)[0]):
+            _, if_true, if_false = split_gotoif(step.data)
+            # No answer: nothing was decided, the path may ask again. An answer: unchanged.
+            for label, branch in (
+                (if_true, _State(state.cleared, state.exit_on_hangup, None, False)),
+                (if_false, state),
+            ):
+                target = target_index(step, label) if label else nxt
+                if isinstance(target, int):
+                    work.append((target, branch))
             continue
 
         if step.app_lower == "gotoif":
@@ -517,6 +582,20 @@ def check_flow(ext: Extension) -> list[Finding]:
     return list(findings.values())
 
 
+def _verdict_follows(ext: Extension, index: int) -> bool:
+    """The step at ``index`` is the verdict check, or the failover check and then the verdict."""
+
+    def condition_at(i: int) -> str | None:
+        if i >= len(ext.steps) or ext.steps[i].app_lower != "gotoif":
+            return None
+        return split_gotoif(ext.steps[i].data)[0]
+
+    first = condition_at(index)
+    if first is not None and is_unanswered_check(first):
+        first = condition_at(index + 1)
+    return first is not None and verdict_kind(first) is not None
+
+
 def chanspy_problems(data: str, asked: str | None) -> list[str]:
     args = split_args(data)
     options = re.sub(r"\([^)]*\)", "", args[1] if len(args) > 1 else "")
@@ -537,8 +616,42 @@ def chanspy_problems(data: str, asked: str | None) -> list[str]:
 # ------------------------------------------------------------------------------ the rules
 
 
+_AGI_ITEM = re.compile(
+    r"^(?P<scheme>h?agi://)?(?P<host>[A-Za-z0-9_.\-]+|\[[0-9A-Fa-f:.]+\])(?P<port>:[0-9]+)?$"
+)
+
+
+def agi_address_problems(value: str) -> list[str]:
+    """What is wrong with a ``CALLGATE_AGI`` value (see ``agi-address``); empty is allowed."""
+    if not value:
+        return []
+    problems: list[str] = []
+    for item in value.split("&"):
+        match = _AGI_ITEM.match(item)
+        if not item:
+            problems.append(f"empty item in {value!r}: the addresses after it are never tried")
+        elif match is None:
+            problems.append(
+                f"{item!r} is not agi://HOST[:PORT], hagi://DOMAIN or HOST[:PORT]"
+                " (no space, comma or path)"
+            )
+        elif match["scheme"] == "hagi://" and match["port"]:
+            problems.append(f"{item!r}: a port after hagi:// disables the SRV lookup")
+    return problems
+
+
+def check_agi_address(plan: Dialplan) -> list[Finding]:
+    if "CALLGATE_AGI" not in plan.globals:
+        return []
+    where = plan.globals_where.get("CALLGATE_AGI", Where(Path("extensions.conf"), 0))
+    return [
+        Finding("agi-address", where, problem)
+        for problem in agi_address_problems(plan.globals["CALLGATE_AGI"])
+    ]
+
+
 def check_dialplan(plan: Dialplan) -> list[Finding]:
-    findings: list[Finding] = []
+    findings = check_agi_address(plan)
     for ext in plan.extensions:
         findings += check_flow(ext)
         for step in ext.steps:
@@ -575,11 +688,11 @@ def _check_step(ext: Extension, step: Step) -> list[Finding]:
     findings: list[Finding] = []
     if _CALLER_ID_READ.search(step.data):
         findings.append(Finding("caller-id", step.where, f"reads caller ID: {step.text}"))
-    if step.app_lower == "agi" and split_args(step.data)[0].strip().startswith("agi://"):
+    if is_fastagi(step):
         args = split_args(step.data)
         action = agi_action(step)
         if action not in ACTIONS:
-            findings.append(Finding("agi-url", step.where, f"not agi://HOST/<action>: {args[0]!r}"))
+            findings.append(Finding("agi-url", step.where, f"not <agi URL>/<action>: {args[0]!r}"))
         if len(args) < 3 or not args[1].strip() or not args[2].strip():
             findings.append(
                 Finding("agi-url", step.where, "FastAGI without client and acting extension")
@@ -748,7 +861,13 @@ def check_directory(directory: Path) -> list[Finding]:
     plan = read_dialplan(sections)
     findings = check_dialplan(plan)
     if (directory / "extensions.conf").exists():
-        read_dialplan(conf.read("extensions.conf"))  # it must at least read cleanly
+        # It must read cleanly; a CALLGATE_AGI it sets after its #includes is the one in force.
+        complete = read_dialplan(conf.read("extensions.conf"))
+        if (
+            complete.globals_where.get("CALLGATE_AGI", Where(Path(), 0)).path.name
+            == "extensions.conf"
+        ):
+            findings += check_agi_address(complete)
     findings += check_features(conf.read("features.conf"), plan)
     findings += check_manager(conf.read("manager.conf"))
     findings += check_endpoints(conf.read("pjsip.conf"), plan)

@@ -1,15 +1,16 @@
 """The log format, the decision log (one line per FastAGI decision, cheaply), and ``printable``:
 the one way a caller-supplied value goes into a log line or an audit row (escaped, bounded).
 
-Every FastAGI decision is an INFO line. Through ``logging.info`` it was a large share of a session's
-CPU in the daemon (the caller's frame looked up, filters, locks, ``%`` formatting, one write and
-one flush per line; ``bench/agi_bench.py``, figures in ``docs/performance.md``). ``DecisionLog`` keeps what that line is — a ``LogRecord`` of the same level and
-logger (so the same handlers, formatting and destination as every other line), written promptly —
-and does less: the message is an f-string, the date is formatted once a second
-(``LogFormatter``), and the lines are written together, in one write: those of one event-loop
-iteration by a ``loop.call_soon`` callback at its end, or with ``hold`` (the FastAGI recorder
-holds 10 ms), all those logged within ``hold`` seconds of the first by one ``loop.call_later``
-callback. A line is never held longer than that, and keeps the time it was logged at.
+Every FastAGI decision is an INFO line. Through ``logging.info`` it was a large share of a
+session's CPU in the daemon (the caller's frame looked up, filters, locks, ``%`` formatting, one
+write and one flush per line; ``bench/agi_bench.py``, figures in ``docs/performance.md``).
+``DecisionLog`` keeps what that line is — a ``LogRecord`` of the same level and logger (so the
+same handlers, formatting and destination as every other line), written promptly — and does less:
+the message is an f-string, the date is formatted once a second (``LogFormatter``), and the lines
+are written together, in one write: those of one event-loop iteration by a ``loop.call_soon``
+callback at its end, or with ``hold`` (the FastAGI recorder holds 10 ms), all those logged within
+``hold`` seconds of the first by one ``loop.call_later`` callback. A line is never held longer
+than that, and keeps the time it was logged at.
 
 Only the logging module's public API is used: ``Logger.makeRecord``, the handlers' ``format``,
 ``acquire``, ``flush`` and ``handle``, and the attributes ``Logger.handle`` itself follows

@@ -6,15 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
 
-import aiohttp
 import pytest
 
 from support import free_port, wait_until
 
 from .harness import (
-    ADMIN_TOKEN,
     AMI_TESTER,
     Ami,
     Api,
@@ -22,6 +21,7 @@ from .harness import (
     Callgate,
     Pbx,
     PbxPorts,
+    admin_api,
     event,
     find_asterisk,
     find_data_dir,
@@ -32,8 +32,9 @@ from .harness import (
 CLIENTS = ("acme", "globex")
 
 
-@pytest.fixture(scope="module")
-def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
+def new_asterisk(root: Path, *, agi: Callable[[PbxPorts], str] | None = None) -> Asterisk:
+    """An Asterisk configured in ``root`` on free loopback ports, not started yet; ``agi`` makes
+    its CALLGATE_AGI from the ports (default: the one-address shorthand)."""
     binary = find_asterisk()
     assert binary is not None, "the test module skips itself when there is no Asterisk"
     module_dir = find_module_dir(binary)
@@ -46,10 +47,16 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
         rtp_start=free_udp_range(100),
         agi=free_port(),
     )
-    root = tmp_path_factory.mktemp("pbx")
-    asterisk = Asterisk(binary, root / "asterisk", ports)
+    asterisk = Asterisk(binary, root, ports, agi(ports) if agi else None)
     asterisk.write_config(module_dir, find_data_dir(binary))
-    callgate = Callgate(root / "callgate", ports.agi, free_port(), ports.ami)
+    return asterisk
+
+
+@pytest.fixture(scope="module")
+def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
+    root = tmp_path_factory.mktemp("pbx")
+    asterisk = new_asterisk(root / "asterisk")
+    callgate = Callgate(root / "callgate", asterisk.ports.agi, free_port(), asterisk.ports.ami)
     (root / "callgate").mkdir()
     asterisk.start()
     try:
@@ -62,9 +69,8 @@ def pbx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Pbx]:
 
 @pytest.fixture
 async def api(pbx: Pbx) -> AsyncIterator[Api]:
-    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-    async with aiohttp.ClientSession(headers=headers) as http:
-        yield Api(http, pbx.callgate.base_url)
+    async with admin_api(pbx.callgate) as admin:
+        yield admin
 
 
 @pytest.fixture

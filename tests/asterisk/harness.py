@@ -34,7 +34,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -251,7 +251,7 @@ def _pjsip_conf(ports: PbxPorts) -> str:
 
 _TEST_DIALPLAN = """
 [globals]
-CALLGATE_AGI=127.0.0.1:{agi}
+CALLGATE_AGI={agi}
 CALLGATE_RING_SECONDS=60
 
 ; A handset receiving a call: rings, or answers when the test put sim/<endpoint>=answer in AstDB.
@@ -322,6 +322,8 @@ class Asterisk:
     binary: Path
     root: Path
     ports: PbxPorts
+    agi: str | None = None
+    """The dialplan's CALLGATE_AGI; None: ``127.0.0.1:<ports.agi>`` (the one-address shorthand)."""
     process: Popen | None = None
 
     @property
@@ -376,7 +378,7 @@ class Asterisk:
             "[general]\nstatic = yes\nwriteprotect = yes\n\n"
             "#include extensions_callgate.conf\n"
             "#include extensions_callgate_tenants.conf\n"
-            + _TEST_DIALPLAN.format(agi=self.ports.agi)
+            + _TEST_DIALPLAN.format(agi=self.agi or f"127.0.0.1:{self.ports.agi}")
         )
 
     def start(self) -> None:
@@ -410,6 +412,8 @@ class Callgate:
     agi_port: int
     http_port: int
     ami_port: int
+    db: str | None = None
+    """``--db``: None for the SQLite file in ``root``, else e.g. a ``postgresql://`` address."""
     process: Popen | None = None
 
     @property
@@ -444,6 +448,7 @@ class Callgate:
                 f"127.0.0.1:{self.ami_port}",
                 "--ami-user",
                 "callgate",
+                *(["--db", self.db] if self.db else []),
             ],
             self.log,
             env,
@@ -477,6 +482,18 @@ class Callgate:
     def stop(self) -> None:
         terminate(self.process, grace=15)  # callgate finishes its sessions first
         self.process = None
+
+    def agi_sessions(self) -> float:
+        """FastAGI sessions this process has seen, every outcome (``/metrics``)."""
+        with urllib.request.urlopen(  # noqa: S310 - a fixed http://127.0.0.1 URL
+            f"{self.base_url}/metrics", timeout=5
+        ) as response:
+            text = response.read().decode()
+        return sum(
+            float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines()
+            if line.startswith("callgate_agi_sessions_total{")
+        )
 
 
 @dataclass
@@ -512,10 +529,27 @@ class Api:
             ) as response:
                 assert response.status in (200, 204), await response.text()
 
+    async def policy_version(self, client: str) -> int:
+        """The version this instance decides by now (``check`` reads the FastAGI registry)."""
+        url = f"{self.base}/client/{client}/call_control_group/check"
+        async with self.http.get(url, params={"action": "pickup", "ext": "100"}) as response:
+            assert response.status == 200, await response.text()
+            version = (await response.json())["policy_version"]
+            assert isinstance(version, int)
+            return version
+
     async def set_pin(self, client: str, ext: str, pin: str) -> None:
         url = f"{self.base}/client/{client}/extension/{ext}/replace_pin"
         async with self.http.put(url, json={"pin": pin}) as response:
             assert response.status == 204, await response.text()
+
+
+@contextlib.asynccontextmanager
+async def admin_api(callgate: Callgate) -> AsyncIterator[Api]:
+    """``callgate``'s HTTP API with the admin token, for as long as the block runs."""
+    headers = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+    async with aiohttp.ClientSession(headers=headers) as http:
+        yield Api(http, callgate.base_url)
 
 
 # ------------------------------------------------------------------------------ AMI client

@@ -48,6 +48,16 @@ def test_generated_dialplan_is_the_shipped_one_plus_handsets(tmp_path: Path) -> 
         assert [s.text for s in copy.steps] == [s.text for s in ext.steps]
 
 
+def test_generated_dialplan_can_list_several_callgate_instances(tmp_path: Path) -> None:
+    listed = "agi://127.0.0.1:5996&agi://127.0.0.1:5995"
+    Asterisk(Path("/usr/sbin/asterisk"), tmp_path, PORTS, listed).write_config(
+        tmp_path / "modules", None
+    )
+    plan = check.read_dialplan(check.read_conf(tmp_path / "etc" / "extensions.conf"))
+    assert plan.globals["CALLGATE_AGI"] == listed
+    assert check.check_dialplan(plan) == []
+
+
 def test_generated_phones_follow_the_shipped_conventions(tmp_path: Path) -> None:
     etc = generated(tmp_path)
     plan = check.read_dialplan(check.read_conf(etc / "extensions.conf"))
