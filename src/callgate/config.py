@@ -140,6 +140,16 @@ class Settings(BaseSettings):
     audit_prune_interval: float = Field(default=60.0, gt=0)
     """Seconds between two prunings of the audit log (each deletes in small transactions)."""
 
+    # Grants that expire (POST /client/{id}/grants): limits per client
+    grants_max_per_client: int = Field(default=100, ge=1, le=10_000)
+    """Grants a client may have active or still to come at once; past it, 422 (ended ones do
+    not count)."""
+    grants_max_duration_hours: float = Field(default=720.0, gt=0, le=87_600)
+    """The longest a grant may last, from ``from`` to ``until``, in hours; past it, 422."""
+    grants_keep_ended_days: float = Field(default=7.0, ge=0)
+    """Days an ended grant (expired or ended early) stays in the client's grant list; the
+    settings history keeps it as long as it keeps versions (``policy_history_keep``)."""
+
     @field_validator("agi", "http")
     @classmethod
     def _check_listen(cls, value: str) -> str:

@@ -54,7 +54,15 @@ from callgate.replace.lockout import LockoutRules
 from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
-from callgate.services import AppServices, AuditQueries, PolicyFollower, PolicyService, TokenService
+from callgate.services import (
+    AppServices,
+    AuditQueries,
+    GrantLimits,
+    PolicyFollower,
+    PolicyService,
+    SupervisionService,
+    TokenService,
+)
 from callgate.store import AnyStore as Store
 from callgate.store import open_store
 
@@ -234,6 +242,7 @@ def _manager_config(settings: Settings) -> ManagerConfig | None:
 def build(settings: Settings, store: Store) -> Services:
     """Make every part on the opened ``store`` and wire them; start nothing (no task, no I/O)."""
     store.policies.retention = retention(settings)
+    store.supervision.retention = retention(settings)
     registry = PolicyRegistry()
     metrics = Metrics()
     metrics.decisions.label_clients(registry.has_policy)
@@ -268,12 +277,15 @@ def build(settings: Settings, store: Store) -> Services:
     if live is not None:
         registry.subscribe(live.on_policy_change)
     registry.subscribe(replace.on_policy_change)
-    follower = PolicyFollower(store.policies, registry)
+    follower = PolicyFollower(store.policies, registry, store.supervision)
     app = AppServices(
         policies=PolicyService(store.policies, registry, follower),
         tokens=TokenService(store.tokens),
         replace=replace,
         audit=AuditQueries(store.audit),
+        supervision=SupervisionService(
+            store.supervision, registry, limits=GrantLimits.from_settings(settings)
+        ),
     )
 
     recorder = DecisionRecorder(store.audit, metrics, grants=grants)

@@ -6,6 +6,10 @@ that already hold the old one finish with it, the next reader gets the new one. 
 feed's follower (``services.follower``) installs changes in a running daemon. Listeners (the
 revocations of listens and of replacements) are told of every change after the swap, each in its
 own task: a write that awaits ``applied`` is answered once the swap is done, never after them.
+
+A client's entry also carries its settings and grants beside the document (``supervision``,
+compiled against that document by the follower) with their own version: a change of either the
+document or the supervision record is a new entry, and the listeners are told of both alike.
 """
 
 from __future__ import annotations
@@ -16,8 +20,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from callgate.domain import GrantRecord
 from callgate.inbox import FanOut
 from callgate.policy import CompiledPolicy, PolicyDocument, compile_policy
+from callgate.policy.settings import CallControlSettings
+from callgate.policy.supervision import Supervision
+
+DEFAULT_SETTINGS = CallControlSettings()
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +40,14 @@ class ClientPolicy:
     compiled: CompiledPolicy
     changed_at: datetime | None = None
     changed_by: str | None = None
+    supervision: Supervision | None = None
+    """Protection and grants compiled for ``decide()``; None when neither is set (then the
+    document alone decides, and no decision depends on the time)."""
+    supervision_version: int = 0
+    """The version of the settings and grants in force (0: none stored)."""
+    settings: CallControlSettings = DEFAULT_SETTINGS
+    grants: tuple[GrantRecord, ...] = ()
+    """The stored grant records (``supervision`` compiles those not ended early)."""
 
 
 ChangeListener = Callable[[ClientPolicy, ClientPolicy], Awaitable[None]]
@@ -46,6 +63,7 @@ def default_policy(client_id: str) -> ClientPolicy:
 
 
 Change = tuple[ClientPolicy, ClientPolicy]
+_Waiters = dict[str, list[tuple[int, asyncio.Future[None]]]]
 
 
 def _span(waiting: Change, new: Change) -> Change:
@@ -58,7 +76,8 @@ class PolicyRegistry:
     def __init__(self) -> None:
         self._policies: dict[str, ClientPolicy] = {}
         self._listeners: FanOut[Change] = FanOut(_span, name="policy-listener")
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiters: _Waiters = {}
+        self._supervision_waiters: _Waiters = {}
 
     def get(self, client_id: str) -> ClientPolicy:
         policy = self._policies.get(client_id)
@@ -84,14 +103,18 @@ class PolicyRegistry:
         return self._listeners.subscribe(tell)
 
     def install(self, policy: ClientPolicy) -> bool:
-        """Swap in ``policy`` unless a newer version is installed; then wake whoever awaits
-        that version (``applied``) and hand the change to each listener, without waiting for
+        """Swap in ``policy`` unless a newer version (of the document or of the supervision
+        record) is installed; then wake whoever awaits those versions (``applied``,
+        ``applied_supervision``) and hand the change to each listener, without waiting for
         them. False: not installed."""
         old = self.get(policy.client_id)
-        if policy.version and old.version > policy.version:
+        if (policy.version and old.version > policy.version) or (
+            old.supervision_version > policy.supervision_version
+        ):
             return False
         self._policies[policy.client_id] = policy
-        self._wake(policy.client_id, policy.version)
+        self._wake(self._waiters, policy.client_id, policy.version)
+        self._wake(self._supervision_waiters, policy.client_id, policy.supervision_version)
         self._listeners.put(policy.client_id, (old, policy))
         return True
 
@@ -104,8 +127,18 @@ class PolicyRegistry:
         """Return once the client's installed version is ``version`` or newer."""
         if self.get(client_id).version >= version:
             return
+        await self._wait(self._waiters, client_id, version)
+
+    async def applied_supervision(self, client_id: str, version: int) -> None:
+        """Return once the client's installed supervision version is ``version`` or newer."""
+        if self.get(client_id).supervision_version >= version:
+            return
+        await self._wait(self._supervision_waiters, client_id, version)
+
+    @staticmethod
+    async def _wait(waiters: _Waiters, client_id: str, version: int) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(client_id, []).append((version, future))
+        waiters.setdefault(client_id, []).append((version, future))
         await future
 
     async def idle(self) -> None:
@@ -115,13 +148,15 @@ class PolicyRegistry:
     async def close(self) -> None:
         """Stop telling the listeners (at shutdown, after the writers have stopped)."""
         await self._listeners.close()
-        for waiters in self._waiters.values():
-            for _, future in waiters:
-                future.cancel()
-        self._waiters.clear()
+        for table in (self._waiters, self._supervision_waiters):
+            for waiters in table.values():
+                for _, future in waiters:
+                    future.cancel()
+            table.clear()
 
-    def _wake(self, client_id: str, version: int) -> None:
-        waiters = self._waiters.get(client_id)
+    @staticmethod
+    def _wake(table: _Waiters, client_id: str, version: int) -> None:
+        waiters = table.get(client_id)
         if not waiters:
             return
         still = [(v, f) for v, f in waiters if v > version and not f.done()]
@@ -129,6 +164,6 @@ class PolicyRegistry:
             if v <= version and not future.done():
                 future.set_result(None)
         if still:
-            self._waiters[client_id] = still
+            table[client_id] = still
         else:
-            del self._waiters[client_id]
+            del table[client_id]

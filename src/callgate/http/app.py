@@ -31,6 +31,7 @@ from callgate.http import (
     ops_routes,
     policy_routes,
     replace_routes,
+    supervision_routes,
     token_routes,
 )
 from callgate.http.api import (
@@ -42,6 +43,7 @@ from callgate.http.api import (
     POLICIES,
     READY,
     REPLACE,
+    SUPERVISION,
     TOKENS,
     Api,
     Handler,
@@ -103,6 +105,7 @@ ROUTE_MODULES: tuple[RouteModule, ...] = (
     docs_routes.register,
     replace_routes.register,
     audit_routes.register,
+    supervision_routes.register,
 )
 
 
@@ -115,6 +118,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     app[TOKENS] = services.tokens
     app[REPLACE] = services.replace
     app[AUDIT] = services.audit
+    app[SUPERVISION] = services.supervision
     app[POLICY_CONFIG] = deps.policy
     app[METRICS] = deps.metrics
     app[AUTHENTICATOR] = Authenticator(deps.admin_token, services.tokens)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import Collection
+from datetime import UTC, datetime
 from typing import Final
 
 from callgate.domain import HistoryPage, StoredJson, StoredPolicy, StoreError, canonical_json
@@ -94,8 +95,21 @@ class PolicyService:
         )
 
     def check(
-        self, client_id: str, action: str, ext: str, target: str | None
+        self,
+        client_id: str,
+        action: str,
+        ext: str,
+        target: str | None,
+        *,
+        now: datetime | None = None,
     ) -> tuple[Decision, int]:
-        """The decision FastAGI would give now, from the same registry, and its version."""
+        """The decision FastAGI would give at ``now`` (default: the current time), from the same
+        registry (the document, the protected extensions and the grants), and its version."""
         policy = self._registry.get(client_id)
-        return decide(policy.compiled, action, ext, target), policy.version
+        if policy.supervision is None:
+            return decide(policy.compiled, action, ext, target), policy.version
+        when = now if now is not None else datetime.now(UTC)
+        decision = decide(
+            policy.compiled, action, ext, target, now=when, supervision=policy.supervision
+        )
+        return decision, policy.version
