@@ -270,6 +270,9 @@ class DecisionRecorder:
                     policy_version=version,
                     uniqueid=request.uniqueid,
                     channel=request.channel,
+                    extra=(("grant_id", _joined(decision.grant_ids)),)
+                    if decision.grant_ids
+                    else (),
                 )
             )
 
@@ -279,10 +282,11 @@ _KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
 
 def log_outcome(decision: Decision, version: int) -> str:
     """The decision's part of its log line (the same for every request answered alike)."""
-    return (
+    line = (
         f" decision={decision.verdict} reason={decision.reason.value}"
         f" targets={_joined(decision.targets) or '-'} version={version:d}"
     )
+    return f"{line} grant={_joined(decision.grant_ids)}" if decision.grant_ids else line
 
 
 class _Answer(NamedTuple):
@@ -341,7 +345,15 @@ class PolicyRoute:
                 decision = _INVALID
             else:
                 version = policy.version
-                decision = decide(policy.compiled, request.action, request.ext, request.target)
+                supervision = policy.supervision  # protection and grants: judged at now
+                decision = decide(
+                    policy.compiled,
+                    request.action,
+                    request.ext,
+                    request.target,
+                    now=None if supervision is None else datetime.now(UTC),
+                    supervision=supervision,
+                )
             pickup = ""
             if request.action == Action.PICKUP:
                 pickup = pickup_argument(request.client_id, decision, request.target)
@@ -364,6 +376,9 @@ class PolicyRoute:
             policy is None
             or environment.duplicate_keys
             or policy.version == 0  # no stored policy: nothing worth remembering for it
+            # With protection or grants an answer can change with the time or the settings
+            # alone (the compiled document stays): never remembered, always decided.
+            or policy.supervision is not None
             or not self._budget
         ):
             decision, version, pickup = self._decide(request, environment, policy)

@@ -279,6 +279,15 @@ CHECK_RESULT: JsonObject = {
         "targets": _STRINGS,
         "policy_version": {"type": "integer", "minimum": 0},
         "pin_required": {"type": "boolean", "const": True},
+        "grant_ids": {
+            **_STRINGS,
+            "description": "the grants that allowed it (reason temporary_grant), or that added"
+            " targets to a group form; only when there are any",
+        },
+        "excluded": {
+            **_STRINGS,
+            "description": "with targets ['*']: the protected extensions * does not cover",
+        },
     },
 }
 
