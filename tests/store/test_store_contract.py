@@ -22,6 +22,7 @@ from callgate.domain import (
     PolicyChange,
     Replacement,
     Retention,
+    StoredSupervision,
     SupervisionEdit,
     TokenExistsError,
     VersionConflictError,
@@ -339,27 +340,34 @@ def grant_record(grant_id: str, *, ext: str = "200", ended: bool = False) -> Gra
 PROTECTED = parse_settings({"protected_extensions": ["911"], "notice": {"mode": "tone"}})
 
 
+async def save_supervision(
+    storage: Storage,
+    if_version: int,
+    settings: CallControlSettings = PROTECTED,
+    grants: tuple[GrantRecord, ...] = (),
+    *,
+    change: SupervisionEdit = SupervisionEdit.SETTINGS,
+    grant_id: str | None = None,
+    by: str = "ops",
+) -> StoredSupervision:
+    return await storage.supervision.save(
+        "acme",
+        settings=settings,
+        grants=grants,
+        changed_by=by,
+        change=change,
+        grant_id=grant_id,
+        if_version=if_version,
+    )
+
+
 async def test_supervision_versions_are_a_compare_and_set(storage: Storage) -> None:
     supervision = storage.supervision
     assert await supervision.current("acme") is None
-    first = await supervision.save(
-        "acme",
-        settings=PROTECTED,
-        grants=(),
-        changed_by="ops",
-        change=SupervisionEdit.SETTINGS,
-        if_version=0,
-    )
+    first = await save_supervision(storage, 0)
     assert (first.version, first.settings_version) == (1, 1)
     with pytest.raises(VersionConflictError) as stale:
-        await supervision.save(
-            "acme",
-            settings=CallControlSettings(),
-            grants=(),
-            changed_by="ops",
-            change=SupervisionEdit.SETTINGS,
-            if_version=0,
-        )
+        await save_supervision(storage, 0, CallControlSettings())
     assert stale.value.current == 1
     assert await supervision.current("acme") == first
 
@@ -368,23 +376,10 @@ async def test_a_grant_change_keeps_the_settings_version_and_reads_back_whole(
     storage: Storage,
 ) -> None:
     supervision = storage.supervision
-    await supervision.save(
-        "acme",
-        settings=PROTECTED,
-        grants=(),
-        changed_by="ops",
-        change=SupervisionEdit.SETTINGS,
-        if_version=0,
-    )
+    await save_supervision(storage, 0)
     records = (grant_record("g1"), grant_record("g2", ext="201", ended=True))
-    saved = await supervision.save(
-        "acme",
-        settings=PROTECTED,
-        grants=records,
-        changed_by="boss",
-        change=SupervisionEdit.GRANT_ENDED,
-        grant_id="g2",
-        if_version=1,
+    saved = await save_supervision(
+        storage, 1, PROTECTED, records, change=SupervisionEdit.GRANT_ENDED, grant_id="g2", by="boss"
     )
     assert (saved.version, saved.settings_version) == (2, 1)
     current = await supervision.current("acme")
@@ -405,14 +400,13 @@ async def test_of_concurrent_supervision_saves_on_one_version_exactly_one_wins(
 ) -> None:
     results = await asyncio.gather(
         *(
-            storage.supervision.save(
-                "acme",
-                settings=CallControlSettings(),
-                grants=(grant_record(f"g{n}"),),
-                changed_by=f"op{n}",
+            save_supervision(
+                storage,
+                0,
+                CallControlSettings(),
+                (grant_record(f"g{n}"),),
                 change=SupervisionEdit.GRANT_ADDED,
                 grant_id=f"g{n}",
-                if_version=0,
             )
             for n in range(CONCURRENT)
         ),
@@ -429,14 +423,7 @@ async def test_of_concurrent_supervision_saves_on_one_version_exactly_one_wins(
 async def test_supervision_history_pages_and_retention(storage: Storage) -> None:
     storage.supervision.retention = Retention(keep=3)
     for n in range(5):
-        await storage.supervision.save(
-            "acme",
-            settings=CallControlSettings(),
-            grants=(),
-            changed_by="ops",
-            change=SupervisionEdit.SETTINGS,
-            if_version=n,
-        )
+        await save_supervision(storage, n, CallControlSettings())
     page = await storage.supervision.history_page("acme", limit=2)
     assert [v.version for v in page.versions] == [5, 4]
     assert page.next_before == 4
@@ -452,14 +439,7 @@ async def test_the_change_feed_carries_supervision_changes_apart(storage: Storag
 
     storage.changes.subscribe(handle)
     await storage.policies.save("acme", doc(1), "ops")
-    await storage.supervision.save(
-        "acme",
-        settings=PROTECTED,
-        grants=(),
-        changed_by="ops",
-        change=SupervisionEdit.SETTINGS,
-        if_version=0,
-    )
+    await save_supervision(storage, 0)
     await storage.policies.save("acme", doc(2), "ops")
     await wait_until(lambda: len(seen) == 3)
     await storage.changes.idle()

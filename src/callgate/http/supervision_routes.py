@@ -35,9 +35,19 @@ from callgate.http.auth import Access
 from callgate.http.body import read_json
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
 from callgate.http.openapi import JsonObject, error_response, json_response, ref
-from callgate.http.policy_routes import POLICY_CONFIG, PolicyConfig, etag, parse_if_match
+from callgate.http.policy_routes import (
+    HISTORY_DEFAULT_LIMIT,
+    HISTORY_MAX_LIMIT,
+    HISTORY_PARAMS,
+    IF_MATCH,
+    POLICY_CONFIG,
+    PolicyConfig,
+    etag,
+    parse_if_match,
+    rate_limited_response,
+)
 from callgate.http.policy_writes import WriteLimiter
-from callgate.http.query import MAX_INTEGER, query_int
+from callgate.http.query import query_int
 from callgate.policy import PolicyValidationError
 from callgate.policy.grants import (
     GRANT_ID_PATTERN,
@@ -53,8 +63,6 @@ __all__ = ["GRANTS", "SETTINGS", "register"]
 
 SETTINGS = "/client/{client_id}/call_control_settings"
 GRANTS = "/client/{client_id}/grants"
-HISTORY_DEFAULT_LIMIT = 20
-HISTORY_MAX_LIMIT = 100
 _GRANT_ID = re.compile(GRANT_ID_PATTERN)
 _TAG = "supervision"
 
@@ -228,26 +236,10 @@ _ETAG_HEADER: JsonObject = {
         "schema": {"type": "string"},
     }
 }
-_IF_MATCH: JsonObject = {
-    "name": "If-Match",
-    "in": "header",
-    "required": False,
-    "description": 'the ETag you read; on mismatch 412 and nothing changes ("*": any)',
-    "schema": {"type": "string"},
-}
-_RATE_LIMITED: JsonObject = {
-    **error_response(
-        429,
-        "Over the client's write limits (policy_write_rate, policy_write_burst,"
-        " policy_write_concurrency, counted apart from policy writes); nothing changed",
-    ),
-    "headers": {
-        "Retry-After": {
-            "description": "whole seconds to wait before trying again",
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    },
-}
+_RATE_LIMITED = rate_limited_response(
+    "Over the client's write limits (policy_write_rate, policy_write_burst,"
+    " policy_write_concurrency, counted apart from policy writes); nothing changed"
+)
 _NULLABLE_TIME: JsonObject = {"type": ["string", "null"], "format": "date-time"}
 _RECORD: JsonObject = {
     "allOf": [
@@ -310,24 +302,8 @@ _HISTORY: JsonObject = {
     },
 }
 _HISTORY_PARAMS: list[JsonObject] = [
-    {
-        "name": "limit",
-        "in": "query",
-        "required": False,
-        "schema": {
-            "type": "integer",
-            "minimum": 1,
-            "maximum": HISTORY_MAX_LIMIT,
-            "default": HISTORY_DEFAULT_LIMIT,
-        },
-    },
-    {
-        "name": "before",
-        "in": "query",
-        "required": False,
-        "description": "only versions older than this one (the next_before of the last page)",
-        "schema": {"type": "integer", "minimum": 1, "maximum": MAX_INTEGER},
-    },
+    {**HISTORY_PARAMS[0], "description": "at most this many versions"},
+    HISTORY_PARAMS[1],
 ]
 
 
@@ -384,7 +360,7 @@ def _register_settings(api: Api) -> None:
                 "Adding an extension to protected_extensions ends the listen and whisper"
                 " sessions on it at once. A field left out takes its default."
             ),
-            "parameters": [_IF_MATCH],
+            "parameters": [IF_MATCH],
             "requestBody": {
                 "required": True,
                 "content": {"application/json": {"schema": ref("CallControlSettings")}},

@@ -18,7 +18,6 @@ early keeps its record (with ``ended_at``/``ended_by``); ended grants leave the 
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import logging
@@ -42,6 +41,7 @@ from callgate.policy.grants import GrantRequest, check_grant
 from callgate.policy.settings import CallControlSettings
 from callgate.ports import SupervisionStore
 from callgate.registry import DEFAULT_SETTINGS, PolicyRegistry
+from callgate.services.policies import in_force
 
 if TYPE_CHECKING:
     from callgate.config import Settings
@@ -49,9 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["GrantLimits", "SupervisionService", "UnknownGrantError"]
 
 log = logging.getLogger(__name__)
-
-IN_FORCE_TIMEOUT: Final = 10.0
-"""Seconds a change waits to be in force here after its commit (as ``PolicyService``'s)."""
 
 _ATTEMPTS: Final = 100
 """Changes that lose the compare-and-set to a concurrent one try again this often: each loss
@@ -248,15 +245,10 @@ class SupervisionService:
                 saved.change,
                 f" {saved.grant_id}" if saved.grant_id else "",
             )
-            try:
-                await asyncio.wait_for(
-                    self._registry.applied_supervision(client_id, saved.version), IN_FORCE_TIMEOUT
-                )
-            except TimeoutError:
-                raise StoreError(
-                    f"client {client_id!r} supervision version {saved.version} is stored but"
-                    " not in force"
-                ) from None
+            await in_force(
+                self._registry.applied_supervision(client_id, saved.version),
+                f"client {client_id!r} settings and grants version {saved.version}",
+            )
             return saved
         raise StoreError(f"client {client_id!r}: too many concurrent changes, none of this won")
 
