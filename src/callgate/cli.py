@@ -8,8 +8,9 @@ import asyncio
 import json
 import sys
 from collections.abc import Callable, Coroutine, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
@@ -21,6 +22,9 @@ from callgate.policy import (
     decide,
     parse_document,
 )
+
+if TYPE_CHECKING:
+    from callgate.domain import StoredSupervision
 
 
 def _serve_parser(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
@@ -165,23 +169,33 @@ def _run_check_stored(args: argparse.Namespace) -> int:
         print(f"callgate check: no store at {target}", file=sys.stderr)
         return 2
     try:
-        document, version = asyncio.run(_stored_document(target, args.client))
+        document, version, supervision = asyncio.run(_stored_document(target, args.client))
     except StoreError as exc:
         print(f"callgate check: {target}: {exc}", file=sys.stderr)
         return 2
-    print(f"callgate check: client {args.client!r}, policy version {version}", file=sys.stderr)
-    return _print_decision(document, args)
+    print(
+        f"callgate check: client {args.client!r}, policy version {version}"
+        f"{f', settings and grants version {supervision.version}' if supervision else ''}",
+        file=sys.stderr,
+    )
+    return _print_decision(document, args, supervision)
 
 
-async def _stored_document(target: str, client_id: str) -> tuple[PolicyDocument, int]:
+async def _stored_document(
+    target: str, client_id: str
+) -> tuple[PolicyDocument, int, StoredSupervision | None]:
+    """The client's document, its version, and its settings and grants (None: none stored)."""
     from callgate.store import open_store
 
     store = await open_store(target)
     try:
         stored = await store.policies.current(client_id)
+        supervision = await store.supervision.current(client_id)
     finally:
         await store.close()
-    return (PolicyDocument(), 0) if stored is None else (stored.document, stored.version)
+    if stored is None:
+        return PolicyDocument(), 0, supervision
+    return stored.document, stored.version, supervision
 
 
 def _print_invalid(source: str, error: PolicyValidationError) -> None:
@@ -191,8 +205,25 @@ def _print_invalid(source: str, error: PolicyValidationError) -> None:
     print(json.dumps({"errors": [issue.to_json() for issue in error.errors]}))
 
 
-def _print_decision(document: PolicyDocument, args: argparse.Namespace) -> int:
-    decision = decide(compile_policy(document), args.action, args.ext, args.target)
+def _print_decision(
+    document: PolicyDocument,
+    args: argparse.Namespace,
+    stored: StoredSupervision | None = None,
+) -> int:
+    """Decide as the service would now: with the client's protected extensions and grants."""
+    from callgate.policy.supervision import compile_supervision
+
+    supervision = None
+    if stored is not None:
+        supervision = compile_supervision(stored.settings, stored.live_grants(), document)
+    decision = decide(
+        compile_policy(document),
+        args.action,
+        args.ext,
+        args.target,
+        now=datetime.now(UTC),
+        supervision=supervision,
+    )
     print(json.dumps(decision.to_json()))
     return 0
 

@@ -150,6 +150,15 @@ class Settings(BaseSettings):
     """How often a live event stream looks for a change to send."""
     console_live_heartbeat_seconds: float = Field(default=15.0, gt=0, le=300)
     """A live event stream with nothing new sends a comment this often (proxies keep it open)."""
+    # Grants that expire (POST /client/{id}/grants): limits per client
+    grants_max_per_client: int = Field(default=100, ge=1, le=10_000)
+    """Grants a client may have active or still to come at once; past it, 422 (ended ones do
+    not count)."""
+    grants_max_duration_hours: float = Field(default=720.0, gt=0, le=87_600)
+    """The longest a grant may last, from ``from`` to ``until``, in hours; past it, 422."""
+    grants_keep_ended_days: float = Field(default=7.0, ge=0)
+    """Days an ended grant (expired or ended early) stays in the client's grant list; the
+    settings history keeps it as long as it keeps versions (``policy_history_keep``)."""
 
     @field_validator("agi", "http")
     @classmethod

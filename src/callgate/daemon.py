@@ -55,7 +55,15 @@ from callgate.replace.lockout import LockoutRules
 from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
-from callgate.services import AppServices, AuditQueries, PolicyFollower, PolicyService, TokenService
+from callgate.services import (
+    AppServices,
+    AuditQueries,
+    GrantLimits,
+    PolicyFollower,
+    PolicyService,
+    SupervisionService,
+    TokenService,
+)
 from callgate.store import AnyStore as Store
 from callgate.store import open_store
 
@@ -235,6 +243,7 @@ def _manager_config(settings: Settings) -> ManagerConfig | None:
 def build(settings: Settings, store: Store) -> Services:
     """Make every part on the opened ``store`` and wire them; start nothing (no task, no I/O)."""
     store.policies.retention = retention(settings)
+    store.supervision.retention = retention(settings)
     registry = PolicyRegistry()
     metrics = Metrics()
     metrics.decisions.label_clients(registry.has_policy)
@@ -273,12 +282,15 @@ def build(settings: Settings, store: Store) -> Services:
     # The store half of revoking replacements is promised by the write's answer (GET
     # .../replacements right after it no longer lists them); its AstDB half runs after.
     registry.subscribe(replace.on_policy_change, before_answer=True)
-    follower = PolicyFollower(store.policies, registry)
+    follower = PolicyFollower(store.policies, registry, store.supervision)
     app = AppServices(
         policies=PolicyService(store.policies, registry, follower),
         tokens=TokenService(store.tokens),
         replace=replace,
         audit=AuditQueries(store.audit),
+        supervision=SupervisionService(
+            store.supervision, registry, limits=GrantLimits.from_settings(settings)
+        ),
     )
 
     routes = policy_routes(registry, recorder, settings.agi_answer_cache_size)

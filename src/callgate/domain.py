@@ -11,9 +11,12 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import StrEnum
 from typing import TYPE_CHECKING, Final, Protocol
 
 from callgate.policy import PolicyDocument
+from callgate.policy.grants import Grant, parse_grant
+from callgate.policy.settings import CallControlSettings, parse_settings
 
 if TYPE_CHECKING:
     from callgate.config import Settings
@@ -107,16 +110,163 @@ def canonical_json(document: PolicyDocument) -> str:
     return json.dumps(document.to_json(), separators=(",", ":"))
 
 
+class ChangeKind(StrEnum):
+    """What a change feed event is about; each kind has its own version numbers per client."""
+
+    POLICY = "policy"
+    """the client's policy document (``PolicyStore``)"""
+    SUPERVISION = "supervision"
+    """the client's settings and grants beside the document (``SupervisionStore``)"""
+
+
 @dataclass(frozen=True, slots=True)
 class PolicyChange:
-    """A change feed event: client ``client_id``'s current policy became ``version``.
+    """A change feed event: client ``client_id``'s current policy (or, with ``kind``
+    ``SUPERVISION``, its settings and grants) became ``version``.
 
     It names the change and carries no document: a subscriber re-reads the client's current
-    policy (which may be newer still), so the same event can come from another instance over a
-    channel that carries a few bytes (PostgreSQL ``NOTIFY``)."""
+    state of that kind (which may be newer still), so the same event can come from another
+    instance over a channel that carries a few bytes (PostgreSQL ``NOTIFY``). Versions increase
+    per client and kind: a policy version and a supervision version are never compared."""
 
     client_id: str
     version: int
+    kind: ChangeKind = ChangeKind.POLICY
+
+
+# ----------------------------------------------------------------------------- supervision
+
+
+class SupervisionEdit(StrEnum):
+    """What one supervision version changed (the history's ``change``)."""
+
+    SETTINGS = "settings"
+    GRANT_ADDED = "grant_added"
+    GRANT_ENDED = "grant_ended"
+
+
+class GrantState(StrEnum):
+    """Where a grant stands at some instant (``GrantRecord.state``)."""
+
+    SCHEDULED = "scheduled"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+@dataclass(frozen=True, slots=True)
+class GrantRecord:
+    """A grant as the store keeps it: the grant, when it was made, and, when it was ended early
+    (``DELETE``), when and by whom. A grant is never edited: ending it early keeps its ``until``
+    as asked, so the record says both what was granted and what was taken back."""
+
+    grant: Grant
+    created_at: datetime
+    ended_at: datetime | None = None
+    ended_by: str | None = None
+
+    @property
+    def id(self) -> str:
+        return self.grant.id
+
+    @property
+    def ends_at(self) -> datetime:
+        """The first instant it no longer holds: ``until``, or the early end if sooner."""
+        until = self.grant.until
+        return until if self.ended_at is None or until <= self.ended_at else self.ended_at
+
+    def in_force(self, now: datetime) -> bool:
+        """Active or still to come at ``now`` (what the per-client limit counts)."""
+        return self.ended_at is None and self.grant.until > now
+
+    def state(self, now: datetime) -> GrantState:
+        if self.ended_at is not None or self.grant.until <= now:
+            return GrantState.ENDED
+        return GrantState.ACTIVE if self.grant.from_ <= now else GrantState.SCHEDULED
+
+    def to_json(self) -> dict[str, object]:
+        return {
+            **self.grant.to_json(),
+            "created_at": self.created_at.isoformat(),
+            "ended_at": None if self.ended_at is None else self.ended_at.isoformat(),
+            "ended_by": self.ended_by,
+        }
+
+
+@dataclass(frozen=True, slots=True)
+class StoredSupervision:
+    """One version of a client's settings and grants (``SupervisionStore``).
+
+    ``version`` counts every change of either (1, 2, ...; 0 is never stored); ``settings_version``
+    is the version that last wrote the settings (0 while they are the default), the ``ETag`` of
+    ``call_control_settings``, so a grant added meanwhile does not fail a settings ``If-Match``.
+    """
+
+    client_id: str
+    version: int
+    settings: CallControlSettings
+    settings_version: int
+    grants: tuple[GrantRecord, ...]
+    """every grant not yet pruned: in force, to come, and ended within the kept period"""
+    changed_at: datetime
+    changed_by: str
+    change: SupervisionEdit
+    grant_id: str | None = None
+    """the grant added or ended by this version"""
+
+    def live_grants(self) -> tuple[Grant, ...]:
+        return live_grants(self.grants)
+
+    def grant(self, grant_id: str) -> GrantRecord | None:
+        return next((record for record in self.grants if record.id == grant_id), None)
+
+
+def live_grants(records: tuple[GrantRecord, ...]) -> tuple[Grant, ...]:
+    """The grants a decision may look at (those ended early never allow anything)."""
+    return tuple(record.grant for record in records if record.ended_at is None)
+
+
+@dataclass(frozen=True, slots=True)
+class SupervisionPage:
+    versions: tuple[StoredSupervision, ...]
+    """newest first"""
+    next_before: int | None
+
+
+def settings_json(settings: CallControlSettings) -> str:
+    """The stored text of the settings: compact, every field explicit."""
+    return json.dumps(settings.to_json(), separators=(",", ":"))
+
+
+def grants_json(grants: tuple[GrantRecord, ...]) -> str:
+    """The stored text of a grant set: a JSON array of ``GrantRecord.to_json``."""
+    return json.dumps([record.to_json() for record in grants], separators=(",", ":"))
+
+
+def decode_settings(text: str) -> CallControlSettings:
+    """Raises ``ValueError`` (``PolicyValidationError`` included) for text that is damaged."""
+    return parse_settings(text)
+
+
+def decode_grants(text: str) -> tuple[GrantRecord, ...]:
+    """Raises ``ValueError`` for text that is damaged (only validated grants are written)."""
+    records = []
+    try:
+        for item in json.loads(text):
+            fields = dict(item)
+            created_at = fields.pop("created_at")
+            ended_at = fields.pop("ended_at", None)
+            ended_by = fields.pop("ended_by", None)
+            records.append(
+                GrantRecord(
+                    grant=parse_grant(fields),
+                    created_at=datetime.fromisoformat(created_at),
+                    ended_at=None if ended_at is None else datetime.fromisoformat(ended_at),
+                    ended_by=None if ended_by is None else str(ended_by),
+                )
+            )
+    except (KeyError, TypeError) as exc:
+        raise ValueError(f"a stored grant is incomplete: {exc}") from exc
+    return tuple(records)
 
 
 # ---------------------------------------------------------------------------------- tokens

@@ -28,6 +28,7 @@ from callgate.domain import (
     Attempt,
     AuditRetention,
     FailureTimes,
+    GrantRecord,
     HistoryPage,
     PendingDeletion,
     PolicyChange,
@@ -36,10 +37,14 @@ from callgate.domain import (
     Retention,
     StoredJson,
     StoredPolicy,
+    StoredSupervision,
+    SupervisionEdit,
+    SupervisionPage,
     Takeover,
     TokenInfo,
 )
 from callgate.policy import PolicyDocument
+from callgate.policy.settings import CallControlSettings
 
 __all__ = [
     "AuditStore",
@@ -48,6 +53,7 @@ __all__ = [
     "PolicyStore",
     "ReplaceStore",
     "Storage",
+    "SupervisionStore",
     "TokenStore",
     "Unsubscribe",
 ]
@@ -115,6 +121,69 @@ class PolicyStore(Protocol):
         """Store ``document`` as the client's next version (see the class contract).
 
         ``encoded``: ``canonical_json(document)`` when the caller already made it."""
+        ...
+
+
+class SupervisionStore(Protocol):
+    """Every kept version of every client's settings and grants beside its policy document.
+
+    Design: one record per client, versioned like the policy but on its own: a version is the
+    whole state (the settings and the client's grant set) after one change (``PUT`` of the
+    settings, a grant added, a grant ended early), so the history shows every state the client
+    was in, who made it and what changed. It is apart from the policy's versions, so the
+    reference ``call_control_group`` API, its ``ETag`` and its history stay exactly as they
+    were: a grant never moves the policy's version.
+
+    Contract:
+
+    - Versions per client start at 1, strictly increasing and unique (means: a unique key on
+      ``(client_id, version)``, as for policies).
+    - ``save(..., if_version=V)`` is a compare-and-set: it succeeds only if the client's current
+      version (0: none) is exactly ``V`` at the moment of the write, and writes ``V + 1``;
+      otherwise ``VersionConflictError`` carrying the current version, nothing written. Of N
+      concurrent saves with the same ``V`` exactly one succeeds. Callers read, compute the next
+      state, and save with the version they read (the grant limit is then judged on the state
+      the write replaces). Means: the current version is read in the writing transaction and
+      the insert of ``V + 1`` fails on the key if another save took it.
+    - ``settings_version`` of a saved version is its own version when ``change`` is
+      ``SETTINGS``, else the previous version's (0 for the first version).
+    - A successful save is published on the store's ``ChangeFeed`` after its commit, as
+      ``PolicyChange(client_id, version, ChangeKind.SUPERVISION)``.
+    - Retention: each save applies ``retention`` to its client (the newest ``keep`` versions,
+      none older than ``max_age``); the version just written is never pruned.
+    - What is read back equals what was saved (settings, grant records, attribution).
+    """
+
+    retention: Retention
+    """Applied by every save; the composition root sets it from the settings."""
+
+    async def current(self, client_id: str) -> StoredSupervision | None:
+        """The newest version, or None when nothing was ever stored for ``client_id``."""
+        ...
+
+    async def all_current(self) -> list[StoredSupervision]:
+        """The newest version of every client that has one, by client id."""
+        ...
+
+    async def history_page(
+        self, client_id: str, *, limit: int, before: int | None = None
+    ) -> SupervisionPage:
+        """Up to ``limit`` versions below ``before`` (all when None), newest first;
+        ``next_before`` is the oldest version of the page when an older one remains."""
+        ...
+
+    async def save(
+        self,
+        client_id: str,
+        *,
+        settings: CallControlSettings,
+        grants: tuple[GrantRecord, ...],
+        changed_by: str,
+        change: SupervisionEdit,
+        grant_id: str | None = None,
+        if_version: int,
+    ) -> StoredSupervision:
+        """Store the client's next version (see the class contract)."""
         ...
 
 
@@ -275,21 +344,24 @@ class AuditStore(Protocol):
 
 
 ChangeHandler = Callable[[PolicyChange], Awaitable[None]]
+"""Handles one change feed event: a policy's, or (``ChangeKind.SUPERVISION``) a client's
+settings and grants'."""
 Unsubscribe = Callable[[], None]
 
 
 class ChangeFeed(Protocol):
-    """ "Client X's policy changed to version N", from the store to whoever must follow it.
+    """ "Client X's policy (or its settings and grants) changed to version N", from the store to
+    whoever must follow it.
 
     Contract:
 
-    - ``publish`` is the store's: it is called once per committed policy change, after the
-      commit, and never blocks on a subscriber.
+    - ``publish`` is the store's: it is called once per committed change of a policy or of a
+      client's supervision record, after the commit, and never blocks on a subscriber.
     - Every subscriber receives every change published after it subscribed, at least once, and
-      per client in increasing version order; it may receive a version it has already seen (a
-      reconnection, another instance) and must then re-read and carry on. A subscriber's handler
-      runs for one change at a time; a slow or failing handler (its exception is logged) delays
-      or loses nothing for the others.
+      per client and ``kind`` in increasing version order; it may receive a version it has
+      already seen (a reconnection, another instance) and must then re-read and carry on. A
+      subscriber's handler runs for one change at a time; a slow or failing handler (its
+      exception is logged) delays or loses nothing for the others.
     - Subscribers re-read what changed (the event carries no document), so a feed that merges
       two pending events of a client into the newer one meets the contract too.
     - ``idle()`` returns once every change published before the call has been handled by every
@@ -317,6 +389,9 @@ class Storage(Protocol):
 
     @property
     def policies(self) -> PolicyStore: ...
+
+    @property
+    def supervision(self) -> SupervisionStore: ...
 
     @property
     def tokens(self) -> TokenStore: ...

@@ -8,6 +8,10 @@ revocations of listens and of replacements) are told of every change after the s
 own task: a write that awaits ``applied`` is answered once the swap is done, never after them —
 except the few listeners subscribed ``before_answer`` (the store half of revoking replacements:
 local and quick), which run right after the swap and before ``applied`` returns.
+
+A client's entry also carries its settings and grants beside the document (``supervision``,
+compiled against that document by the follower) with their own version: a change of either the
+document or the supervision record is a new entry, and the listeners are told of both alike.
 """
 
 from __future__ import annotations
@@ -18,8 +22,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime
 
+from callgate.domain import GrantRecord
 from callgate.inbox import FanOut
 from callgate.policy import CompiledPolicy, PolicyDocument, compile_policy
+from callgate.policy.settings import CallControlSettings
+from callgate.policy.supervision import Supervision
+
+DEFAULT_SETTINGS = CallControlSettings()
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +42,14 @@ class ClientPolicy:
     compiled: CompiledPolicy
     changed_at: datetime | None = None
     changed_by: str | None = None
+    supervision: Supervision | None = None
+    """Protection and grants compiled for ``decide()``; None when neither is set (then the
+    document alone decides, and no decision depends on the time)."""
+    supervision_version: int = 0
+    """The version of the settings and grants in force (0: none stored)."""
+    settings: CallControlSettings = DEFAULT_SETTINGS
+    grants: tuple[GrantRecord, ...] = ()
+    """The stored grant records (``supervision`` compiles those not ended early)."""
 
 
 ChangeListener = Callable[[ClientPolicy, ClientPolicy], Awaitable[None]]
@@ -53,6 +70,7 @@ def default_policy(client_id: str) -> ClientPolicy:
 
 
 Change = tuple[ClientPolicy, ClientPolicy]
+_Waiters = dict[str, list[tuple[int, asyncio.Future[None]]]]
 
 
 def _span(waiting: Change, new: Change) -> Change:
@@ -65,10 +83,12 @@ class PolicyRegistry:
     def __init__(self) -> None:
         self._policies: dict[str, ClientPolicy] = {}
         self._listeners: FanOut[Change] = FanOut(_span, name="policy-listener")
-        self._waiters: dict[str, list[tuple[int, asyncio.Future[None]]]] = {}
+        self._waiters: _Waiters = {}
+        self._supervision_waiters: _Waiters = {}
         self._before_answer: list[ChangeListener] = []
-        self._applied: dict[str, int] = {}
-        """Per client, the newest version applied: installed and settled (``before_answer``)."""
+        self._applied: dict[str, tuple[int, int]] = {}
+        """Per client, the newest (document, supervision) versions applied: installed and
+        settled by the ``before_answer`` listeners."""
         self._settling: set[asyncio.Task[None]] = set()
 
     def get(self, client_id: str) -> ClientPolicy:
@@ -83,7 +103,7 @@ class PolicyRegistry:
     def load(self, policy: ClientPolicy) -> None:
         """Install a policy at start-up, without telling the listeners."""
         self._policies[policy.client_id] = policy
-        self._applied[policy.client_id] = policy.version
+        self._applied[policy.client_id] = (policy.version, policy.supervision_version)
 
     def subscribe(
         self, listener: ChangeListener, *, before_answer: bool = False
@@ -110,11 +130,14 @@ class PolicyRegistry:
         return self._listeners.subscribe(tell)
 
     def install(self, policy: ClientPolicy) -> bool:
-        """Swap in ``policy`` unless a newer version is installed; then wake whoever awaits
-        that version (``applied``) and hand the change to each listener, without waiting for
+        """Swap in ``policy`` unless a newer version (of the document or of the supervision
+        record) is installed; then wake whoever awaits those versions (``applied``,
+        ``applied_supervision``) and hand the change to each listener, without waiting for
         them. False: not installed."""
         old = self.get(policy.client_id)
-        if policy.version and old.version > policy.version:
+        if (policy.version and old.version > policy.version) or (
+            old.supervision_version > policy.supervision_version
+        ):
             return False
         self._policies[policy.client_id] = policy
         if self._before_answer:
@@ -124,7 +147,7 @@ class PolicyRegistry:
             self._settling.add(task)
             task.add_done_callback(self._settling.discard)
         else:
-            self._wake(policy.client_id, policy.version)
+            self._apply(policy)
         self._listeners.put(policy.client_id, (old, policy))
         return True
 
@@ -138,7 +161,17 @@ class PolicyRegistry:
                         "client %s v%d: a change listener failed", new.client_id, new.version
                     )
         finally:
-            self._wake(new.client_id, new.version)
+            self._apply(new)
+
+    def _apply(self, policy: ClientPolicy) -> None:
+        client_id = policy.client_id
+        document, supervision = self._applied.get(client_id, (0, 0))
+        self._applied[client_id] = (
+            max(document, policy.version),
+            max(supervision, policy.supervision_version),
+        )
+        self._wake(self._waiters, client_id, policy.version)
+        self._wake(self._supervision_waiters, client_id, policy.supervision_version)
 
     async def publish(self, policy: ClientPolicy) -> None:
         """``install``, then wait until every listener was told (tests, benches)."""
@@ -148,10 +181,20 @@ class PolicyRegistry:
     async def applied(self, client_id: str, version: int) -> None:
         """Return once the client's applied version is ``version`` or newer: installed, and
         settled by the ``before_answer`` listeners."""
-        if self._applied.get(client_id, 0) >= version:
+        if self._applied.get(client_id, (0, 0))[0] >= version:
             return
+        await self._wait(self._waiters, client_id, version)
+
+    async def applied_supervision(self, client_id: str, version: int) -> None:
+        """Return once the client's applied supervision version is ``version`` or newer."""
+        if self._applied.get(client_id, (0, 0))[1] >= version:
+            return
+        await self._wait(self._supervision_waiters, client_id, version)
+
+    @staticmethod
+    async def _wait(waiters: _Waiters, client_id: str, version: int) -> None:
         future = asyncio.get_running_loop().create_future()
-        self._waiters.setdefault(client_id, []).append((version, future))
+        waiters.setdefault(client_id, []).append((version, future))
         await future
 
     async def idle(self) -> None:
@@ -166,14 +209,15 @@ class PolicyRegistry:
             task.cancel()
         await asyncio.gather(*self._settling, return_exceptions=True)
         await self._listeners.close()
-        for waiters in self._waiters.values():
-            for _, future in waiters:
-                future.cancel()
-        self._waiters.clear()
+        for table in (self._waiters, self._supervision_waiters):
+            for waiters in table.values():
+                for _, future in waiters:
+                    future.cancel()
+            table.clear()
 
-    def _wake(self, client_id: str, version: int) -> None:
-        self._applied[client_id] = max(self._applied.get(client_id, 0), version)
-        waiters = self._waiters.get(client_id)
+    @staticmethod
+    def _wake(table: _Waiters, client_id: str, version: int) -> None:
+        waiters = table.get(client_id)
         if not waiters:
             return
         still = [(v, f) for v, f in waiters if v > version and not f.done()]
@@ -181,6 +225,6 @@ class PolicyRegistry:
             if v <= version and not future.done():
                 future.set_result(None)
         if still:
-            self._waiters[client_id] = still
+            table[client_id] = still
         else:
-            del self._waiters[client_id]
+            del table[client_id]

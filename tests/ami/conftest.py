@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -66,12 +67,24 @@ class RecordingAudit:
 
 
 @dataclass
+class WallClock:
+    """The wall clock live enforcement judges grants by: the real one, moved by ``offset``
+    (it runs at the real pace, so the expiry timer's real sleep meets it)."""
+
+    offset: timedelta = timedelta(0)
+
+    def __call__(self) -> datetime:
+        return datetime.now(UTC) + self.offset
+
+
+@dataclass
 class Live:
     fake: FakeAmi
     registry: PolicyRegistry
     audit: RecordingAudit
     metrics: Metrics
     service: LiveEnforcement
+    wall: WallClock = field(default_factory=WallClock)
 
     def allow(self, action: str, ext: str, target: str, uniqueid: str, channel: str) -> None:
         """What the FastAGI handler does after an allowed eavesdrop/whisper decision."""
@@ -122,7 +135,12 @@ async def fake() -> AsyncIterator[FakeAmi]:
 
 
 @pytest.fixture
-async def live(fake: FakeAmi) -> AsyncIterator[Live]:
+def wall() -> WallClock:
+    return WallClock()
+
+
+@pytest.fixture
+async def live(fake: FakeAmi, wall: WallClock) -> AsyncIterator[Live]:
     registry = PolicyRegistry()
     registry.load(policy(1, REFERENCE))
     audit = RecordingAudit()
@@ -134,10 +152,11 @@ async def live(fake: FakeAmi) -> AsyncIterator[Live]:
         metrics,
         stop_grace=0.3,
         reconcile_interval=3600,
+        now=wall,
     )
     registry.subscribe(service.on_policy_change)  # as daemon.build wires it
     service.start()
-    live = Live(fake, registry, audit, metrics, service)
+    live = Live(fake, registry, audit, metrics, service, wall)
     await live.connected()
     await wait_until(lambda: bool(fake.received("CoreShowChannels")))
     yield live

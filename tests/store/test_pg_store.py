@@ -13,18 +13,22 @@ import pytest
 
 from callgate.domain import (
     Attempt,
+    ChangeKind,
     PolicyChange,
     Replacement,
     StoreError,
     StoreUnavailableError,
+    SupervisionEdit,
     VersionConflictError,
 )
 from callgate.policy import PolicyDocument, parse_document
+from callgate.policy.settings import CallControlSettings
 from callgate.replace.lockout import LockoutRules, reserve_guess
 from callgate.store import open_store
 from callgate.store.postgresql import PostgresStore, open_postgresql
 from callgate.store.postgresql.changes import PgChangeFeed
 from callgate.store.postgresql.db import conninfo
+from callgate.store.postgresql.policies import change_payload, parse_payload
 from callgate.store.postgresql.schema import LATEST
 from pg_cluster import PgCluster, find_bindir
 from support import free_port, wait_until
@@ -205,6 +209,55 @@ async def test_after_the_listen_connection_is_killed_every_change_is_delivered(
     finally:
         await feed.close()
         await writer.close()
+
+
+async def save_settings(store: PostgresStore, client_id: str, if_version: int) -> None:
+    await store.supervision.save(
+        client_id,
+        settings=CallControlSettings(protected_extensions=("911",)),
+        grants=(),
+        changed_by="admin",
+        change=SupervisionEdit.SETTINGS,
+        if_version=if_version,
+    )
+
+
+async def test_supervision_changes_cross_instances_and_are_caught_up_apart(pg_dsn: str) -> None:
+    """A client's settings versions are followed apart from its policy versions: a policy at
+    version 5 does not hide settings at version 1, live or after a reconnection."""
+    writer = await open_postgresql(pg_dsn)
+    await writer.changes.close()
+    feed = PgChangeFeed(conninfo(pg_dsn), backoff_initial=0.2, backoff_max=0.2)
+    for n in range(5):
+        await writer.policies.save("acme", doc(n), "admin")
+    await feed.start()
+    seen: list[PolicyChange] = []
+    feed.subscribe(recorder(seen))
+    try:
+        await save_settings(writer, "acme", 0)
+        await wait_until(lambda: PolicyChange("acme", 1, ChangeKind.SUPERVISION) in seen)
+        await sql(pg_dsn, "SELECT pg_terminate_backend(%s)", await listen_pid(pg_dsn))
+        await wait_until(lambda: not feed.connected)
+        await save_settings(writer, "acme", 1)
+        await save_settings(writer, "globex", 0)
+        await asyncio.wait_for(feed.wait_healthy(), 10)
+        await feed.idle()
+        assert seen[0] == PolicyChange("acme", 1, ChangeKind.SUPERVISION)
+        assert sorted(seen[1:], key=lambda c: c.client_id) == [  # caught up, in no set order
+            PolicyChange("acme", 2, ChangeKind.SUPERVISION),
+            PolicyChange("globex", 1, ChangeKind.SUPERVISION),
+        ]
+    finally:
+        await feed.close()
+        await writer.close()
+
+
+def test_notify_payloads_name_the_kind_and_old_ones_still_read() -> None:
+    for change in (PolicyChange("a", 3), PolicyChange("a", 3, ChangeKind.SUPERVISION)):
+        assert parse_payload(change_payload(change)) == change
+    assert change_payload(PolicyChange("a", 3)) == '["a", 3]'  # what older instances send
+    for junk in ('["a", 3, "nope"]', '["a", 3, "policy", 1]', '{"a": 3}', "7", '["a", 0]'):
+        assert parse_payload(junk) is None
 
 
 async def test_killed_repeatedly_while_changes_are_made_every_change_arrives(

@@ -6,11 +6,15 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from callgate.domain import GrantRecord, SupervisionEdit
 from callgate.policy import parse_document
+from callgate.policy.grants import parse_grant_request
+from callgate.policy.settings import CallControlSettings
 from callgate.store import open_store
 
 SRC = Path(__file__).resolve().parents[2] / "src"
@@ -94,3 +98,47 @@ def test_usage_errors_exit_2(db: Path, tmp_path: Path, args: tuple[str, ...], me
     assert message in result.stderr
     assert result.stdout == ""
     assert not (tmp_path / "nope.sqlite3").exists()  # a check never creates a store
+
+
+async def test_protection_and_grants_in_the_store_decide_too(tmp_path: Path) -> None:
+    path = tmp_path / "callgate.sqlite3"
+    store = await open_store(str(path))
+    now = datetime.now(UTC)
+    request = parse_grant_request(
+        {
+            "ext": "100",
+            "action": "eavesdrop",
+            "extensions": ["102"],
+            "from": (now - timedelta(minutes=1)).isoformat(),
+            "until": (now + timedelta(hours=1)).isoformat(),
+            "note": "coaching",
+        }
+    )
+    record = GrantRecord(request.to_grant(grant_id="g-coach", created_by="ops"), created_at=now)
+    try:
+        await store.policies.save("acme", parse_document(REFERENCE), "admin")
+        await store.supervision.save(
+            "acme",
+            settings=CallControlSettings(protected_extensions=("101",)),
+            grants=(record,),
+            changed_by="ops",
+            change=SupervisionEdit.GRANT_ADDED,
+            grant_id="g-coach",
+            if_version=0,
+        )
+    finally:
+        await store.close()
+    protected = check("--db", path, "--client", "acme", "eavesdrop", "100", "101")
+    assert json.loads(protected.stdout) == {
+        "decision": "deny",
+        "reason": "protected",
+        "targets": [],
+    }
+    granted = check("--db", path, "--client", "acme", "eavesdrop", "100", "102")
+    assert json.loads(granted.stdout) == {
+        "decision": "allow",
+        "reason": "temporary_grant",
+        "targets": [],
+        "grant_ids": ["g-coach"],
+    }
+    assert "settings and grants version 1" in granted.stderr

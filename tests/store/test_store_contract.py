@@ -16,16 +16,23 @@ from callgate.domain import (
     DEFAULT_PBX,
     Attempt,
     AuditRetention,
+    ChangeKind,
+    GrantRecord,
     PendingDeletion,
     PolicyChange,
     Replacement,
     Retention,
+    StoredSupervision,
+    SupervisionEdit,
     TokenExistsError,
     VersionConflictError,
 )
 from callgate.policy import PolicyDocument, parse_document
+from callgate.policy.grants import parse_grant_request
+from callgate.policy.settings import CallControlSettings, parse_settings
 from callgate.ports import ChangeHandler, Storage
 from callgate.replace.lockout import LockoutRules, LockState, reserve_guess
+from support import wait_until
 
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
 CONCURRENT = 20
@@ -305,3 +312,139 @@ async def wait_for_len(items: list[int], n: int) -> None:
             return
         await asyncio.sleep(0.01)
     raise AssertionError(f"{items} never reached {n}")
+
+
+# ----------------------------------------------------------------------------- supervision
+
+
+def grant_record(grant_id: str, *, ext: str = "200", ended: bool = False) -> GrantRecord:
+    request = parse_grant_request(
+        {
+            "ext": ext,
+            "action": "eavesdrop",
+            "groups": ["support"],
+            "extensions": ["105"],
+            "from": "2026-11-26T08:00:00Z",
+            "until": "2026-11-26T17:00:00+02:00",
+            "note": "coaching, ticket HR-123",
+        }
+    )
+    return GrantRecord(
+        request.to_grant(grant_id=grant_id, created_by="ops"),
+        created_at=T0,
+        ended_at=T0 + timedelta(minutes=5) if ended else None,
+        ended_by="boss" if ended else None,
+    )
+
+
+PROTECTED = parse_settings({"protected_extensions": ["911"], "notice": {"mode": "tone"}})
+
+
+async def save_supervision(
+    storage: Storage,
+    if_version: int,
+    settings: CallControlSettings = PROTECTED,
+    grants: tuple[GrantRecord, ...] = (),
+    *,
+    change: SupervisionEdit = SupervisionEdit.SETTINGS,
+    grant_id: str | None = None,
+    by: str = "ops",
+) -> StoredSupervision:
+    return await storage.supervision.save(
+        "acme",
+        settings=settings,
+        grants=grants,
+        changed_by=by,
+        change=change,
+        grant_id=grant_id,
+        if_version=if_version,
+    )
+
+
+async def test_supervision_versions_are_a_compare_and_set(storage: Storage) -> None:
+    supervision = storage.supervision
+    assert await supervision.current("acme") is None
+    first = await save_supervision(storage, 0)
+    assert (first.version, first.settings_version) == (1, 1)
+    with pytest.raises(VersionConflictError) as stale:
+        await save_supervision(storage, 0, CallControlSettings())
+    assert stale.value.current == 1
+    assert await supervision.current("acme") == first
+
+
+async def test_a_grant_change_keeps_the_settings_version_and_reads_back_whole(
+    storage: Storage,
+) -> None:
+    supervision = storage.supervision
+    await save_supervision(storage, 0)
+    records = (grant_record("g1"), grant_record("g2", ext="201", ended=True))
+    saved = await save_supervision(
+        storage, 1, PROTECTED, records, change=SupervisionEdit.GRANT_ENDED, grant_id="g2", by="boss"
+    )
+    assert (saved.version, saved.settings_version) == (2, 1)
+    current = await supervision.current("acme")
+    assert current is not None
+    assert current.grants == records
+    assert current.live_grants() == (records[0].grant,)
+    assert (current.settings, current.changed_by, current.change, current.grant_id) == (
+        PROTECTED,
+        "boss",
+        SupervisionEdit.GRANT_ENDED,
+        "g2",
+    )
+    assert [s.client_id for s in await supervision.all_current()] == ["acme"]
+
+
+async def test_of_concurrent_supervision_saves_on_one_version_exactly_one_wins(
+    storage: Storage,
+) -> None:
+    results = await asyncio.gather(
+        *(
+            save_supervision(
+                storage,
+                0,
+                CallControlSettings(),
+                (grant_record(f"g{n}"),),
+                change=SupervisionEdit.GRANT_ADDED,
+                grant_id=f"g{n}",
+            )
+            for n in range(CONCURRENT)
+        ),
+        return_exceptions=True,
+    )
+    won = [r for r in results if not isinstance(r, BaseException)]
+    assert len(won) == 1
+    assert all(isinstance(r, VersionConflictError) for r in results if r not in won)
+    current = await storage.supervision.current("acme")
+    assert current is not None
+    assert (current.version, current.grant_id) == (1, won[0].grant_id)
+
+
+async def test_supervision_history_pages_and_retention(storage: Storage) -> None:
+    storage.supervision.retention = Retention(keep=3)
+    for n in range(5):
+        await save_supervision(storage, n, CallControlSettings())
+    page = await storage.supervision.history_page("acme", limit=2)
+    assert [v.version for v in page.versions] == [5, 4]
+    assert page.next_before == 4
+    rest = await storage.supervision.history_page("acme", limit=2, before=4)
+    assert ([v.version for v in rest.versions], rest.next_before) == ([3], None)
+
+
+async def test_the_change_feed_carries_supervision_changes_apart(storage: Storage) -> None:
+    seen: list[tuple[str, int, ChangeKind]] = []
+
+    async def handle(change: PolicyChange) -> None:
+        seen.append((change.client_id, change.version, change.kind))
+
+    storage.changes.subscribe(handle)
+    await storage.policies.save("acme", doc(1), "ops")
+    await save_supervision(storage, 0)
+    await storage.policies.save("acme", doc(2), "ops")
+    await wait_until(lambda: len(seen) == 3)
+    await storage.changes.idle()
+    assert seen == [
+        ("acme", 1, ChangeKind.POLICY),
+        ("acme", 1, ChangeKind.SUPERVISION),
+        ("acme", 2, ChangeKind.POLICY),
+    ]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Final, NamedTuple
 
 from callgate.agi import variables
@@ -213,7 +214,15 @@ class PolicyRoute:
                 decision = _INVALID
             else:
                 version = policy.version
-                decision = decide(policy.compiled, request.action, request.ext, request.target)
+                supervision = policy.supervision  # protection and grants: judged at now
+                decision = decide(
+                    policy.compiled,
+                    request.action,
+                    request.ext,
+                    request.target,
+                    now=None if supervision is None else datetime.now(UTC),
+                    supervision=supervision,
+                )
             pickup = ""
             if request.action == Action.PICKUP:
                 pickup = pickup_argument(request.client_id, decision, request.target)
@@ -236,6 +245,9 @@ class PolicyRoute:
             policy is None
             or environment.duplicate_keys
             or policy.version == 0  # no stored policy: nothing worth remembering for it
+            # With protection or grants an answer can change with the time or the settings
+            # alone (the compiled document stays): never remembered, always decided.
+            or policy.supervision is not None
             or not self._budget
         ):
             return AnsweredRequest(

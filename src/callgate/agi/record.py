@@ -68,10 +68,11 @@ def joined_targets(targets: tuple[str, ...]) -> str:
 
 def decision_fields(decision: Decision, version: int) -> str:
     """The decision's part of its log line (the same for every request answered alike)."""
-    return (
+    line = (
         f" decision={decision.verdict} reason={decision.reason.value}"
         f" targets={joined_targets(decision.targets) or '-'} version={version:d}"
     )
+    return f"{line} grant={joined_targets(decision.grant_ids)}" if decision.grant_ids else line
 
 
 class GrantSink(Protocol):
@@ -193,6 +194,8 @@ class DecisionRecorder:
                     policy_version=version,
                     uniqueid=request.uniqueid,
                     channel=request.channel,
-                    extra=extra,
+                    extra=(*extra, ("grant_id", joined_targets(decision.grant_ids)))
+                    if decision.grant_ids
+                    else extra,
                 )
             )

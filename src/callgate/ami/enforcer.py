@@ -11,6 +11,16 @@ have changed between the FastAGI decision and ChanSpyStart) and after every reco
 
 One enforcer per PBX, holding that PBX's Manager connection and tracker: a session is only ever
 hung up over the connection of the PBX it runs on.
+
+Protection and grants (``ClientPolicy.supervision``) take part in every re-decision, at the
+current time (``now``, injectable): a change of the settings or the grants is a registry change
+like a policy change, so adding a protected extension ends the sessions on it at once. Grants
+also change with the time alone: whenever a client's live session was decided under a
+supervision, a timer wakes at ``Supervision.next_change_after(now)`` (the next ``from`` or
+``until`` of any of its grants) and re-decides that client's sessions, so a session allowed only
+by a grant that ends is hung up right at its ``until`` (the Manager's round trip is the only
+delay); its end is audited ``revoked`` with ``revoked_cause`` ``grant_expired``. The timer is
+set again after each wake-up while sessions remain, and dropped when none does.
 """
 
 from __future__ import annotations
@@ -19,6 +29,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Iterable
+from datetime import UTC, datetime
+from typing import Final
 
 from callgate.ami.client import ManagerClient, ManagerError
 from callgate.ami.protocol import Message
@@ -29,6 +41,16 @@ from callgate.policy import decide
 from callgate.registry import ClientPolicy
 
 log = logging.getLogger(__name__)
+
+GRANT_EXPIRED: Final = "grant_expired"
+"""``revoked_cause`` of a session ended because the time ended the grant that allowed it."""
+_TIMER_SLACK: Final = 0.001
+"""Seconds past a grant's instant the timer wakes, so the wall clock has certainly passed it
+(a timer woken early decides the same as before and is set again, for the same instant)."""
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
 
 
 class Enforcer:
@@ -42,6 +64,7 @@ class Enforcer:
         metrics: Metrics,
         *,
         clock: Callable[[], float] = time.perf_counter,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         if client.pbx != tracker.pbx:
             raise ValueError(
@@ -52,27 +75,71 @@ class Enforcer:
         self._policies = policies
         self._metrics = metrics
         self._clock = clock
+        self._now = now
         self._tasks: set[asyncio.Task[None]] = set()
+        self._timers: dict[str, asyncio.TimerHandle] = {}
+        """client -> the wake-up at its grants' next change, while it has sessions"""
 
     async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
-        """A policy change: re-decide this PBX's sessions of that client."""
+        """A policy change (or a change of its settings and grants): re-decide this PBX's
+        sessions of that client."""
         self.enforce(self._tracker.sessions_of(new.client_id), new)
 
-    def enforce(self, sessions: Iterable[SpySession], policy: ClientPolicy | None = None) -> int:
-        """Hang up every session of ``sessions`` that ``policy`` (default: the current) denies."""
+    def enforce(
+        self,
+        sessions: Iterable[SpySession],
+        policy: ClientPolicy | None = None,
+        *,
+        cause: str | None = None,
+    ) -> int:
+        """Hang up every session of ``sessions`` that ``policy`` (default: the current) denies
+        now; ``cause``: why they are decided again, when the time did it (for the audit)."""
         started = self._clock()
+        now = self._now()
         ended = 0
+        timed: dict[str, ClientPolicy] = {}
         for session in sessions:
             if session.revocation is not None:
                 continue
             current = policy or self._policies(session.client_id)
             grant = session.grant
-            decision = decide(current.compiled, grant.action, grant.ext, grant.target)
+            decision = decide(
+                current.compiled,
+                grant.action,
+                grant.ext,
+                grant.target,
+                now=now,
+                supervision=current.supervision,
+            )
             if not decision.allowed:
-                ended += self._revoke(session, current.version, str(decision.reason), started)
+                revocation = Revocation(current.version, str(decision.reason), cause)
+                ended += self._revoke(session, revocation, started)
+            elif current.supervision is not None:
+                timed[current.client_id] = current
+        for client_id, current in timed.items():
+            self._wake_at_next_change(client_id, current, now)
         return ended
 
-    def _revoke(self, session: SpySession, version: int, reason: str, started: float) -> int:
+    def _wake_at_next_change(self, client_id: str, policy: ClientPolicy, now: datetime) -> None:
+        """(Re)set the client's timer to its grants' next change after ``now``, if any."""
+        supervision = policy.supervision
+        at = supervision.next_change_after(now) if supervision is not None else None
+        timer = self._timers.pop(client_id, None)
+        if timer is not None:
+            timer.cancel()
+        if at is None:
+            return
+        delay = max(0.0, (at - now).total_seconds()) + _TIMER_SLACK
+        loop = asyncio.get_running_loop()
+        self._timers[client_id] = loop.call_later(delay, self._on_time, client_id)
+
+    def _on_time(self, client_id: str) -> None:
+        self._timers.pop(client_id, None)
+        sessions = self._tracker.sessions_of(client_id)
+        if sessions:
+            self.enforce(sessions, cause=GRANT_EXPIRED)
+
+    def _revoke(self, session: SpySession, revocation: Revocation, started: float) -> int:
         channel = session.spyer_channel
         if session.pbx != self._client.pbx:
             # A channel name means nothing on another Asterisk: it could be someone else's call.
@@ -98,15 +165,16 @@ class Enforcer:
             return 0
         self._metrics.revocation_seconds.observe(self._clock() - started)
         self._metrics.revocations.labels(grant.client_id, grant.action).inc()
-        self._tracker.mark_revoking(session.ref, Revocation(version, reason))
+        self._tracker.mark_revoking(session.ref, revocation)
         log.info(
-            "policy v%s of client %s withdraws %s %s -> %s (%s): hanging up %s",
-            version,
+            "policy v%s of client %s withdraws %s %s -> %s (%s%s): hanging up %s",
+            revocation.policy_version,
             grant.client_id,
             grant.action,
             grant.ext,
             grant.target,
-            reason,
+            revocation.reason,
+            f", {revocation.cause}" if revocation.cause else "",
             channel,
         )
         task = asyncio.create_task(self._confirm(session, future))
@@ -155,6 +223,9 @@ class Enforcer:
         raise ManagerError(f"Hangup of {channel} refused: {response.get('Message')}")
 
     async def stop(self) -> None:
+        for timer in self._timers.values():
+            timer.cancel()
+        self._timers.clear()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

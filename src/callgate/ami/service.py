@@ -19,10 +19,11 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
+from datetime import datetime
 
 from callgate.agi import variables
 from callgate.ami.client import ManagerClient, ManagerConfig, ManagerError
-from callgate.ami.enforcer import Enforcer
+from callgate.ami.enforcer import Enforcer, utc_now
 from callgate.ami.protocol import Message
 from callgate.ami.tracker import SessionTracker, SpyGrants, SpySession
 from callgate.audit import AuditSink
@@ -71,6 +72,7 @@ class PbxLink:
         *,
         stop_grace: float,
         on_state: Callable[[ManagerState], None],
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.pbx: PbxName = config.pbx
         self.grants = grants
@@ -83,7 +85,7 @@ class PbxLink:
             on_connected=self.reconcile,
             on_state=on_state,
         )
-        self.enforcer = Enforcer(self.client, self.tracker, policies, metrics)
+        self.enforcer = Enforcer(self.client, self.tracker, policies, metrics, now=now)
 
     async def reconcile(self) -> None:
         """Trust nothing tracked until it matches Asterisk's channels; then re-decide it all."""
@@ -187,7 +189,9 @@ class LiveEnforcement:
         grants: SpyGrants | None = None,
         stop_grace: float = 3.0,
         reconcile_interval: float = 60.0,
+        now: Callable[[], datetime] = utc_now,
     ) -> None:
+        """``now``: the wall clock grants are judged by (a test injects its own)."""
         self.grants = grants if grants is not None else SpyGrants()
         links: dict[PbxName, PbxLink] = {}
         for config in managers:
@@ -201,6 +205,7 @@ class LiveEnforcement:
                 metrics,
                 stop_grace=stop_grace,
                 on_state=self._on_state,
+                now=now,
             )
         if not links:
             raise ValueError("live enforcement needs at least one Manager connection")
@@ -255,7 +260,8 @@ class LiveEnforcement:
         self._metrics.ami_connected.set(0)
 
     async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
-        """The policy-change listener: each PBX's sessions of that client are decided again."""
+        """The policy-change listener (the document, the settings or the grants): each PBX's
+        sessions of that client are decided again, at the current time."""
         for link in self.links.values():
             await link.enforcer.on_policy_change(old, new)
 

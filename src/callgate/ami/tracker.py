@@ -73,10 +73,13 @@ class Revocation:
 
     policy_version: int
     reason: str
-    """The new decision's reason (``eavesdrop_not_permitted``, ...)."""
+    """The new decision's reason (``eavesdrop_not_permitted``, ``protected``, ...)."""
+    cause: str | None = None
+    """Set when the time, not a change, withdrew it: ``grant_expired``."""
 
     def audit_extra(self) -> tuple[tuple[str, str], ...]:
-        return (("revoked_by_version", str(self.policy_version)), ("revoked_reason", self.reason))
+        extra = (("revoked_by_version", str(self.policy_version)), ("revoked_reason", self.reason))
+        return (*extra, ("revoked_cause", self.cause)) if self.cause else extra
 
 
 @dataclass(frozen=True, slots=True)

@@ -17,7 +17,7 @@ from callgate.pbx import ManagerState
 from callgate.policy import is_valid_client_id
 from callgate.policy.syntax import CLIENT_ID_RULE
 from callgate.replace.service import ReplaceService
-from callgate.services import AuditQueries, PolicyService, TokenService
+from callgate.services import AuditQueries, PolicyService, SupervisionService, TokenService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -34,6 +34,7 @@ POLICIES = web.AppKey("policies", PolicyService)
 TOKENS = web.AppKey("tokens", TokenService)
 REPLACE = web.AppKey("replace", ReplaceService)
 AUDIT = web.AppKey("audit", AuditQueries)
+SUPERVISION = web.AppKey("supervision", SupervisionService)
 METRICS = web.AppKey("metrics", Metrics)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")

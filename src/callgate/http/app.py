@@ -34,6 +34,7 @@ from callgate.http import (
     ops_routes,
     policy_routes,
     replace_routes,
+    supervision_routes,
     token_routes,
 )
 from callgate.http.api import (
@@ -45,6 +46,7 @@ from callgate.http.api import (
     POLICIES,
     READY,
     REPLACE,
+    SUPERVISION,
     TOKENS,
     Api,
     Handler,
@@ -113,6 +115,7 @@ ROUTE_MODULES: tuple[RouteModule, ...] = (
     audit_routes.register,
     insight_routes.register,
     console_routes.register,
+    supervision_routes.register,
 )
 
 
@@ -125,6 +128,7 @@ def build_app(deps: HttpDeps) -> web.Application:
     app[TOKENS] = services.tokens
     app[REPLACE] = services.replace
     app[AUDIT] = services.audit
+    app[SUPERVISION] = services.supervision
     app[POLICY_CONFIG] = deps.policy
     app[METRICS] = deps.metrics
     app[AUTHENTICATOR] = Authenticator(deps.admin_token, services.tokens)

@@ -280,6 +280,15 @@ CHECK_RESULT: JsonObject = {
         "targets": _STRINGS,
         "policy_version": {"type": "integer", "minimum": 0},
         "pin_required": {"type": "boolean", "const": True},
+        "grant_ids": {
+            **_STRINGS,
+            "description": "the grants that allowed it (reason temporary_grant), or that added"
+            " targets to a group form; only when there are any",
+        },
+        "excluded": {
+            **_STRINGS,
+            "description": "with targets ['*']: the protected extensions * does not cover",
+        },
     },
 }
 
@@ -308,7 +317,7 @@ HISTORY: JsonObject = {
     },
 }
 
-_HISTORY_PARAMS: list[JsonObject] = [
+HISTORY_PARAMS: list[JsonObject] = [
     {
         "name": "limit",
         "in": "query",
@@ -333,24 +342,29 @@ _HISTORY_PARAMS: list[JsonObject] = [
     },
 ]
 
-_RATE_LIMITED: JsonObject = {
-    **error_response(
-        429,
-        "Over the client's policy write limits (policy_write_rate, policy_write_burst,"
-        " policy_write_concurrency); nothing changed",
-    ),
-    "headers": {
-        "Retry-After": {
-            "description": "whole seconds to wait before trying again",
-            "schema": {"type": "integer", "minimum": 1},
-        }
-    },
-}
+
+def rate_limited_response(description: str) -> JsonObject:
+    """The documented 429 of a write over the client's write limits, with ``Retry-After``."""
+    return {
+        **error_response(429, description),
+        "headers": {
+            "Retry-After": {
+                "description": "whole seconds to wait before trying again",
+                "schema": {"type": "integer", "minimum": 1},
+            }
+        },
+    }
+
+
+_RATE_LIMITED = rate_limited_response(
+    "Over the client's policy write limits (policy_write_rate, policy_write_burst,"
+    " policy_write_concurrency); nothing changed"
+)
 
 _ETAG_HEADER: JsonObject = {
     "ETag": {"description": 'the policy version, quoted ("0": none stored)', "schema": {}}
 }
-_IF_MATCH: JsonObject = {
+IF_MATCH: JsonObject = {
     "name": "If-Match",
     "in": "header",
     "required": False,
@@ -401,7 +415,7 @@ def register(api: Api) -> None:
             "operationId": "putPolicy",
             "tags": ["policy"],
             "summary": "Replace the client's policy (a new version, durable before the answer)",
-            "parameters": [_IF_MATCH],
+            "parameters": [IF_MATCH],
             "requestBody": {
                 "required": True,
                 "description": (
@@ -431,7 +445,7 @@ def register(api: Api) -> None:
             "operationId": "deletePolicy",
             "tags": ["policy"],
             "summary": "Back to the default document (stored as a new version)",
-            "parameters": [_IF_MATCH],
+            "parameters": [IF_MATCH],
             "responses": {
                 "200": _document_answer("The default document, now in force"),
                 "412": error_response(412),
@@ -455,7 +469,7 @@ def register(api: Api) -> None:
                 "How many versions are kept is a setting (policy_history_keep,"
                 " policy_history_max_age_days); the current version is always kept."
             ),
-            "parameters": _HISTORY_PARAMS,
+            "parameters": HISTORY_PARAMS,
             "responses": {
                 "200": json_response("A page of versions", ref("History")),
                 "400": error_response(400, "limit or before is not a whole number in range"),

@@ -12,14 +12,17 @@ from callgate.replace.service import ReplaceService
 from callgate.services.audit import AuditQueries
 from callgate.services.follower import PolicyFollower
 from callgate.services.policies import PolicyService
+from callgate.services.supervision import GrantLimits, SupervisionService
 from callgate.services.tokens import TokenService
 
 __all__ = [
     "AppServices",
     "AuditQueries",
+    "GrantLimits",
     "PolicyFollower",
     "PolicyService",
     "ReplaceService",
+    "SupervisionService",
     "TokenService",
 ]
 
@@ -33,3 +36,5 @@ class AppServices:
     replace: ReplaceService
     """Replace PINs and replacements (``callgate.replace.service``)."""
     audit: AuditQueries
+    supervision: SupervisionService
+    """The settings and grants beside each policy (``callgate.services.supervision``)."""

@@ -9,19 +9,34 @@ revocations of listens and of replacements).
 A write made on this instance has compiled its document already: while its save is in flight it
 ``offers`` the compiled policy, and the follower takes it when the stored text is the offered
 text (byte for byte), instead of decoding and compiling megabytes again.
+
+The settings and grants beside the document (``ChangeKind.SUPERVISION``) come the same way, with
+versions of their own: the follower re-reads the client's current supervision record and
+installs the client's entry with it. Either change compiles the supervision again
+(``compile_supervision``) against the document then in force, since a grant's groups are the
+document's: a policy change that empties a group also narrows the grants naming it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime
 
-from callgate.domain import PolicyChange, StoredJson, StoredPolicy, StoreError
+from callgate.domain import (
+    ChangeKind,
+    PolicyChange,
+    StoredJson,
+    StoredPolicy,
+    StoredSupervision,
+    StoreError,
+    live_grants,
+)
 from callgate.policy import (
     CompiledPolicy,
     PolicyDocument,
@@ -29,7 +44,8 @@ from callgate.policy import (
     compile_policy,
     parse_document,
 )
-from callgate.ports import PolicyStore
+from callgate.policy.supervision import compile_supervision
+from callgate.ports import PolicyStore, SupervisionStore
 from callgate.registry import ClientPolicy, PolicyRegistry
 
 __all__ = ["PolicyFollower"]
@@ -55,6 +71,22 @@ def client_policy(stored: StoredPolicy, compiled: CompiledPolicy) -> ClientPolic
     )
 
 
+def supervised(policy: ClientPolicy, stored: StoredSupervision | None) -> ClientPolicy:
+    """``policy`` with ``stored`` settings and grants (None: those ``policy`` has), compiled
+    against ``policy``'s document."""
+    if stored is None:
+        settings, grants, version = policy.settings, policy.grants, policy.supervision_version
+    else:
+        settings, grants, version = stored.settings, stored.grants, stored.version
+    return dataclasses.replace(
+        policy,
+        supervision=compile_supervision(settings, live_grants(grants), policy.document),
+        supervision_version=version,
+        settings=settings,
+        grants=grants,
+    )
+
+
 def _compiled(client_id: str, stored: StoredJson) -> tuple[PolicyDocument, CompiledPolicy]:
     try:
         document = parse_document(json.loads(stored.document_json))
@@ -67,17 +99,27 @@ def _compiled(client_id: str, stored: StoredJson) -> tuple[PolicyDocument, Compi
 class PolicyFollower:
     """The change feed's subscriber that keeps the registry at each client's current version."""
 
-    def __init__(self, store: PolicyStore, registry: PolicyRegistry) -> None:
+    def __init__(
+        self,
+        store: PolicyStore,
+        registry: PolicyRegistry,
+        supervision: SupervisionStore | None = None,
+    ) -> None:
         self._store = store
         self._registry = registry
+        self._supervision = supervision
+        """Where the settings and grants are read (None: this follower follows policies only)."""
         self._offers: dict[str, list[_Offer]] = {}
 
     async def load_all(self) -> int:
-        """Compile every client's current stored policy into the registry (start-up, before
-        the listeners open); return how many."""
+        """Compile every client's current stored policy (and its settings and grants) into the
+        registry (start-up, before the listeners open); return how many policies."""
         stored = await self._store.all_current()
         for policy in stored:
             self._registry.load(client_policy(policy, compile_policy(policy.document)))
+        if self._supervision is not None:
+            for record in await self._supervision.all_current():
+                self._registry.load(supervised(self._registry.get(record.client_id), record))
         return len(stored)
 
     @contextlib.contextmanager
@@ -98,6 +140,9 @@ class PolicyFollower:
 
     async def on_change(self, change: PolicyChange) -> None:
         """The feed's handler: install the client's current version if it is newer."""
+        if change.kind is ChangeKind.SUPERVISION:
+            await self._on_supervision(change)
+            return
         client_id = change.client_id
         if change.version <= self._registry.get(client_id).version:
             return  # seen already (a repeat, or merged into a newer one we read)
@@ -108,22 +153,48 @@ class PolicyFollower:
         if offered is None:  # written elsewhere: decode and compile off the event loop
             offered = await asyncio.to_thread(_compiled, client_id, stored)
         document, compiled = offered
-        installed = self._registry.install(
-            ClientPolicy(
-                client_id=client_id,
-                version=stored.version,
-                document=document,
-                compiled=compiled,
-                changed_at=datetime.fromisoformat(stored.changed_at),
-                changed_by=stored.changed_by,
-            )
+        # Read after the awaits: the settings and grants in force now go with the new document.
+        current = self._registry.get(client_id)
+        new = ClientPolicy(
+            client_id=client_id,
+            version=stored.version,
+            document=document,
+            compiled=compiled,
+            changed_at=datetime.fromisoformat(stored.changed_at),
+            changed_by=stored.changed_by,
+            supervision_version=current.supervision_version,
+            settings=current.settings,
+            grants=current.grants,
         )
+        if current.supervision_version:
+            new = supervised(new, None)
+        installed = self._registry.install(new)
         if installed:
             log.info(
                 "client %s: policy version %d by %s in force",
                 client_id,
                 stored.version,
                 stored.changed_by,
+            )
+
+    async def _on_supervision(self, change: PolicyChange) -> None:
+        client_id = change.client_id
+        if self._supervision is None:
+            return
+        if change.version <= self._registry.get(client_id).supervision_version:
+            return  # seen already
+        stored = await self._supervision.current(client_id)
+        current = self._registry.get(client_id)
+        if stored is None or stored.version <= current.supervision_version:
+            return
+        if self._registry.install(supervised(current, stored)):
+            log.info(
+                "client %s: settings and grants version %d by %s in force (%s%s)",
+                client_id,
+                stored.version,
+                stored.changed_by,
+                stored.change,
+                f" {stored.grant_id}" if stored.grant_id else "",
             )
 
     def _offered(

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Collection
+from collections.abc import Awaitable, Collection
+from datetime import UTC, datetime
 from typing import Final
 
 from callgate.domain import HistoryPage, StoredJson, StoredPolicy, StoreError, canonical_json
@@ -33,6 +34,15 @@ IN_FORCE_TIMEOUT: Final = 10.0
 """Seconds a write waits for its version to be in force here after its commit. Only a store
 that commits and then cannot be read reaches it: the write is durable, yet the answer is a
 ``StoreError`` (HTTP 503), since it could not say that the next request decides by it."""
+
+
+async def in_force(applied: Awaitable[None], what: str) -> None:
+    """Wait for ``applied`` (the registry has the version a write stored) for at most
+    ``IN_FORCE_TIMEOUT``; past it, a ``StoreError`` saying ``what`` is stored but not in force."""
+    try:
+        await asyncio.wait_for(applied, IN_FORCE_TIMEOUT)
+    except TimeoutError:
+        raise StoreError(f"{what} is stored but not in force") from None
 
 
 class PolicyService:
@@ -64,14 +74,10 @@ class PolicyService:
                 client_id, document, changed_by, if_version=if_version, encoded=encoded
             )
             log.info("client %s: policy version %d by %s", client_id, stored.version, changed_by)
-            try:
-                await asyncio.wait_for(
-                    self._registry.applied(client_id, stored.version), IN_FORCE_TIMEOUT
-                )
-            except TimeoutError:
-                raise StoreError(
-                    f"client {client_id!r} version {stored.version} is stored but not in force"
-                ) from None
+            await in_force(
+                self._registry.applied(client_id, stored.version),
+                f"client {client_id!r} version {stored.version}",
+            )
         return stored
 
     async def reset(
@@ -98,8 +104,21 @@ class PolicyService:
         return self._registry.get(client_id)
 
     def check(
-        self, client_id: str, action: str, ext: str, target: str | None
+        self,
+        client_id: str,
+        action: str,
+        ext: str,
+        target: str | None,
+        *,
+        now: datetime | None = None,
     ) -> tuple[Decision, int]:
-        """The decision FastAGI would give now, from the same registry, and its version."""
+        """The decision FastAGI would give at ``now`` (default: the current time), from the same
+        registry (the document, the protected extensions and the grants), and its version."""
         policy = self._registry.get(client_id)
-        return decide(policy.compiled, action, ext, target), policy.version
+        if policy.supervision is None:
+            return decide(policy.compiled, action, ext, target), policy.version
+        when = now if now is not None else datetime.now(UTC)
+        decision = decide(
+            policy.compiled, action, ext, target, now=when, supervision=policy.supervision
+        )
+        return decision, policy.version

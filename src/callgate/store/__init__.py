@@ -4,7 +4,8 @@ repository per port, and the change feed of what they commit.
 ``open_store`` opens (creating and migrating, ``store.schema``) the database and builds on it
 ``PolicyRepository`` (``PolicyStore``), ``TokenRepository`` (``TokenStore``),
 ``ReplaceRepository`` (``ReplaceStore``), ``AuditRepository`` (``AuditStore``) with the
-``AuditLog`` that batches into it, and the ``InProcessChangeFeed`` the policy saves publish on.
+``AuditLog`` that batches into it, ``SupervisionRepository`` (``SupervisionStore``: the settings
+and grants beside each policy), and the ``InProcessChangeFeed`` both kinds of saves publish on.
 Every error is a ``StoreError`` (``callgate.domain``).
 """
 
@@ -26,6 +27,7 @@ from callgate.store.changes import InProcessChangeFeed
 from callgate.store.db import Database
 from callgate.store.policies import PolicyRepository
 from callgate.store.replace import ReplaceRepository
+from callgate.store.supervision import SupervisionRepository
 from callgate.store.tokens import TokenRepository
 
 if TYPE_CHECKING:
@@ -41,6 +43,7 @@ __all__ = [
     "Store",
     "StoreError",
     "StoredPolicy",
+    "SupervisionRepository",
     "TokenExistsError",
     "TokenInfo",
     "TokenRepository",
@@ -55,6 +58,7 @@ class Store:
 
     db: Database
     policies: PolicyRepository
+    supervision: SupervisionRepository
     tokens: TokenRepository
     replace: ReplaceRepository
     audit_log: AuditRepository
@@ -88,6 +92,7 @@ async def open_store(target: str) -> AnyStore:
     return Store(
         db=db,
         policies=PolicyRepository(db, changes),
+        supervision=SupervisionRepository(db, changes),
         tokens=TokenRepository(db),
         replace=ReplaceRepository(db),
         audit_log=audit_log,

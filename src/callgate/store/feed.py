@@ -28,7 +28,8 @@ class LocalChangeFeed:
         return self._subscribers.subscribe(handler)
 
     def publish(self, change: PolicyChange) -> None:
-        self._subscribers.put(change.client_id, change)
+        # Merged per client and kind: a policy version and a supervision version never compare.
+        self._subscribers.put(f"{change.kind}:{change.client_id}", change)
 
     async def idle(self) -> None:
         await self._subscribers.idle()

@@ -99,23 +99,26 @@ def _stored_json(row: sqlite3.Row) -> StoredJson:
     )
 
 
-def _prune(
+def prune_versions(
     conn: sqlite3.Connection,
+    table: str,
     client_id: str,
     newest: int,
     now: datetime,
     retention: Retention,
 ) -> None:
-    """Drop what ``retention`` no longer keeps; ``newest``, just written, always stays."""
+    """Drop from ``table`` (a versions table of this schema) what ``retention`` no longer keeps;
+    ``newest``, just written, always stays."""
     conn.execute(
-        "DELETE FROM policy_versions WHERE client_id = ? AND version <= ?",
+        f"DELETE FROM {table} WHERE client_id = ? AND version <= ?",  # noqa: S608 - our tables
         (client_id, newest - retention.keep),
     )
     if retention.max_age is not None:
         # changed_at is always datetime.isoformat() in UTC, so text order is time order.
         cutoff = (now - retention.max_age).isoformat()
         conn.execute(
-            "DELETE FROM policy_versions WHERE client_id = ? AND version < ? AND changed_at < ?",
+            f"DELETE FROM {table}"  # noqa: S608 - our tables
+            " WHERE client_id = ? AND version < ? AND changed_at < ?",
             (client_id, newest, cutoff),
         )
 
@@ -270,7 +273,7 @@ class PolicyRepository:
                 )
             except sqlite3.IntegrityError as exc:
                 raise _VersionTakenError from exc
-            _prune(conn, client_id, version, changed_at, retention)
+            prune_versions(conn, "policy_versions", client_id, version, changed_at, retention)
             return StoredPolicy(client_id, version, document, changed_at, by)
 
         def publish(saved: StoredPolicy) -> None:

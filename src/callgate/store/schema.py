@@ -122,7 +122,24 @@ _TO_1: Final = (
     ) WITHOUT ROWID""",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_TO_1,)
+# The settings and grants beside each client's policy (``SupervisionStore``): one row a version,
+# each holding the whole state after one change, so the history is every state the client was in.
+_TO_2: Final = (
+    """CREATE TABLE supervision_versions (
+        client_id        TEXT    NOT NULL,
+        version          INTEGER NOT NULL CHECK (version > 0),
+        settings         TEXT    NOT NULL,
+        settings_version INTEGER NOT NULL CHECK (settings_version >= 0),
+        grants           TEXT    NOT NULL,
+        changed_at       TEXT    NOT NULL,
+        changed_by       TEXT    NOT NULL,
+        change           TEXT    NOT NULL,
+        grant_id         TEXT,
+        PRIMARY KEY (client_id, version)
+    ) WITHOUT ROWID""",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_TO_1, _TO_2)
 LATEST: Final = len(MIGRATIONS)
 """The schema version this code writes."""
 

@@ -3,8 +3,9 @@ instances sharing one database: ``callgate serve --db postgresql://user:pass@hos
 
 ``open_postgresql`` opens a connection pool (``db``), brings the schema to this code's version
 under an advisory lock (``schema``), starts the change feed's listen connection (``changes``),
-and builds ``PgPolicyRepository``, ``PgTokenRepository``, ``PgReplaceRepository`` and
-``PgAuditRepository`` on the pool, with the ``AuditLog`` that batches into the audit store.
+and builds ``PgPolicyRepository``, ``PgSupervisionRepository``, ``PgTokenRepository``,
+``PgReplaceRepository`` and ``PgAuditRepository`` on the pool, with the ``AuditLog`` that
+batches into the audit store.
 Isolation: READ COMMITTED, PostgreSQL's default; each repository's docstring names the key or
 row lock each contract rests on. ``docs/postgresql.md`` has the driver choice and the operator's
 notes (pgbouncer, LISTEN).
@@ -22,6 +23,7 @@ from callgate.store.postgresql.db import PgDatabase, translate
 from callgate.store.postgresql.policies import PgPolicyRepository
 from callgate.store.postgresql.replace import PgReplaceRepository
 from callgate.store.postgresql.schema import migrate
+from callgate.store.postgresql.supervision import PgSupervisionRepository
 from callgate.store.postgresql.tokens import PgTokenRepository
 
 __all__ = [
@@ -30,6 +32,7 @@ __all__ = [
     "PgDatabase",
     "PgPolicyRepository",
     "PgReplaceRepository",
+    "PgSupervisionRepository",
     "PgTokenRepository",
     "PostgresStore",
     "open_postgresql",
@@ -45,6 +48,7 @@ class PostgresStore:
 
     db: PgDatabase
     policies: PgPolicyRepository
+    supervision: PgSupervisionRepository
     tokens: PgTokenRepository
     replace: PgReplaceRepository
     audit_log: PgAuditRepository
@@ -84,6 +88,7 @@ async def open_postgresql(url: str, *, pool_timeout: float = 5.0) -> PostgresSto
     return PostgresStore(
         db=db,
         policies=PgPolicyRepository(db, changes),
+        supervision=PgSupervisionRepository(db, changes),
         tokens=PgTokenRepository(db),
         replace=PgReplaceRepository(db),
         audit_log=audit_log,

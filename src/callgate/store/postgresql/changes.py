@@ -14,8 +14,10 @@ The listen connection can drop (a PostgreSQL restart, ``pg_terminate_backend``, 
 the TCP keepalives of ``db.conninfo`` and a heartbeat query every ``heartbeat`` seconds without
 traffic notice a silent one). The feed then reports itself not ``connected`` and not
 ``healthy``, reconnects with exponential backoff (jittered, up to ``backoff_max``), LISTENs again,
-and only then catches up: it reads every client's current version (``policy_heads``, one row per
-client) and hands out a change for each client that is above what was handed out before. Only
+and only then catches up: it reads every client's current version of each kind (``policy_heads``
+and ``supervision_heads``, one row per client) and hands out a change for each that is above what
+was handed out before. Versions are compared per kind and client: the settings and grants of a
+client count their own versions. Only
 after that is it ``healthy`` again. LISTEN comes before the read, so a change committed in
 between is seen by one or the other (or both: the filter drops the second).
 
@@ -36,7 +38,7 @@ from typing import Final
 
 import psycopg
 
-from callgate.domain import PolicyChange, StoreError, StoreUnavailableError
+from callgate.domain import ChangeKind, PolicyChange, StoreError, StoreUnavailableError
 from callgate.ports import ChangeHandler, Unsubscribe
 from callgate.store.changes import InProcessChangeFeed
 from callgate.store.postgresql.db import CONNECT_TIMEOUT, Connection, translate
@@ -48,6 +50,12 @@ log = logging.getLogger(__name__)
 
 APPLICATION_NAME: Final = "callgate-feed"
 """How the listen connection shows in ``pg_stat_activity``."""
+
+_HEADS: Final = (
+    (ChangeKind.POLICY, "policy_heads"),
+    (ChangeKind.SUPERVISION, "supervision_heads"),
+)
+"""Each kind's table of every client's current version (our table names: constants)."""
 
 HEARTBEAT: Final = 5.0
 """Seconds without a notification after which the listen connection is probed."""
@@ -70,8 +78,8 @@ class PgChangeFeed:
         self.backoff_max = backoff_max
         """The longest wait between two reconnection attempts (seconds)."""
         self._local = InProcessChangeFeed()
-        self._delivered: dict[str, int] = {}
-        """The last version handed to the subscribers, per client."""
+        self._delivered: dict[tuple[ChangeKind, str], int] = {}
+        """The last version handed to the subscribers, per kind and client."""
         self._conn: Connection | None = None
         self._task: asyncio.Task[None] | None = None
         self._closed = False
@@ -136,9 +144,10 @@ class PgChangeFeed:
         await self._local.close()
 
     def _offer(self, change: PolicyChange) -> None:
-        if change.version <= self._delivered.get(change.client_id, 0):
+        key = (change.kind, change.client_id)
+        if change.version <= self._delivered.get(key, 0):
             return  # already handed out (an echo, a duplicate), or older than what was
-        self._delivered[change.client_id] = change.version
+        self._delivered[key] = change.version
         self._local.publish(change)
 
     # ------------------------------------------------------------------------ listening
@@ -174,18 +183,21 @@ class PgChangeFeed:
         self._set_health(True)
 
     async def _catch_up(self, conn: Connection, *, deliver: bool) -> None:
-        """Hand out each client whose current version is above the last handed out (or, on
-        the first connection, only note the versions)."""
-        cur = await conn.execute("SELECT client_id, version FROM policy_heads")
-        heads = await cur.fetchall()
+        """Hand out each client whose current version (of each kind) is above the last handed
+        out (or, on the first connection, only note the versions)."""
+        heads: list[tuple[ChangeKind, str, int]] = []
+        for kind, table in _HEADS:
+            cur = await conn.execute(f"SELECT client_id, version FROM {table}")  # noqa: S608
+            heads.extend(
+                (kind, str(client_id), int(version)) for client_id, version in await cur.fetchall()
+            )
         caught = 0
-        for client_id, version in heads:
-            change = PolicyChange(str(client_id), int(version))
+        for kind, client_id, version in heads:
+            change = PolicyChange(client_id, version, kind)
+            key = (kind, client_id)
             if not deliver:
-                self._delivered[change.client_id] = max(
-                    change.version, self._delivered.get(change.client_id, 0)
-                )
-            elif change.version > self._delivered.get(change.client_id, 0):
+                self._delivered[key] = max(change.version, self._delivered.get(key, 0))
+            elif change.version > self._delivered.get(key, 0):
                 caught += 1
                 self._offer(change)
         if deliver:

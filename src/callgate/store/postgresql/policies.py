@@ -24,6 +24,7 @@ from typing import Any, Final
 from psycopg import errors
 
 from callgate.domain import (
+    ChangeKind,
     HistoryPage,
     PolicyChange,
     Retention,
@@ -53,19 +54,29 @@ _COLUMNS: Final = "v.client_id, v.version, v.document, v.changed_at, v.changed_b
 
 
 def change_payload(change: PolicyChange) -> str:
-    """The NOTIFY payload of ``change``: a JSON pair, whatever the client id holds."""
-    return json.dumps([change.client_id, change.version])
+    """The NOTIFY payload of ``change``: a JSON array, whatever the client id holds. A policy
+    change is ``[client_id, version]`` (as before supervision existed), a change of the settings
+    and grants ``[client_id, version, "supervision"]``."""
+    if change.kind is ChangeKind.POLICY:
+        return json.dumps([change.client_id, change.version])
+    return json.dumps([change.client_id, change.version, str(change.kind)])
 
 
 def parse_payload(payload: str) -> PolicyChange | None:
     """The change a NOTIFY payload names; None for one that is not ours."""
     try:
-        client_id, version = json.loads(payload)
+        client_id, version, *kind = json.loads(payload)
+        parsed = ChangeKind(kind[0]) if kind else ChangeKind.POLICY
     except (ValueError, TypeError):
         return None
-    if not isinstance(client_id, str) or not isinstance(version, int) or version < 1:
+    if (
+        not isinstance(client_id, str)
+        or not isinstance(version, int)
+        or version < 1
+        or len(kind) > 1
+    ):
         return None
-    return PolicyChange(client_id, version)
+    return PolicyChange(client_id, version, parsed)
 
 
 class _VersionTakenError(Exception):

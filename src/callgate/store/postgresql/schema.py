@@ -2,7 +2,8 @@
 
 The schema version is the one row of ``callgate_schema``. Its numbers mean the same schema as the
 SQLite store's ``PRAGMA user_version`` (``callgate.store.schema``): version 1 is the first one
-with the ``pbx`` of replacements and pending deletions and the PIN attempt lock rows; a change to
+with the ``pbx`` of replacements and pending deletions and the PIN attempt lock rows, version 2
+adds the settings and grants beside the policy (``supervision_versions``); a change to
 the stored model appends a migration to both backends under the same number.
 ``MIGRATIONS[n]`` takes a database from version ``n`` to ``n + 1``.
 
@@ -119,7 +120,28 @@ _TO_1: Final = (
     "CREATE INDEX audit_events_by_uniqueid ON audit_events (client_id, uniqueid)",
 )
 
-MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_TO_1,)
+# The settings and grants beside each client's policy (``SupervisionStore``), as in SQLite's
+# migration 2; ``supervision_heads`` is each client's current version, as ``policy_heads`` is.
+_TO_2: Final = (
+    """CREATE TABLE supervision_versions (
+        client_id        text COLLATE "C" NOT NULL,
+        version          bigint      NOT NULL CHECK (version > 0),
+        settings         text COLLATE "C" NOT NULL,
+        settings_version bigint      NOT NULL CHECK (settings_version >= 0),
+        grants           text COLLATE "C" NOT NULL,
+        changed_at       timestamptz NOT NULL,
+        changed_by       text COLLATE "C" NOT NULL,
+        change           text COLLATE "C" NOT NULL,
+        grant_id         text COLLATE "C",
+        PRIMARY KEY (client_id, version)
+    )""",
+    """CREATE TABLE supervision_heads (
+        client_id text COLLATE "C" PRIMARY KEY,
+        version   bigint NOT NULL
+    )""",
+)
+
+MIGRATIONS: Final[tuple[tuple[str, ...], ...]] = (_TO_1, _TO_2)
 LATEST: Final = len(MIGRATIONS)
 """The schema version this code writes."""
 
