@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Final, NamedTuple, Protocol
 
 from callgate.agi import variables
+from callgate.agi.pbx import pbx_of
 from callgate.agi.protocol import AgiEnvironment, AgiProtocolError
 from callgate.agi.session import AgiSession, AgiSessionError, mset_command
 from callgate.audit import AuditEvent, AuditSink
@@ -51,7 +52,7 @@ _INVALID_REASON: Final = Reason.INVALID_REQUEST
 
 
 class AgiRequest(NamedTuple):
-    """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>])``."""
+    """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>[,<pbx>]])``."""
 
     action: str
     client_id: str
@@ -60,6 +61,8 @@ class AgiRequest(NamedTuple):
     """``None`` for the group forms (``agi_arg_3`` empty or absent)."""
     uniqueid: str | None
     channel: str | None
+    pbx: PbxName = DEFAULT_PBX
+    """The Asterisk server that asks (``agi_arg_4``, ``callgate.agi.pbx``)."""
 
     @classmethod
     def from_environment(cls, env: AgiEnvironment) -> AgiRequest:
@@ -70,6 +73,7 @@ class AgiRequest(NamedTuple):
             env.arg(3) or None,
             env.uniqueid or None,
             env.channel or None,
+            pbx_of(env),
         )
 
 
@@ -255,7 +259,7 @@ class DecisionRecorder:
                 request.channel,
                 version,
                 decision.reason.value,
-                pbx=DEFAULT_PBX,  # the one PBX this FastAGI server serves today
+                pbx=request.pbx,
             )
         if valid_client:  # an audit log is per client: there is none for a malformed id
             self._audit.record(

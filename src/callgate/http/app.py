@@ -20,7 +20,7 @@ AppKeys, ``principal``), never from this module, which imports them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -39,21 +39,25 @@ from callgate.http.api import (
     AUTHENTICATOR,
     METRICS,
     OPENAPI,
+    PBX_STATES,
     POLICIES,
     READY,
     REPLACE,
+    STORE_REACHABLE,
     TOKENS,
     Api,
     Handler,
+    always,
     ami_not_configured,
     never_ready,
+    no_pbx,
 )
 from callgate.http.auth import Authenticator
 from callgate.http.errors import error_middleware
 from callgate.http.listener import GuardedRunner, ListenerLimits
 from callgate.http.policy_routes import POLICY_CONFIG, PolicyConfig
 from callgate.metrics import Metrics
-from callgate.pbx import ManagerState
+from callgate.pbx import ManagerState, PbxName
 from callgate.services import AppServices
 
 log = logging.getLogger(__name__)
@@ -76,6 +80,10 @@ class HttpDeps:
     ready: Callable[[], bool] = field(default=never_ready)
     """True once every stored policy is loaded and both listeners are open."""
     ami_status: Callable[[], ManagerState] = field(default=ami_not_configured)
+    pbx_states: Callable[[], Mapping[PbxName, ManagerState]] = field(default=no_pbx)
+    """Each PBX's Manager state on this instance (``standby``: another one enforces on it)."""
+    store_reachable: Callable[[], bool] = field(default=always)
+    """False while the store cannot be reached (PostgreSQL: its change feed is down)."""
 
 
 def _route_template(request: web.Request) -> str:
@@ -120,6 +128,8 @@ def build_app(deps: HttpDeps) -> web.Application:
     app[AUTHENTICATOR] = Authenticator(deps.admin_token, services.tokens)
     app[READY] = deps.ready
     app[AMI_STATUS] = deps.ami_status
+    app[PBX_STATES] = deps.pbx_states
+    app[STORE_REACHABLE] = deps.store_reachable
     api = Api(app)
     for register in ROUTE_MODULES:
         register(api)

@@ -31,6 +31,7 @@ import logging
 from dataclasses import dataclass
 
 from callgate.agi.handlers import answer
+from callgate.agi.pbx import pbx_of
 from callgate.agi.session import AgiChannelDead, AgiSession, AgiSessionError
 from callgate.metrics import Metrics
 from callgate.policy import Action, Decision, Reason, is_valid_client_id
@@ -133,6 +134,7 @@ class ReplaceFlow:
             target=target,
             uniqueid=env.uniqueid or None,
             channel=env.channel or None,
+            pbx=pbx_of(env),
         )
 
     async def _collect_pin(self, session: AgiSession) -> str:
