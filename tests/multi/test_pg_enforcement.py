@@ -72,14 +72,6 @@ async def start_instance(dsn: str, data_dir: Path, fake: FakeAmi) -> Instance:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
 def data_dirs(tmp_path: Path) -> tuple[Path, Path]:
     for name in ("a", "b"):
         (tmp_path / name).mkdir()

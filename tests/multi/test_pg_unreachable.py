@@ -5,7 +5,7 @@ holds, every write answers 503 ``unavailable`` (JSON, never a 500), ``/readyz`` 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +29,6 @@ WRITES: list[tuple[str, str, Any]] = [
     ("POST", "/tokens", {"name": "ops", "client_id": CLIENT}),
     ("DELETE", "/tokens/ops", None),
 ]
-
-
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
 
 
 @pytest.fixture

@@ -44,6 +44,15 @@ async def replace_on(services: Services, pbx: str, phone: str, target: str) -> F
     return channel
 
 
+async def ready_to_replace(daemon: Services, http: aiohttp.ClientSession) -> None:
+    """Both Managers up, the reference policy in force, 101's PIN set."""
+    await wait_until(lambda: daemon.ami_status() == "up")
+    await put(http, POLICY, REFERENCE_DOCUMENT)
+    pin_url = f"/client/{CLIENT}/extension/101/replace_pin"
+    async with http.put(pin_url, json={"pin": PIN}, headers=AUTH) as response:
+        assert response.status == 204
+
+
 def deleted(fake: AstDbAmi) -> list[tuple[str, str]]:
     return [(a.get("Family"), a.get("Key")) for a in fake.received("DBDel")]
 
@@ -53,13 +62,8 @@ async def test_replacements_are_cleared_on_the_server_they_were_made_on(
 ) -> None:
     east, west = astdb_fakes["east"], astdb_fakes["west"]
     daemon = await make_daemon(settings(tmp_path, pbx=pbx_tables(astdb_fakes)))
-    await wait_until(lambda: daemon.ami_status() == "up")
     async with aiohttp.ClientSession(base(daemon)) as http:
-        await put(http, POLICY, REFERENCE_DOCUMENT)
-        async with http.put(
-            f"/client/{CLIENT}/extension/101/replace_pin", json={"pin": PIN}, headers=AUTH
-        ) as response:
-            assert response.status == 204
+        await ready_to_replace(daemon, http)
 
         # 100 replaces 101 from west: the session itself writes west's AstDB
         channel = await replace_on(daemon, "west", "100", "101")
@@ -88,13 +92,8 @@ async def test_keys_owed_to_an_unreachable_server_wait_for_that_server(
 ) -> None:
     east, west = astdb_fakes["east"], astdb_fakes["west"]
     daemon = await make_daemon(settings(tmp_path, pbx=pbx_tables(astdb_fakes)))
-    await wait_until(lambda: daemon.ami_status() == "up")
     async with aiohttp.ClientSession(base(daemon)) as http:
-        await put(http, POLICY, REFERENCE_DOCUMENT)
-        async with http.put(
-            f"/client/{CLIENT}/extension/101/replace_pin", json={"pin": PIN}, headers=AUTH
-        ) as response:
-            assert response.status == 204
+        await ready_to_replace(daemon, http)
         await replace_on(daemon, "west", "100", "101")
 
         port = west.port
