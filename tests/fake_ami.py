@@ -193,8 +193,13 @@ class FakeAmi:
         options: str = "qEou",
         *,
         announce: bool = True,
+        context: str | None = None,
+        exten: str | None = None,
+        variables: dict[str, str] | None = None,
     ) -> None:
-        """A ChanSpy runs on ``spyer_channel``; ChanSpyStart is sent unless ``announce`` is off."""
+        """A ChanSpy runs on ``spyer_channel``; ChanSpyStart is sent unless ``announce`` is off.
+        ``context``/``exten``: where the spier runs (``None``: the recorded block's);
+        ``variables``: what ``Getvar`` answers for it."""
         self.channels.setdefault(spyee_uniqueid, FakeChannel(spyee_channel, spyee_uniqueid, "Dial"))
         self.add_channel(
             spyer_channel,
@@ -202,6 +207,9 @@ class FakeAmi:
             application="ChanSpy",
             application_data=f"{spyee_channel},{options}",
             spying_on=spyee_uniqueid,
+            context=context,
+            exten=exten,
+            variables=dict(variables or {}),
         )
         if announce:
             await self.event(self._spy_event("ChanSpyStart", spyer_uniqueid))
@@ -234,12 +242,14 @@ class FakeAmi:
         spyer = spyer or self.channels[spyer_uniqueid]
         assert spyer.spying_on is not None
         spyee = self.channels.get(spyer.spying_on) or FakeChannel("gone", spyer.spying_on)
+        place = {"SpyerContext": spyer.context, "SpyerExten": spyer.exten}
         return splice(
             recorded(event),
             SpyerChannel=spyer.channel,
             SpyerUniqueid=spyer.uniqueid,
             SpyeeChannel=spyee.channel,
             SpyeeUniqueid=spyee.uniqueid,
+            **{name: value for name, value in place.items() if value is not None},
         )
 
     async def wait_for(

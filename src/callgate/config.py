@@ -9,10 +9,12 @@ process list, and a config file is too easy to leave world-readable.
 from __future__ import annotations
 
 import os
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
@@ -45,8 +47,48 @@ def split_host_port(value: str, *, default_port: int) -> tuple[str, int]:
     return host, int(port)
 
 
+PBX_NAME: Final = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,31}")
+"""What a PBX may be named (a ``[pbx.<name>]`` table, the dialplan's ``CALLGATE_PBX``)."""
+
+SHORTHAND_PBX: Final = "default"
+"""The name of the one PBX that ``--ami`` configures (``callgate.pbx.DEFAULT_PBX``)."""
+
+
+class PbxSettings(BaseModel):
+    """One Asterisk server's Manager connection: a ``[pbx.<name>]`` table of the TOML file.
+
+    ``ami_user`` and ``ami_secret`` default to the top-level ``ami_user``/``ami_secret`` (one
+    Manager account on every server, its secret in ``CALLGATE_AMI_SECRET``)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    ami: str
+    ami_user: str | None = None
+    ami_secret: SecretStr | None = None
+
+    @field_validator("ami")
+    @classmethod
+    def _check_ami(cls, value: str) -> str:
+        split_host_port(value, default_port=5038)
+        return value
+
+
+@dataclass(frozen=True, slots=True)
+class PbxManager:
+    """A PBX's Manager connection as the daemon makes it: address and credentials resolved."""
+
+    name: str
+    host: str
+    port: int
+    user: str
+    secret: SecretStr
+
+
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="CALLGATE_", extra="forbid")
+    # ``__`` reaches into the PBX tables: CALLGATE_PBX__EAST__AMI_SECRET=...
+    model_config = SettingsConfigDict(
+        env_prefix="CALLGATE_", extra="forbid", env_nested_delimiter="__"
+    )
 
     agi: str = "127.0.0.1:4573"
     http: str = "127.0.0.1:8080"
@@ -58,6 +100,16 @@ class Settings(BaseSettings):
     ami_secret: SecretStr | None = None
     admin_token: SecretStr | None = None
     log_level: str = "INFO"
+
+    # Several Asterisk servers, and which instance enforces on each (callgate.ami.leases)
+    pbx: dict[str, PbxSettings] = Field(default_factory=dict)
+    """The Asterisk servers by name, each with its Manager (``[pbx.east] ami = "10.0.0.5:5038"``,
+    ``ami_user``, ``ami_secret``); the dialplan names its server in ``CALLGATE_PBX``. ``--ami``
+    is the one-server shorthand (named ``default``); giving both is refused."""
+    enforce_lock_interval: float = Field(default=2.0, gt=0, le=60)
+    """With PostgreSQL: seconds between an instance's attempts to take a PBX's enforcement lock
+    that another instance holds (the takeover time after that one dies), and between the
+    holder's checks that its lock connection is still alive."""
 
     # FastAGI bounds
     agi_max_sessions: int = Field(default=2000, ge=1)
@@ -173,18 +225,52 @@ class Settings(BaseSettings):
             split_host_port(value, default_port=5038)
         return value
 
+    @field_validator("pbx")
+    @classmethod
+    def _check_pbx_names(cls, value: dict[str, PbxSettings]) -> dict[str, PbxSettings]:
+        for name in value:
+            if PBX_NAME.fullmatch(name) is None:
+                raise ValueError(
+                    f"PBX name {name!r}: 1 to 32 letters, digits, '_' or '-', not starting with"
+                    " '_' or '-'"
+                )
+        return value
+
     @model_validator(mode="after")
     def _ami_needs_credentials(self) -> Settings:
+        if self.ami and self.pbx:
+            raise ValueError(
+                "--ami (one Asterisk server) and [pbx.<name>] tables (several) exclude each"
+                " other: name every server in a [pbx.<name>] table, or use --ami alone"
+            )
         if self.ami and not (self.ami_user and self.ami_secret):
             raise ValueError(
                 "--ami needs --ami-user and a secret (CALLGATE_AMI_SECRET or the config file)"
             )
+        for name, table in self.pbx.items():
+            if not ((table.ami_user or self.ami_user) and (table.ami_secret or self.ami_secret)):
+                raise ValueError(
+                    f"[pbx.{name}] needs ami_user and ami_secret (in its table, or the top-level"
+                    " ami_user / CALLGATE_AMI_SECRET shared by every server)"
+                )
         return self
 
     @property
-    def ami_address(self) -> tuple[str, int] | None:
-        """The Manager's (host, port), or None when live enforcement is not configured."""
-        return split_host_port(self.ami, default_port=5038) if self.ami else None
+    def pbx_managers(self) -> list[PbxManager]:
+        """Every configured Manager connection, by PBX name (``[]``: no live enforcement)."""
+        if self.ami:
+            host, port = split_host_port(self.ami, default_port=5038)
+            assert self.ami_user is not None  # checked above
+            assert self.ami_secret is not None
+            return [PbxManager(SHORTHAND_PBX, host, port, self.ami_user, self.ami_secret)]
+        managers = []
+        for name, table in sorted(self.pbx.items()):
+            host, port = split_host_port(table.ami, default_port=5038)
+            user, secret = table.ami_user or self.ami_user, table.ami_secret or self.ami_secret
+            assert user is not None  # checked above
+            assert secret is not None
+            managers.append(PbxManager(name, host, port, user, secret))
+        return managers
 
     @property
     def agi_address(self) -> tuple[str, int]:

@@ -17,8 +17,13 @@ reverse order (as does a failed start, for the ones that had started):
    already decides by them. Stopped: no new sessions, those in flight finish within
    ``shutdown_grace`` seconds, then the last decision lines are written.
 5. ``http``: the HTTP API (same grace for requests in flight).
-6. ``ami``: the Manager connection (when ``--ami`` is given): from then on a withdrawn right ends
-   the session it allowed.
+6. ``ami``: the Manager connections (``--ami``, or one per ``[pbx.<name>]`` table): from then on
+   a withdrawn right ends the session it allowed. With PostgreSQL each PBX is enforced by the
+   one instance holding its lock (``callgate.ami.leases``); the others stand by.
+
+Readiness (``/readyz``): ready once every component has started, and, with PostgreSQL, while the
+change feed is connected and caught up (``store_unreachable`` otherwise: FastAGI keeps
+answering from the policies it holds, writes answer 503).
 """
 
 from __future__ import annotations
@@ -35,8 +40,10 @@ from pathlib import Path
 from aiohttp import web
 
 from callgate.agi.handlers import AgiDispatcher, DecisionRecorder, policy_routes
+from callgate.agi.pbx_gate import PbxGate
 from callgate.agi.server import AgiConfig, AgiServer
 from callgate.ami.client import ManagerConfig
+from callgate.ami.leases import PgLeases
 from callgate.ami.service import LiveEnforcement
 from callgate.ami.tracker import SpyGrants
 from callgate.config import Settings
@@ -47,12 +54,12 @@ from callgate.http.listener import MIN_HTTP_CONNECTIONS, ListenerLimits, http_co
 from callgate.http.policy_routes import policy_config
 from callgate.logs import LOG_FORMAT, LogFormatter
 from callgate.metrics import Metrics
-from callgate.pbx import DEFAULT_PBX, ManagerState
+from callgate.pbx import DEFAULT_PBX, ManagerState, PbxName
 from callgate.registry import PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
 from callgate.replace.limits import PinWriteLimiter, PinWriteLimits
 from callgate.replace.lockout import LockoutRules
-from callgate.replace.manager_astdb import manager_astdb
+from callgate.replace.manager_astdb import manager_astdbs
 from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
 from callgate.services import (
@@ -65,6 +72,7 @@ from callgate.services import (
     TokenService,
 )
 from callgate.store import AnyStore as Store
+from callgate.store import Store as SqliteStore
 from callgate.store import open_store
 
 __all__ = [
@@ -118,6 +126,17 @@ class Services:
     def ami_status(self) -> ManagerState:
         """Live enforcement over the Manager, as ``/readyz`` reports it."""
         return ManagerState.NOT_CONFIGURED if self.live is None else self.live.status()
+
+    def pbx_states(self) -> dict[PbxName, ManagerState]:
+        """Each PBX's Manager state here, as ``/readyz`` reports it (``standby``: another
+        instance enforces on it)."""
+        if self.live is None:
+            return dict.fromkeys(known_pbxes(self.settings), ManagerState.NOT_CONFIGURED)
+        return self.live.states()
+
+    def store_reachable(self) -> bool:
+        """SQLite: always. PostgreSQL: the change feed is connected and caught up."""
+        return store_reachable(self.store)
 
     async def start(self) -> None:
         """Start every component in order; if one fails, stop those started, and raise."""
@@ -219,25 +238,62 @@ def http_limits(settings: Settings, nofile: int | None = None) -> ListenerLimits
     )
 
 
-def _manager_config(settings: Settings) -> ManagerConfig | None:
-    if settings.ami_address is None:
+def _manager_configs(settings: Settings) -> list[ManagerConfig]:
+    return [
+        ManagerConfig(
+            manager.host,
+            manager.port,
+            manager.user,
+            manager.secret.get_secret_value(),
+            action_timeout=settings.ami_action_timeout,
+            ping_interval=settings.ami_ping_interval,
+            ping_timeout=settings.ami_ping_timeout,
+            backoff_max=settings.ami_backoff_max,
+            auth_retry=settings.ami_auth_retry,
+            pbx=PbxName(manager.name),
+        )
+        for manager in settings.pbx_managers
+    ]
+
+
+def known_pbxes(settings: Settings) -> list[PbxName]:
+    """The PBXes FastAGI sessions may come from: those configured, else ``DEFAULT_PBX`` (the
+    name the shipped dialplan sends until ``CALLGATE_PBX`` is set)."""
+    return [PbxName(m.name) for m in settings.pbx_managers] or [DEFAULT_PBX]
+
+
+def store_reachable(store: Store) -> bool:
+    return isinstance(store, SqliteStore) or store.changes.healthy
+
+
+def _leases(settings: Settings, store: Store, managers: list[ManagerConfig]) -> PgLeases | None:
+    """Several instances may share a PostgreSQL store: one enforces on each PBX (``leases``).
+    SQLite has one instance: it enforces on every PBX."""
+    if isinstance(store, SqliteStore) or not managers:
         return None
-    host, port = settings.ami_address
-    # Settings refuses `ami` without a user and a secret.
-    assert settings.ami_user is not None
-    assert settings.ami_secret is not None
-    return ManagerConfig(
-        host,
-        port,
-        settings.ami_user,
-        settings.ami_secret.get_secret_value(),
-        action_timeout=settings.ami_action_timeout,
-        ping_interval=settings.ami_ping_interval,
-        ping_timeout=settings.ami_ping_timeout,
-        backoff_max=settings.ami_backoff_max,
-        auth_retry=settings.ami_auth_retry,
-        pbx=DEFAULT_PBX,
+    return PgLeases(
+        store.db.conninfo,
+        [config.pbx for config in managers],
+        interval=settings.enforce_lock_interval,
     )
+
+
+def _follow_store_health(store: Store, metrics: Metrics) -> None:
+    metrics.store_reachable.set(1 if store_reachable(store) else 0)
+    if isinstance(store, SqliteStore):
+        return
+
+    def changed(healthy: bool) -> None:
+        metrics.store_reachable.set(1 if healthy else 0)
+        if healthy:
+            log.info("store reachable again: caught up with every change; /readyz ready")
+        else:
+            log.warning(
+                "store unreachable: FastAGI answers from the policies held here, writes answer"
+                " 503, /readyz says store_unreachable until the change feed has caught up"
+            )
+
+    store.changes.on_health = changed
 
 
 def build(settings: Settings, store: Store) -> Services:
@@ -250,16 +306,18 @@ def build(settings: Settings, store: Store) -> Services:
     metrics.audit_lost.read_from(store.audit.lost_counts)
     grants = SpyGrants()
 
-    manager = _manager_config(settings)
+    _follow_store_health(store, metrics)
+    managers = _manager_configs(settings)
     live = None
-    if manager is not None:
+    if managers:
         live = LiveEnforcement(
-            [manager],
+            managers,
             registry.get,
             store.audit,
             metrics,
             grants=grants,
             reconcile_interval=settings.ami_reconcile_interval,
+            leases=_leases(settings, store, managers),
         )
     # One record of every FastAGI decision, the policy routes' and phone replace's alike.
     recorder = DecisionRecorder(store.audit, metrics, grants=grants)
@@ -273,7 +331,9 @@ def build(settings: Settings, store: Store) -> Services:
         ),
         pin_writes=PinWriteLimiter(PinWriteLimits.from_settings(settings)),
         rules=LockoutRules.from_settings(settings),
-        live_astdb=manager_astdb(live.links[DEFAULT_PBX].client if live is not None else None),
+        live_astdb=manager_astdbs(
+            {pbx: link.client for pbx, link in live.links.items()} if live is not None else {}
+        ),
     )
     # The revocations follow the registry, each in its own task (a Hangup never waits behind
     # a replacement's store round trips, nor a write's answer behind either).
@@ -296,7 +356,8 @@ def build(settings: Settings, store: Store) -> Services:
     routes = policy_routes(registry, recorder, settings.agi_answer_cache_size)
     flow = ReplaceFlow(replace, recorder)
     routes.update(replace=flow.replace, restore=flow.restore)
-    agi = AgiServer(AgiConfig.from_settings(settings), AgiDispatcher(routes, recorder), metrics)
+    dispatcher = PbxGate(AgiDispatcher(routes, recorder), known_pbxes(settings), recorder)
+    agi = AgiServer(AgiConfig.from_settings(settings), dispatcher, metrics)
 
     services = Services(settings, store, registry, metrics, grants, app, agi, live)
     token = settings.admin_token
@@ -310,6 +371,8 @@ def build(settings: Settings, store: Store) -> Services:
             ami_status=services.ami_status,
             insight=insight_config(settings),
             live=live,
+            pbx_states=services.pbx_states,
+            store_reachable=services.store_reachable,
         )
     )
     services.components = [
@@ -409,8 +472,14 @@ def _ami_component(settings: Settings, live: LiveEnforcement | None) -> Componen
             )
             return
         live.start()
-        host, port = settings.ami_address or ("?", 0)
-        log.info("live enforcement: connecting to the Asterisk Manager at %s:%s", host, port)
+        for manager in settings.pbx_managers:
+            log.info(
+                "live enforcement on PBX %s: the Asterisk Manager at %s:%s%s",
+                manager.name,
+                manager.host,
+                manager.port,
+                " (once this instance holds its enforcement lock)" if live.leases else "",
+            )
 
     async def stop() -> None:
         if live is not None:

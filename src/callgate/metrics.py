@@ -228,6 +228,25 @@ class Metrics:
             ["state"],
             registry=r,
         )
+        # Several Asterisk servers and instances: each PBX's Manager here, and the store
+        self.ami_pbx_state = Gauge(
+            "callgate_ami_pbx_state",
+            "Per PBX: 1 for this instance's Manager state (connected, disconnected, auth_failed,"
+            " standby: another instance enforces)",
+            ["pbx", "state"],
+            registry=r,
+        )
+        self.ami_enforcing = Gauge(
+            "callgate_ami_enforcing",
+            "Per PBX: 1 while this instance enforces on it (holds its enforcement lock)",
+            ["pbx"],
+            registry=r,
+        )
+        self.store_reachable = Gauge(
+            "callgate_store_reachable",
+            "1 while the store is reachable (PostgreSQL: the change feed connected, caught up)",
+            registry=r,
+        )
         self.spy_sessions = Gauge(
             "callgate_spy_sessions_active",
             "Listen/whisper sessions in progress",

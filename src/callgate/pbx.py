@@ -2,8 +2,9 @@
 
 A uniqueid or a channel name is unique on one Asterisk server only: two servers can hand out the
 same one. So every key that names a channel or a session is a ``ChannelRef`` (PBX and uniqueid),
-never a bare uniqueid, and each PBX has its own Manager connection. Today callgate serves one
-PBX, named ``DEFAULT_PBX``; every FastAGI session is taken to come from it.
+never a bare uniqueid, and each PBX has its own Manager connection. The settings name the PBXes
+(``[pbx.<name>]`` tables; ``--ami`` alone is the one named ``DEFAULT_PBX``), and the dialplan says
+which one a FastAGI session comes from (``callgate.agi.pbx``).
 
 Imported by the FastAGI side, the Manager side and HTTP alike: it depends on nothing else.
 """
@@ -18,7 +19,8 @@ PbxName = NewType("PbxName", str)
 """The name an Asterisk server is known by in callgate (settings, logs, keys)."""
 
 DEFAULT_PBX: Final = PbxName("default")
-"""The one PBX of a single-server deployment (until settings can name several)."""
+"""The one PBX of a single-server deployment (``--ami``), and the PBX of a FastAGI request that
+names none."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -46,6 +48,9 @@ class ManagerState(StrEnum):
     """Not logged in (connecting, or reconnecting after the connection was lost)."""
     AUTH_FAILED = "auth_failed"
     """Asterisk refused the Manager credentials: fix ``ami_user``/``ami_secret``."""
+    STANDBY = "standby"
+    """Not connected on purpose: this instance does not hold the PBX's enforcement lock (another
+    instance enforces on it, or the store that holds the locks is unreachable)."""
     NOT_CONFIGURED = "not_configured"
     """No Manager connection configured (no ``--ami``): decisions only, nothing ended live."""
 

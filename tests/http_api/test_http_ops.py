@@ -32,7 +32,13 @@ async def test_readyz_says_whether_live_enforcement_is_up(
     api.ami[0] = ami
     response = await api.client.get("/readyz")
     assert response.status == 200
-    assert await response.json() == {"status": "ready", "policies_loaded": True, "ami": shown}
+    assert await response.json() == {
+        "status": "ready",
+        "policies_loaded": True,
+        "ami": shown,
+        "store": "reachable",
+        "pbx": {},
+    }
 
 
 async def test_readyz_is_503_until_ready(api: Harness) -> None:

@@ -21,7 +21,7 @@ from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.agi_flow import ReplaceFlow
 from callgate.replace.lockout import LockoutRules
 from callgate.replace.pins import PinHasher, ScryptParams
-from callgate.replace.service import LiveAstDb, ReplaceService, utc_now
+from callgate.replace.service import LiveAstDb, ReplaceService, no_live_astdb, utc_now
 from callgate.store.db import Database
 from callgate.store.replace import ReplaceRepository
 
@@ -107,7 +107,7 @@ def make_service(
     repo: ReplaceRepository,
     registry: PolicyRegistry,
     audit: FakeAudit,
-    live_astdb: LiveAstDb = lambda: None,
+    live_astdb: LiveAstDb = no_live_astdb,
     clock: Callable[[], datetime] = utc_now,
     metrics: Metrics | None = None,
 ) -> ReplaceService:

@@ -18,6 +18,7 @@ import pytest
 
 from callgate.agi.server import AgiServer
 from callgate.metrics import Metrics
+from callgate.pbx import DEFAULT_PBX
 from callgate.registry import PolicyRegistry
 from callgate.replace.service import ReplaceService
 from callgate.store.db import Database
@@ -83,8 +84,8 @@ class ManagerDb(FakeAstDb):
         self._asterisk = asterisk
         self.connected = True
 
-    def live(self) -> ManagerDb | None:
-        """``live_astdb``: this Manager while ``connected``."""
+    def live(self, pbx: str = DEFAULT_PBX, /) -> ManagerDb | None:
+        """``live_astdb``: this Manager (of the one PBX) while ``connected``."""
         return self if self.connected else None
 
     async def put(self, family: str, key: str, value: str) -> None:

@@ -63,7 +63,7 @@ async def http(store: Store, clock: Clock) -> AsyncIterator[Http]:
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     manager, audit = FakeAstDb(), FakeAudit()
-    service = make_service(store.replace, registry, audit, lambda: manager, clock)
+    service = make_service(store.replace, registry, audit, lambda _pbx=None: manager, clock)
     client: TestClient[object, object] = TestClient(build(store, registry, service))
     await client.start_server()
     yield Http(client, store, service, manager, audit)

@@ -200,7 +200,7 @@ async def test_revocation_does_not_hold_up_the_other_listeners(
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     stalled = StalledManager()
-    service = make_service(repo, registry, FakeAudit(), lambda: stalled)
+    service = make_service(repo, registry, FakeAudit(), lambda _pbx=None: stalled)
     later: list[int] = []
 
     async def next_listener(old: ClientPolicy, new: ClientPolicy) -> None:

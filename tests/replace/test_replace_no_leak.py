@@ -38,7 +38,7 @@ async def test_the_pin_appears_nowhere(tmp_path: Path, caplog: pytest.LogCapture
     registry = PolicyRegistry()
     registry.load(make_policy(REFERENCE_DOCUMENT, 1))
     metrics, audit, manager = Metrics(), FakeAudit(), FakeAstDb()
-    service = make_service(store.replace, registry, audit, lambda: manager)
+    service = make_service(store.replace, registry, audit, lambda _pbx=None: manager)
     app = build_app(HttpDeps(app_services(store, registry, service), metrics, ADMIN_TOKEN))
     http: TestClient[object, object] = TestClient(TestServer(app, host="127.0.0.1"))
     agi = agi_server(service, registry, audit, metrics)

@@ -8,7 +8,7 @@ import asyncio
 import os
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 
 import aiohttp
@@ -25,7 +25,14 @@ def log_of(data_dir: Path) -> str:
     return (data_dir / "serve.log").read_text(errors="replace")
 
 
-async def serve(dsn: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, str]:
+async def serve(
+    dsn: str,
+    data_dir: Path,
+    *extra: str,
+    more_env: Mapping[str, str] | None = None,
+    agi_port: int | None = None,
+) -> tuple[asyncio.subprocess.Process, str]:
+    """``callgate serve`` on ``dsn``, with ``extra`` flags and ``more_env`` (tests/multi)."""
     http_port = free_port()
     env = {
         **os.environ,
@@ -35,6 +42,7 @@ async def serve(dsn: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, s
         "CALLGATE_POLICY_WRITE_BURST": "10000",
         # every PUT of the race reaches the store at once: the per-client queue is not under test
         "CALLGATE_POLICY_WRITE_CONCURRENCY": "64",
+        **(more_env or {}),
     }
     with (data_dir / "serve.log").open("ab") as log:
         proc = await asyncio.create_subprocess_exec(
@@ -49,7 +57,8 @@ async def serve(dsn: str, data_dir: Path) -> tuple[asyncio.subprocess.Process, s
             "--http",
             f"127.0.0.1:{http_port}",
             "--agi",
-            f"127.0.0.1:{free_port()}",
+            f"127.0.0.1:{agi_port or free_port()}",
+            *extra,
             env=env,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=log,

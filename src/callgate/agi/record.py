@@ -18,6 +18,7 @@ import logging
 from datetime import UTC, datetime
 from typing import Final, NamedTuple, Protocol
 
+from callgate.agi.pbx import pbx_of
 from callgate.agi.protocol import AgiEnvironment
 from callgate.audit import AuditEvent, AuditSink
 from callgate.logs import DecisionLog, printable
@@ -39,7 +40,7 @@ _KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
 
 
 class AgiRequest(NamedTuple):
-    """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>])``."""
+    """What the dialplan asked: ``AGI(agi://host/<action>,<client>,<ext>[,<target>[,<pbx>]])``."""
 
     action: str
     client_id: str
@@ -48,6 +49,8 @@ class AgiRequest(NamedTuple):
     """``None`` for the group forms (``agi_arg_3`` empty or absent)."""
     uniqueid: str | None
     channel: str | None
+    pbx: PbxName = DEFAULT_PBX
+    """The Asterisk server that asks (``agi_arg_4``, ``callgate.agi.pbx``)."""
 
     @classmethod
     def from_environment(cls, env: AgiEnvironment) -> AgiRequest:
@@ -58,6 +61,7 @@ class AgiRequest(NamedTuple):
             env.arg(3) or None,
             env.uniqueid or None,
             env.channel or None,
+            pbx_of(env),
         )
 
 
@@ -179,7 +183,7 @@ class DecisionRecorder:
                 request.channel,
                 version,
                 decision.reason.value,
-                pbx=DEFAULT_PBX,  # the one PBX this FastAGI server serves today
+                pbx=request.pbx,
             )
         if attributed:  # an audit log is per client: there is none for a malformed id
             self._audit.record(

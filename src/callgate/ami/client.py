@@ -130,6 +130,7 @@ class ManagerClient:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+            self._set_state(ManagerState.DISCONNECTED)  # started again, it logs in anew
 
     # ---------------------------------------------------------------- actions
 

@@ -1,15 +1,19 @@
 """Live enforcement as one component: per PBX a Manager client, tracker and enforcer; housekeeping.
 
-``daemon.py`` builds one ``LiveEnforcement`` when ``--ami`` is given (one PBX, ``DEFAULT_PBX``,
-today), hands its ``grants`` to the FastAGI handlers, its ``on_policy_change`` to the policy
-changes and its ``status`` to ``/readyz``. Without ``--ami`` there is no Manager connection:
-decisions are still made, but nothing already running can be ended (``/readyz`` then says
-``not_configured``).
+``daemon.py`` builds one ``LiveEnforcement`` when a Manager is configured (``--ami``: one PBX,
+``DEFAULT_PBX``; or a ``[pbx.<name>]`` table each), hands its ``grants`` to the FastAGI handlers,
+its ``on_policy_change`` to the policy changes and its ``states`` to ``/readyz``. Without a
+Manager there is no connection: decisions are still made, but nothing already running can be
+ended (``/readyz`` then says ``not_configured``).
 
 Each PBX is a ``PbxLink``: its own connection (and watchdog), its own tracker and enforcer, so a
 session is followed through, and hung up over, the Manager of the PBX it runs on. What they
 share: the grants the FastAGI side notes (keyed by PBX and uniqueid), the audit sink, the
 metrics and one housekeeping task.
+
+With ``leases`` (several instances on PostgreSQL, ``callgate.ami.leases``) a link is active only
+while this instance holds its PBX's enforcement lock; otherwise it is on standby: not connected,
+tracking nothing. Without, every link is active (one instance).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from datetime import datetime
 from callgate.agi import variables
 from callgate.ami.client import ManagerClient, ManagerConfig, ManagerError
 from callgate.ami.enforcer import Enforcer, utc_now
+from callgate.ami.leases import Leases
 from callgate.ami.protocol import Message
 from callgate.ami.tracker import SessionTracker, SpyGrants, SpySession
 from callgate.audit import AuditSink
@@ -51,6 +56,7 @@ _WORST_FIRST = (
     ManagerState.AUTH_FAILED,
     ManagerState.DISCONNECTED,
     ManagerState.CONNECTED,
+    ManagerState.STANDBY,
     ManagerState.NOT_CONFIGURED,
 )
 """How the states of several PBXes sum up for ``/readyz``: the worst one shows."""
@@ -71,7 +77,7 @@ class PbxLink:
         metrics: Metrics,
         *,
         stop_grace: float,
-        on_state: Callable[[ManagerState], None],
+        on_state: Callable[[PbxLink], None],
         now: Callable[[], datetime] = utc_now,
     ) -> None:
         self.pbx: PbxName = config.pbx
@@ -83,9 +89,41 @@ class PbxLink:
             config,
             on_event=self._on_event,
             on_connected=self.reconcile,
-            on_state=on_state,
+            on_state=lambda _: on_state(self),
         )
         self.enforcer = Enforcer(self.client, self.tracker, policies, metrics, now=now)
+        self.active = False
+        """Connected (or connecting) and enforcing; ``False``: on standby."""
+        self._on_state = on_state
+        self._adopting: dict[ChannelRef, asyncio.Task[None]] = {}
+        """Spiers whose grant is being read back from their channel (``_adopt``)."""
+
+    @property
+    def state(self) -> ManagerState:
+        """This PBX as ``/readyz`` shows it: the Manager connection's state, or standby."""
+        return self.client.state if self.active else ManagerState.STANDBY
+
+    def activate(self) -> None:
+        """Connect and enforce (once logged in, ``reconcile`` adopts what runs)."""
+        if not self.active:
+            self.active = True
+            self.client.start()
+            self._on_state(self)
+
+    async def deactivate(self) -> None:
+        """Stop enforcing: disconnect, and forget the sessions (their new enforcer adopts them)."""
+        if not self.active:
+            return
+        self.active = False
+        for task in list(self._adopting.values()):
+            task.cancel()
+        await asyncio.gather(*self._adopting.values(), return_exceptions=True)
+        await self.enforcer.stop()
+        await self.client.stop()
+        released = self.tracker.release()
+        if released:
+            log.info("PBX %s: %d session(s) left to the instance taking over", self.pbx, released)
+        self._on_state(self)
 
     async def reconcile(self) -> None:
         """Trust nothing tracked until it matches Asterisk's channels; then re-decide it all."""
@@ -122,56 +160,96 @@ class PbxLink:
         """
         recovered = 0
         for row in rows:
-            uniqueid, channel = row.get("Uniqueid"), row.get("Channel")
-            spyer = self.tracker.ref(uniqueid)
-            action = _SPY_EXTENS.get(row.get("Exten"))
-            if (
-                row.get("Application") != "ChanSpy"
-                or row.get("Context") != _SPY_CONTEXT
-                or action is None
-                or not uniqueid
-                or self.tracker.get(spyer) is not None
-                or self.tracker.ended(spyer)
-                or spyer in self.grants
-            ):
+            if row.get("Application") != "ChanSpy":
                 continue
-            values = {}
-            for name in _GRANT_VARIABLES:
-                response, *_ = await self.client.send_action(
-                    "Getvar", (("Channel", channel), ("Variable", name))
-                )
-                if not response.is_success:
-                    break  # gone meanwhile
-                values[name] = response.get("Value")
-            else:
-                version = values[variables.VERSION]
-                client_id = values[variables.DIALPLAN_CLIENT]
-                acting = values[variables.DIALPLAN_ACTING]
-                target = values[_TARGET_ARGUMENT]
-                if (
-                    values[variables.DECISION] != variables.ALLOW
-                    or not version.isdigit()
-                    or not is_valid_client_id(client_id)
-                    or not is_valid_extension(acting)
-                    or not is_valid_extension(target)
-                ):
-                    continue
-                self.grants.note_allowed(
-                    client_id,
-                    action,
-                    acting,
-                    target,
-                    uniqueid,
-                    channel,
-                    int(version),
-                    values[variables.REASON],
-                    pbx=self.pbx,
-                )
-                recovered += spyer in self.grants
+            uniqueid, channel = row.get("Uniqueid"), row.get("Channel")
+            action = self._callgate_spy(row.get("Context"), row.get("Exten"), uniqueid)
+            if action is not None:
+                recovered += await self._recover_grant(uniqueid, channel, action)
         return recovered
+
+    def _callgate_spy(self, context: str, exten: str, uniqueid: str) -> Action | None:
+        """The action of a ChanSpy run of the shipped dialplan's ``[callgate]`` ``listen`` or
+        ``whisper`` that is neither tracked, nor ended, nor granted here; else ``None``."""
+        spyer = self.tracker.ref(uniqueid)
+        action = _SPY_EXTENS.get(exten)
+        if (
+            context != _SPY_CONTEXT
+            or action is None
+            or not uniqueid
+            or self.tracker.get(spyer) is not None
+            or self.tracker.ended(spyer)
+            or spyer in self.grants
+        ):
+            return None
+        return action
+
+    async def _recover_grant(self, uniqueid: str, channel: str, action: Action) -> bool:
+        """Read the spier's grant back from its channel variables; whether one was noted."""
+        values = {}
+        for name in _GRANT_VARIABLES:
+            response, *_ = await self.client.send_action(
+                "Getvar", (("Channel", channel), ("Variable", name))
+            )
+            if not response.is_success:
+                return False  # gone meanwhile
+            values[name] = response.get("Value")
+        version = values[variables.VERSION]
+        client_id = values[variables.DIALPLAN_CLIENT]
+        acting = values[variables.DIALPLAN_ACTING]
+        target = values[_TARGET_ARGUMENT]
+        if (
+            values[variables.DECISION] != variables.ALLOW
+            or not version.isdigit()
+            or not is_valid_client_id(client_id)
+            or not is_valid_extension(acting)
+            or not is_valid_extension(target)
+        ):
+            return False
+        self.grants.note_allowed(
+            client_id,
+            action,
+            acting,
+            target,
+            uniqueid,
+            channel,
+            int(version),
+            values[variables.REASON],
+            pbx=self.pbx,
+        )
+        return self.tracker.ref(uniqueid) in self.grants
 
     def _on_event(self, message: Message) -> None:
         session = self.tracker.handle_event(message)
+        if session is not None:
+            self.enforcer.enforce([session])
+        elif message.event == "ChanSpyStart":
+            self._maybe_adopt(message)
+
+    def _maybe_adopt(self, start: Message) -> None:
+        """A ChanSpyStart without a grant here: if it is the shipped dialplan's listen/whisper,
+        another instance allowed it (several instances: the one enforcing on this PBX is not
+        always the one that answered the FastAGI session). Its grant is on its channel."""
+        uniqueid = start.get("SpyerUniqueid")
+        action = self._callgate_spy(start.get("SpyerContext"), start.get("SpyerExten"), uniqueid)
+        spyer = self.tracker.ref(uniqueid)
+        if action is None or spyer in self._adopting:
+            return
+        task = asyncio.create_task(self._adopt(start, action), name=f"ami-adopt[{spyer}]")
+        self._adopting[spyer] = task
+        task.add_done_callback(lambda _: self._adopting.pop(spyer, None))
+
+    async def _adopt(self, start: Message, action: Action) -> None:
+        uniqueid, channel = start.get("SpyerUniqueid"), start.get("SpyerChannel")
+        try:
+            recovered = await self._recover_grant(uniqueid, channel, action)
+        except ManagerError as exc:
+            log.warning("grant of %s not read (%s): adopted at the next check", channel, exc)
+            return
+        spyer = self.tracker.ref(uniqueid)
+        if not recovered or self.tracker.gone(spyer):
+            return
+        session = self.tracker.handle_event(start)  # now with its grant
         if session is not None:
             self.enforcer.enforce([session])
 
@@ -190,6 +268,7 @@ class LiveEnforcement:
         stop_grace: float = 3.0,
         reconcile_interval: float = 60.0,
         now: Callable[[], datetime] = utc_now,
+        leases: Leases | None = None,
     ) -> None:
         """``now``: the wall clock grants are judged by (a test injects its own)."""
         self.grants = grants if grants is not None else SpyGrants()
@@ -210,17 +289,21 @@ class LiveEnforcement:
         if not links:
             raise ValueError("live enforcement needs at least one Manager connection")
         self.links: Mapping[PbxName, PbxLink] = links
+        self.leases = leases
+        """``None``: this instance enforces on every PBX (one instance, SQLite)."""
         self._metrics = metrics
         self._reconcile_interval = reconcile_interval
         self._housekeeping: asyncio.Task[None] | None = None
+        self._stopping = False
 
     def status(self) -> ManagerState:
         """``/readyz``'s one ``ami`` value: the PBX's state (of several, the worst one)."""
-        states = {link.client.state for link in self.links.values()}
+        states = {link.state for link in self.links.values()}
         return next(state for state in _WORST_FIRST if state in states)
 
     def states(self) -> dict[PbxName, ManagerState]:
-        return {pbx: link.client.state for pbx, link in self.links.items()}
+        """Each PBX's state here (``standby``: another instance enforces on it)."""
+        return {pbx: link.state for pbx, link in self.links.items()}
 
     def session(self, spyer: ChannelRef) -> SpySession | None:
         """The session of that spier, on the PBX it runs on."""
@@ -243,25 +326,43 @@ class LiveEnforcement:
         return await link.enforcer.end_by_operator(session, by)
 
     def start(self) -> None:
-        for link in self.links.values():
-            link.client.start()
+        self._stopping = False
+        if self.leases is None:
+            for link in self.links.values():
+                link.activate()
+        else:
+            for link in self.links.values():
+                self._on_state(link)  # standby until the lease comes
+            self.leases.start(self._on_lease)
         if self._housekeeping is None:
             self._housekeeping = asyncio.create_task(self._housekeep(), name="ami-housekeeping")
 
     async def stop(self) -> None:
+        self._stopping = True
         task, self._housekeeping = self._housekeeping, None
         if task is not None:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         for link in self.links.values():
+            # Disconnected first, then the locks released: never two instances at once.
             await link.enforcer.stop()
             await link.client.stop()
+        if self.leases is not None:
+            await self.leases.stop()
         self._metrics.ami_connected.set(0)
+
+    async def _on_lease(self, pbx: PbxName, held: bool) -> None:
+        link = self.links[pbx]
+        if held and not self._stopping:
+            link.activate()
+        elif not held:
+            await link.deactivate()
 
     async def on_policy_change(self, old: ClientPolicy, new: ClientPolicy) -> None:
         """The policy-change listener (the document, the settings or the grants): each PBX's
-        sessions of that client are decided again, at the current time."""
+        sessions of that client are decided again, at the current time (a PBX on standby tracks
+        none: the instance enforcing on it decides them)."""
         for link in self.links.values():
             await link.enforcer.on_policy_change(old, new)
 
@@ -270,12 +371,16 @@ class LiveEnforcement:
         for link in self.links.values():
             await link.reconcile()
 
-    def _on_state(self, _: ManagerState) -> None:
+    def _on_state(self, link: PbxLink) -> None:
         state = self.status()
-        self._metrics.ami_connected.set(1 if state is ManagerState.CONNECTED else 0)
+        metrics = self._metrics
+        metrics.ami_connected.set(1 if state is ManagerState.CONNECTED else 0)
         for each in ManagerState:
             if each is not ManagerState.NOT_CONFIGURED:
-                self._metrics.ami_state.labels(each.metric_label).set(1 if each is state else 0)
+                metrics.ami_state.labels(each.metric_label).set(1 if each is state else 0)
+                shown = 1 if each is link.state else 0
+                metrics.ami_pbx_state.labels(link.pbx, each.metric_label).set(shown)
+        metrics.ami_enforcing.labels(link.pbx).set(1 if link.active else 0)
 
     async def _housekeep(self) -> None:
         last_reconcile = time.monotonic()
@@ -287,7 +392,7 @@ class LiveEnforcement:
             if now - last_reconcile >= self._reconcile_interval:
                 last_reconcile = now
                 for link in self.links.values():
-                    if link.client.state is ManagerState.CONNECTED:
+                    if link.active and link.client.state is ManagerState.CONNECTED:
                         try:
                             await link.reconcile()
                         except ManagerError as exc:

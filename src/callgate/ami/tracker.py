@@ -244,6 +244,10 @@ class SessionTracker:
         """A session of this spier was tracked and has ended."""
         return spyer in self._ended
 
+    def gone(self, channel: ChannelRef) -> bool:
+        """The channel's hangup (or hangup request) was seen lately."""
+        return channel in self._gone
+
     # ---------------------------------------------------------------- events
 
     def handle_event(self, message: Message) -> SpySession | None:
@@ -363,6 +367,18 @@ class SessionTracker:
         if session.spyee is not None and session.spyee in self._gone:
             return EndReason.CALL_ENDED
         return EndReason.LISTENER_HANGUP
+
+    def release(self) -> int:
+        """Forget every session without ending it (this instance stops enforcing on the PBX:
+        the instance that takes over adopts them from ``CoreShowChannels``). Returns how many."""
+        released = list(self._sessions.values())
+        for session in released:
+            grant = session.grant
+            self._metrics.spy_sessions.labels(grant.client_id, grant.action).dec()
+        self._sessions.clear()
+        self._by_client.clear()
+        self._by_spyee.clear()
+        return len(released)
 
     def expire(self) -> None:
         """Housekeeping: end stopped sessions whose spier stayed up; forget old hangups."""

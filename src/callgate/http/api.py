@@ -13,7 +13,7 @@ from callgate.http.auth import Access, Authenticator, Principal, forbidden
 from callgate.http.errors import ApiError
 from callgate.http.openapi import OpenApi
 from callgate.metrics import Metrics
-from callgate.pbx import ManagerState
+from callgate.pbx import ManagerState, PbxName
 from callgate.policy import is_valid_client_id
 from callgate.policy.syntax import CLIENT_ID_RULE
 from callgate.replace.service import ReplaceService
@@ -30,6 +30,14 @@ def never_ready() -> bool:
     return False
 
 
+def no_pbx() -> Mapping[PbxName, ManagerState]:
+    return {}
+
+
+def always() -> bool:
+    return True
+
+
 POLICIES = web.AppKey("policies", PolicyService)
 TOKENS = web.AppKey("tokens", TokenService)
 REPLACE = web.AppKey("replace", ReplaceService)
@@ -39,6 +47,8 @@ METRICS = web.AppKey("metrics", Metrics)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)
 READY: web.AppKey[Callable[[], bool]] = web.AppKey("ready")
 AMI_STATUS: web.AppKey[Callable[[], ManagerState]] = web.AppKey("ami_status")
+PBX_STATES: web.AppKey[Callable[[], Mapping[PbxName, ManagerState]]] = web.AppKey("pbx_states")
+STORE_REACHABLE: web.AppKey[Callable[[], bool]] = web.AppKey("store_reachable")
 OPENAPI = web.AppKey("openapi", dict[str, object])
 PRINCIPAL = web.RequestKey("principal", Principal)
 

@@ -20,7 +20,7 @@ AppKeys, ``principal``), never from this module, which imports them.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 
 from aiohttp import web
@@ -43,15 +43,19 @@ from callgate.http.api import (
     AUTHENTICATOR,
     METRICS,
     OPENAPI,
+    PBX_STATES,
     POLICIES,
     READY,
     REPLACE,
+    STORE_REACHABLE,
     SUPERVISION,
     TOKENS,
     Api,
     Handler,
+    always,
     ami_not_configured,
     never_ready,
+    no_pbx,
 )
 from callgate.http.auth import Authenticator
 from callgate.http.errors import error_middleware
@@ -59,7 +63,7 @@ from callgate.http.insight_routes import INSIGHT_CONFIG, LIVE_ENFORCEMENT, Insig
 from callgate.http.listener import GuardedRunner, ListenerLimits
 from callgate.http.policy_routes import POLICY_CONFIG, PolicyConfig
 from callgate.metrics import Metrics
-from callgate.pbx import ManagerState
+from callgate.pbx import ManagerState, PbxName
 from callgate.services import AppServices
 
 log = logging.getLogger(__name__)
@@ -86,6 +90,10 @@ class HttpDeps:
     """The console routes' bounds (``insight_config(settings)``)."""
     live: LiveEnforcement | None = None
     """Live enforcement, for the console's live view and its End button; None without --ami."""
+    pbx_states: Callable[[], Mapping[PbxName, ManagerState]] = field(default=no_pbx)
+    """Each PBX's Manager state on this instance (``standby``: another one enforces on it)."""
+    store_reachable: Callable[[], bool] = field(default=always)
+    """False while the store cannot be reached (PostgreSQL: its change feed is down)."""
 
 
 def _route_template(request: web.Request) -> str:
@@ -137,6 +145,8 @@ def build_app(deps: HttpDeps) -> web.Application:
     app[INSIGHT_CONFIG] = deps.insight
     if deps.live is not None:
         app[LIVE_ENFORCEMENT] = deps.live
+    app[PBX_STATES] = deps.pbx_states
+    app[STORE_REACHABLE] = deps.store_reachable
     api = Api(app)
     for register in ROUTE_MODULES:
         register(api)

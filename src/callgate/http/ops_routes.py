@@ -5,7 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from callgate.http.api import AMI_STATUS, METRICS, READY, Api
+from callgate.http.api import AMI_STATUS, METRICS, PBX_STATES, READY, STORE_REACHABLE, Api
 from callgate.http.auth import Access
 from callgate.http.openapi import JsonObject, json_response
 from callgate.pbx import ManagerState
@@ -17,13 +17,28 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def readyz(request: web.Request) -> web.Response:
-    ready = request.app[READY]()
+    """Ready: started (every stored policy loaded, both listeners open) and the store reachable.
+
+    While the store is unreachable FastAGI still answers from the policies held here, but writes
+    answer 503 and changes made elsewhere may not be applied yet: 503 ``store_unreachable`` until
+    the change feed is back and has caught up with everything newer than what is held."""
+    app = request.app
+    started = app[READY]()
+    reachable = app[STORE_REACHABLE]()
+    if not started:
+        status = "starting"
+    elif not reachable:
+        status = "store_unreachable"
+    else:
+        status = "ready"
     body = {
-        "status": "ready" if ready else "starting",
-        "policies_loaded": ready,
-        "ami": request.app[AMI_STATUS]().value,
+        "status": status,
+        "policies_loaded": started,
+        "ami": app[AMI_STATUS]().value,
+        "store": "reachable" if reachable else "unreachable",
+        "pbx": {name: state.value for name, state in sorted(app[PBX_STATES]().items())},
     }
-    return web.json_response(body, status=200 if ready else 503)
+    return web.json_response(body, status=200 if status == "ready" else 503)
 
 
 async def metrics(request: web.Request) -> web.Response:
@@ -33,19 +48,38 @@ async def metrics(request: web.Request) -> web.Response:
     return response
 
 
+_MANAGER_STATE: JsonObject = {
+    "type": "string",
+    "enum": [state.value for state in ManagerState],
+}
+
 _READINESS: JsonObject = {
     "type": "object",
-    "required": ["status", "policies_loaded", "ami"],
+    "required": ["status", "policies_loaded", "ami", "store", "pbx"],
     "properties": {
-        "status": {"type": "string", "enum": ["ready", "starting"]},
+        "status": {"type": "string", "enum": ["ready", "starting", "store_unreachable"]},
         "policies_loaded": {"type": "boolean"},
         "ami": {
-            "type": "string",
-            "enum": [state.value for state in ManagerState],
+            **_MANAGER_STATE,
             "description": (
-                "live enforcement over the Asterisk Manager: up, down (reconnecting),"
-                " auth_failed (Asterisk refused the credentials), not configured"
+                "live enforcement over the Asterisk Manager, of every PBX together (the worst"
+                " state shows): up, down (reconnecting), auth_failed (Asterisk refused the"
+                " credentials), standby (another instance enforces), not configured"
             ),
+        },
+        "store": {
+            "type": "string",
+            "enum": ["reachable", "unreachable"],
+            "description": "whether the store (and, with PostgreSQL, its change feed) answers",
+        },
+        "pbx": {
+            "type": "object",
+            "description": (
+                "per Asterisk server (by its name in the settings), this instance's Manager"
+                " connection: up (live enforcement on), down, auth_failed, standby (another"
+                " instance holds the PBX's enforcement lock), not_configured"
+            ),
+            "additionalProperties": _MANAGER_STATE,
         },
     },
 }
@@ -83,10 +117,15 @@ def register(api: Api) -> None:
         operation={
             "operationId": "readyz",
             "tags": ["operations"],
-            "summary": "Ready: policies loaded and both listeners open; says whether AMI is up",
+            "summary": (
+                "Ready: policies loaded, both listeners open, the store reachable; says per PBX"
+                " whether the Manager is up"
+            ),
             "responses": {
                 "200": json_response("Ready", {"$ref": "#/components/schemas/Readiness"}),
-                "503": json_response("Starting", {"$ref": "#/components/schemas/Readiness"}),
+                "503": json_response(
+                    "Starting, or the store unreachable", {"$ref": "#/components/schemas/Readiness"}
+                ),
             },
         },
     )

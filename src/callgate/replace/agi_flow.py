@@ -35,6 +35,7 @@ from typing import Final
 
 from callgate.agi import variables
 from callgate.agi.handlers import send_decision
+from callgate.agi.pbx import pbx_of
 from callgate.agi.record import AgiRequest, DecisionRecorder
 from callgate.agi.session import AgiChannelDead, AgiSession, AgiSessionError
 from callgate.logs import printable
@@ -141,6 +142,7 @@ class ReplaceFlow:
             target=target,
             uniqueid=env.uniqueid or None,
             channel=env.channel or None,
+            pbx=pbx_of(env),
         )
 
     async def _collect_pin(self, session: AgiSession) -> str:

@@ -3,15 +3,17 @@ call: a restore over HTTP, and the revocation of replacements by a policy change
 
 The Manager user needs ``write = system`` for these two actions (see ``asterisk-conf/``). Each
 adapter is one PBX's AstDB (the PBX of its Manager connection, ``pbx``): a key written or deleted
-here is on that Asterisk server only.
+here is on that Asterisk server only; ``manager_astdbs`` hands ``ReplaceService`` the one of the
+PBX a replacement was recorded on.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Final
 
 from callgate.ami.client import ManagerClient, ManagerError
-from callgate.pbx import ManagerState, PbxName
+from callgate.pbx import DEFAULT_PBX, ManagerState, PbxName
 from callgate.replace.service import AstDb, AstDbError, LiveAstDb
 
 _NOT_FOUND: Final = "database entry not found"
@@ -20,12 +22,12 @@ _NOT_FOUND: Final = "database entry not found"
 
 class ManagerAstDb:
     def __init__(self, client: ManagerClient) -> None:
-        self._client = client
+        self.client = client
 
     @property
     def pbx(self) -> PbxName:
         """The PBX whose AstDB this is."""
-        return self._client.pbx
+        return self.client.pbx
 
     async def put(self, family: str, key: str, value: str) -> None:
         # DBPut's value header is ``Val``, not ``Value`` (manager.c: action_dbput())
@@ -58,7 +60,7 @@ class ManagerAstDb:
     ) -> str | None:
         """``None`` when Asterisk answered Success, else its refusal's ``Message``."""
         try:
-            response, *_ = await self._client.send_action(
+            response, *_ = await self.client.send_action(
                 action, headers, list_complete=list_complete
             )
         except ManagerError as exc:
@@ -67,13 +69,20 @@ class ManagerAstDb:
 
 
 def manager_astdb(client: ManagerClient | None) -> LiveAstDb:
-    """``live_astdb`` for ``ReplaceService``: the AstDB of the PBX of ``client`` (its Manager
-    connection) while it is logged in."""
-    if client is None:
-        return lambda: None
-    astdb = ManagerAstDb(client)
+    """``live_astdb`` for ``ReplaceService`` with one Manager connection (or none)."""
+    return manager_astdbs({} if client is None else {client.pbx: client})
 
-    def live() -> AstDb | None:
-        return astdb if client.state is ManagerState.CONNECTED else None
+
+def manager_astdbs(clients: Mapping[PbxName, ManagerClient]) -> LiveAstDb:
+    """``live_astdb`` for ``ReplaceService``: each PBX's AstDB over that PBX's Manager connection
+    while it is logged in; ``None`` for a PBX without one here (not configured, or enforced by
+    another instance: then its holder deletes what is left pending)."""
+    astdbs = {pbx: ManagerAstDb(client) for pbx, client in clients.items()}
+
+    def live(pbx: PbxName = DEFAULT_PBX, /) -> AstDb | None:
+        astdb = astdbs.get(pbx)
+        if astdb is None or astdb.client.state is not ManagerState.CONNECTED:
+            return None
+        return astdb
 
     return live

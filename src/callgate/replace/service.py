@@ -14,6 +14,11 @@ AstDB is written through an ``AstDb``: inside the replace session it is the AGI 
 connection (``DBPut``/``DBDel``), when there is one. Every AstDB key callgate writes is spelled in
 ``acting_key``/``device_key`` and nowhere else.
 
+Each Asterisk server has its own AstDB: a replacement records the PBX the phone dialed it on
+(``ReplaceRequest.pbx``, from the dialplan), and its keys are deleted there and nowhere else —
+through the session when the session is on that PBX, else through that PBX's Manager
+(``live_astdb(pbx)``), else kept pending for that PBX until it is reachable.
+
 PIN writes are limited per client (``limits.PinWriteLimiter``: ``PinWritesRefused`` past a rate
 or a number in progress); PIN checks during calls hash on threads of their own (``PinHasher``).
 
@@ -33,8 +38,9 @@ from typing import Protocol
 
 from callgate.agi.record import AgiRequest, DecisionRecorder
 from callgate.audit import AuditEvent
-from callgate.domain import DEFAULT_PBX, AstDbKey, Attempt, Replacement, StoreError
+from callgate.domain import AstDbKey, Attempt, Replacement, StoreError
 from callgate.logs import printable
+from callgate.pbx import DEFAULT_PBX, PbxName
 from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
 from callgate.ports import ReplaceStore
 from callgate.registry import ClientPolicy, PolicyRegistry
@@ -65,8 +71,15 @@ class AstDb(Protocol):
         ...
 
 
-LiveAstDb = Callable[[], AstDb | None]
-"""The Manager connection's AstDB while it is logged in, else ``None``."""
+class LiveAstDb(Protocol):
+    """A PBX's AstDB over its Manager connection while that is logged in, else ``None``."""
+
+    def __call__(self, pbx: PbxName = DEFAULT_PBX, /) -> AstDb | None: ...
+
+
+def no_live_astdb(pbx: PbxName = DEFAULT_PBX, /) -> AstDb | None:
+    """No Manager connection at all: every deletion outside a call waits for the phone."""
+    return None
 
 
 def acting_key(client_id: str, phone: str) -> AstDbKey:
@@ -93,6 +106,8 @@ class ReplaceRequest:
     target: str | None
     uniqueid: str | None = None
     channel: str | None = None
+    pbx: PbxName = DEFAULT_PBX
+    """The Asterisk server the phone dialed from: its AstDB is the one this session writes."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -132,7 +147,7 @@ class ReplaceService:
         hasher: PinHasher | None = None,
         pin_writes: PinWriteLimiter | None = None,
         rules: LockoutRules | None = None,
-        live_astdb: LiveAstDb = lambda: None,
+        live_astdb: LiveAstDb = no_live_astdb,
         clock: Clock = utc_now,
     ) -> None:
         self._repo = repo
@@ -145,8 +160,6 @@ class ReplaceService:
         self._rules = rules or LockoutRules()
         self._live_astdb = live_astdb
         self._clock = clock
-        self._maybe_pending = True
-        """Whether AstDB deletions may be owed (checked in the store when the Manager is up)."""
         self._background: set[asyncio.Task[None]] = set()
 
     # -- PINs (HTTP) -----------------------------------------------------------------------
@@ -245,14 +258,23 @@ class ReplaceService:
         decision = self._authorize(policy, req)
         if not decision.allowed:
             return decision, policy.version
-        new = Replacement(req.client_id, req.phone, req.acting, req.target, self._clock())
+        new = Replacement(
+            req.client_id, req.phone, req.acting, req.target, self._clock(), pbx=req.pbx
+        )
         writes = (acting_key(req.client_id, req.phone), device_key(req.client_id, req.target))
         takeover = await self._repo.start_replacement(new, writes)
         try:
-            if takeover.previous is not None and takeover.previous.to_ext != new.to_ext:
-                await astdb.delete(*device_key(req.client_id, takeover.previous.to_ext))
+            previous = takeover.previous
+            if previous is not None and previous.pbx != new.pbx:
+                # the phone replaced from another server before: its keys there go too
+                await self._delete_on(previous.pbx, previous.client_id, _keys_of(previous))
+            elif previous is not None and previous.to_ext != new.to_ext:
+                await astdb.delete(*device_key(req.client_id, previous.to_ext))
             for other in takeover.displaced:
-                await astdb.delete(*acting_key(req.client_id, other.phone))
+                if other.pbx == new.pbx:
+                    await astdb.delete(*acting_key(req.client_id, other.phone))
+                else:
+                    await self._delete_on(other.pbx, other.client_id, _keys_of(other))
                 self._record_end(other, ReplacementEnd.DISPLACED, policy.version)
             await astdb.put(*acting_key(req.client_id, req.phone), req.target)
             await astdb.put(*device_key(req.client_id, req.target), req.phone)
@@ -282,11 +304,15 @@ class ReplaceService:
         if not decision.allowed:
             return decision
         ended = await self._repo.end_replacement(req.client_id, req.phone)
-        # This session reaches Asterisk: settle what revocations could not delete without a
-        # Manager connection (this phone's keys among them, perhaps).
-        flushed = await self.flush_pending(astdb, req.client_id)
+        # This session reaches its Asterisk: settle what revocations could not delete there
+        # without a Manager connection (this phone's keys among them, perhaps).
+        flushed = await self.flush_pending(astdb, req.client_id, pbx=req.pbx)
         if ended is not None:
-            await _clear_astdb(astdb, ended)
+            if ended.pbx == req.pbx:
+                await _clear_astdb(astdb, ended)
+            else:
+                # recorded on another server (the phone moved): its keys are there
+                await self._delete_on(ended.pbx, ended.client_id, _keys_of(ended))
             return decision
         own = acting_key(req.client_id, req.phone)
         if own in flushed:
@@ -348,59 +374,78 @@ class ReplaceService:
             await asyncio.gather(*self._background, return_exceptions=True)
 
     async def _clear_live(self, ended: Replacement) -> None:
-        """Delete ``ended``'s AstDB keys over the Manager, else keep them pending. Never raises."""
-        astdb = self._live_astdb()
-        if astdb is not None:
-            try:
-                await _clear_astdb(astdb, ended)
-            except Exception:  # kept as pending below
-                log.exception("could not clear AstDB for phone %s", ended.phone)
-            else:
-                return
+        """Delete ``ended``'s AstDB keys over its PBX's Manager, else keep them pending there.
+        Never raises."""
         try:
-            await self._repo.add_pending(ended.client_id, _keys_of(ended), pbx=ended.pbx)
+            await self._delete_on(ended.pbx, ended.client_id, _keys_of(ended))
         except Exception:
             log.exception("could not keep AstDB deletions for phone %s", ended.phone)
-            return
-        self._maybe_pending = True
+
+    async def _delete_on(
+        self, pbx: PbxName | str, client_id: str, keys: Sequence[AstDbKey]
+    ) -> None:
+        """Delete ``keys`` from ``pbx``'s AstDB over its Manager, else keep them pending for it
+        (deleted once that PBX is reachable). Raises only when the store fails."""
+        astdb = self._live_astdb(PbxName(pbx))
+        if astdb is not None:
+            try:
+                for key in keys:
+                    await astdb.delete(*key)
+            except Exception:  # kept as pending below
+                log.exception("could not delete AstDB keys of client %s on PBX %s", client_id, pbx)
+            else:
+                return
+        await self._repo.add_pending(client_id, keys, pbx=pbx)
         log.warning(
-            "no Manager connection: AstDB still routes %s to phone %s (client %s) until Asterisk"
-            " is reachable (Manager connection, or the phone dials restore)",
-            ended.to_ext,
-            ended.phone,
-            ended.client_id,
+            "no Manager connection to PBX %s here: AstDB there still holds %s (client %s) until"
+            " it is reachable (the Manager connection of the instance enforcing on it, or the"
+            " phone dials restore)",
+            pbx,
+            " ".join("/".join(key) for key in keys),
+            client_id,
         )
 
     async def flush_pending(
-        self, astdb: AstDb | None = None, client_id: str | None = None
+        self,
+        astdb: AstDb | None = None,
+        client_id: str | None = None,
+        *,
+        pbx: PbxName = DEFAULT_PBX,
     ) -> tuple[AstDbKey, ...]:
         """Delete the AstDB keys owed since Asterisk was unreachable; return those deleted.
 
-        Through ``astdb`` (an AGI session), else the Manager connection when it is up.
-        """
-        astdb = astdb or self._live_astdb()
-        if astdb is None:
-            return ()
+        With ``astdb`` (an AGI session on ``pbx``): that PBX's keys. Without: every PBX's, over
+        the Manager connections that are up here (the others wait)."""
+        owed_keys = await self._repo.pending(client_id, pbx=pbx if astdb is not None else None)
         done: list[AstDbKey] = []
-        # The one PBX callgate reaches today; each PBX's connection will flush its own.
-        for owed in await self._repo.pending(client_id, pbx=DEFAULT_PBX):
-            await astdb.delete(*owed.key)
+        reachable: dict[str, AstDb | None] = {}
+        for owed in owed_keys:
+            if astdb is not None:
+                via: AstDb | None = astdb
+            else:
+                if owed.pbx not in reachable:
+                    reachable[owed.pbx] = self._live_astdb(PbxName(owed.pbx))
+                via = reachable[owed.pbx]
+            if via is None:
+                continue
+            await via.delete(*owed.key)
             await self._repo.forget_pending(owed.client_id, owed.key, pbx=owed.pbx)
             done.append(owed.key)
-        if client_id is None:
-            self._maybe_pending = False
         if done:
             log.info("deleted %d AstDB key(s) left by earlier restores", len(done))
         return tuple(done)
 
     async def keep_astdb_clean(self, interval: float = 5.0) -> None:
-        """Background task: settle pending AstDB deletions once the Manager is connected."""
+        """Background task: settle pending AstDB deletions on every PBX whose Manager is
+        connected here. It asks the store every time: with a shared store, another instance
+        (one not connected to that PBX) may have left them."""
         while True:
-            if self._maybe_pending and self._live_astdb() is not None:
-                try:
-                    await self.flush_pending()
-                except Exception:  # retried at the next tick
-                    log.exception("pending AstDB deletions failed; will retry")
+            try:
+                await self.flush_pending()
+            except StoreError as exc:  # the store's outage shows on /readyz and in its own log
+                log.debug("pending AstDB deletions not read (%s); will retry", exc)
+            except Exception:  # retried at the next tick
+                log.exception("pending AstDB deletions failed; will retry")
             await asyncio.sleep(interval)
 
     # -- audit -------------------------------------------------------------------------------
