@@ -10,10 +10,12 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from callgate.policy import compile_policy, parse_document
+from callgate.policy import PolicyDocument, compile_policy, parse_document
 from callgate.policy.matrix import (
     ACTIONS,
+    SIGNATURE_FIELDS,
     decide_cell,
+    extension_view,
     extensions_of,
     group_summary,
     impact,
@@ -67,6 +69,21 @@ def check_matrix(raw: dict[str, Any]) -> None:
         for action in ACTIONS:
             allowed = sum(decide_cell(policy, action, x, y)[0] for x, y in pairs)
             assert summary["allowed"][action][i][j] == allowed
+    for ext in [*exts, "199"]:  # "199": an extension the document does not name
+        view = extension_view(document, policy, ext)
+        for j, other in enumerate(view["others"]):
+            for action in ACTIONS:
+                row = decoded({**view, "cells": {action: [view["row"][action]]}}, action, 0, j)
+                assert row == decide_cell(policy, action, ext, other)
+                column = decoded(
+                    {**view, "cells": {action: [view["column"][action]]}}, action, 0, j
+                )
+                assert column == decide_cell(policy, action, other, ext)
+
+
+def test_signature_knows_every_field_of_the_document() -> None:
+    """A new field naming extensions would make classes too coarse: teach ``signature`` it."""
+    assert set(PolicyDocument.model_fields) == SIGNATURE_FIELDS
 
 
 def test_the_reference_policy() -> None:

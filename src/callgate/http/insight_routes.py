@@ -22,7 +22,9 @@ import contextlib
 import json
 import re
 from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import TypeVar
 
 from aiohttp import web
 
@@ -79,7 +81,12 @@ INSIGHT_CONFIG = web.AppKey("insight_config", InsightConfig)
 LIVE_ENFORCEMENT = web.AppKey("live_enforcement", LiveEnforcement)
 _STREAMS = web.AppKey("live_streams", dict[str, int])
 _CLOSING = web.AppKey("live_closing", asyncio.Event)
-_PICTURES = web.AppKey("pictures", dict[tuple[str, int, int, str], bytes])
+_PictureKey = tuple[str, int, int, str]
+_PICTURES = web.AppKey("pictures", dict[_PictureKey, bytes])
+_MAKING = web.AppKey("pictures_in_the_making", dict[_PictureKey, "asyncio.Future[bytes]"])
+PICTURE_WORKER = web.AppKey("picture_worker", ThreadPoolExecutor)
+"""The one thread the console's pictures and previews are computed on (never the loop)."""
+_T = TypeVar("_T")
 
 
 # --- reading state (the few places that know where it lives) -------------------------------
@@ -138,22 +145,56 @@ def _too_large(code: str, message: str, **facts: int) -> ApiError:
 _CACHE_SIZE = 16
 
 
+async def _off_loop(request: web.Request, work: Callable[[], _T]) -> _T:
+    """``work()`` on the console's one worker thread, never on the event loop.
+
+    A picture of the largest document costs tens of milliseconds of pure Python: on the loop it
+    would hold every client's FastAGI answers that long. On the worker the loop takes the GIL
+    back within the interpreter's switch interval (5 ms), and one thread keeps the console to
+    one core's share however many tabs ask at once. (Sharing the compiled policy with the loop
+    is safe: its lazily made tables are published whole, ``policy/compiled.py``.)
+    """
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(request.app[PICTURE_WORKER], work)
+
+
+def _keep(cache: dict[_PictureKey, bytes], key: _PictureKey, body: bytes) -> None:
+    cache.pop(key, None)
+    while len(cache) >= _CACHE_SIZE:
+        cache.pop(next(iter(cache)))
+    cache[key] = body
+
+
 async def _cached(
     request: web.Request, policy: ClientPolicy, kind: str, make: Callable[[], dict[str, object]]
 ) -> web.Response:
     """A picture is fixed by the policy version: the last few are kept, encoded, per app.
 
-    Computed on the loop, not in a thread: ``Reach.decisions`` publishes its table before
-    filling it, so a FastAGI decision racing a thread that fills it could read it half made.
+    Made (and encoded) off the loop; requests for one picture while it is being made wait for
+    that one making, and a request that goes away leaves it to finish into the cache.
     """
-    cache = request.app[_PICTURES]
+    app = request.app
     key = (policy.client_id, policy.version, id(policy.compiled), kind)
-    body = cache.pop(key, None)
-    if body is None:
-        body = json.dumps({"policy_version": policy.version, **make()}).encode()
-        while len(cache) >= _CACHE_SIZE:
-            cache.pop(next(iter(cache)))
-    cache[key] = body
+    body = app[_PICTURES].get(key)
+    if body is not None:
+        _keep(app[_PICTURES], key, body)  # most recently used last
+        return web.Response(body=body, content_type="application/json")
+    making = app[_MAKING]
+    future = making.get(key)
+    if future is None:
+
+        def work() -> bytes:
+            return json.dumps({"policy_version": policy.version, **make()}).encode()
+
+        future = making[key] = asyncio.ensure_future(_off_loop(request, work))
+
+        def done(made: asyncio.Future[bytes]) -> None:
+            del making[key]
+            if not made.cancelled() and made.exception() is None:
+                _keep(app[_PICTURES], key, made.result())
+
+        future.add_done_callback(done)
+    body = await asyncio.shield(future)
     return web.Response(body=body, content_type="application/json")
 
 
@@ -161,22 +202,22 @@ async def get_matrix(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     actions = _actions(request)
     policy = _policy(request, client_id)
-    count = len(extensions_of(policy.document))
     limit = _config(request).matrix_max_extensions
-    if count > limit:
-        raise _too_large(
-            "matrix_too_large",
-            f"The policy names {count} extensions, more than the {limit} one matrix shows: ask"
-            " for the group summary (matrix/summary) or one extension (matrix/extension/{ext}).",
-            extensions=count,
-            limit=limit,
-        )
-    return await _cached(
-        request,
-        policy,
-        "matrix:" + ",".join(actions),
-        lambda: permission_matrix(policy.document, policy.compiled, actions),
-    )
+
+    def make() -> dict[str, object]:
+        count = len(extensions_of(policy.document))
+        if count > limit:
+            raise _too_large(
+                "matrix_too_large",
+                f"The policy names {count} extensions, more than the {limit} one matrix shows:"
+                " ask for the group summary (matrix/summary) or one extension"
+                " (matrix/extension/{ext}).",
+                extensions=count,
+                limit=limit,
+            )
+        return permission_matrix(policy.document, policy.compiled, actions)
+
+    return await _cached(request, policy, f"matrix:{limit}:" + ",".join(actions), make)
 
 
 async def get_summary(request: web.Request) -> web.Response:
@@ -210,8 +251,12 @@ async def get_extension(request: web.Request) -> web.Response:
         )
     actions = _actions(request)
     policy = _policy(request, client_id)
-    body = extension_view(policy.document, policy.compiled, ext, actions)
-    return web.json_response({"policy_version": policy.version, **body})
+    return await _cached(
+        request,
+        policy,
+        f"extension:{ext}:" + ",".join(actions),
+        lambda: extension_view(policy.document, policy.compiled, ext, actions),
+    )
 
 
 def session_json(session: SpySession) -> dict[str, object]:
@@ -234,33 +279,38 @@ async def preview(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     candidate = await _candidate(request)
     current = _policy(request, client_id)
-    compiled = compile_policy(candidate)
-    try:
-        changes = impact(current.document, current.compiled, candidate, compiled)
-    except SummaryTooLargeError as exc:
-        raise _too_large(
-            "preview_too_large",
-            f"{exc.classes} kinds of extension are too many to compare pair by pair.",
-            kinds=exc.classes,
-        ) from None
-    sessions = [
-        {**session_json(s), "reason": str(d.reason)}
-        for s in _sessions(request, client_id)
-        if not (d := decide(compiled, s.grant.action, s.grant.ext, s.grant.target)).allowed
-    ]
-    replacements = [
-        {**replacement_json(r), "reason": str(d.reason)}
-        for r in await _replacements(request, client_id)
-        if not (d := decide(compiled, Action.REPLACE, r.from_ext, r.to_ext)).allowed
-    ]
-    return web.json_response(
-        {
+    # Read on the loop, where they change; only the decisions are made on the worker.
+    sessions = [(session_json(s), s.grant) for s in _sessions(request, client_id)]
+    replacements = [(replacement_json(r), r) for r in await _replacements(request, client_id)]
+
+    def work() -> dict[str, object]:
+        compiled = compile_policy(candidate)
+        try:
+            changes = impact(current.document, current.compiled, candidate, compiled)
+        except SummaryTooLargeError as exc:
+            raise _too_large(
+                "preview_too_large",
+                f"{exc.classes} kinds of extension are too many to compare pair by pair.",
+                kinds=exc.classes,
+            ) from None
+        ended = [
+            {**shown, "reason": str(d.reason)}
+            for shown, grant in sessions
+            if not (d := decide(compiled, grant.action, grant.ext, grant.target)).allowed
+        ]
+        undone = [
+            {**shown, "reason": str(d.reason)}
+            for shown, r in replacements
+            if not (d := decide(compiled, Action.REPLACE, r.from_ext, r.to_ext)).allowed
+        ]
+        return {
             "base_version": current.version,
             **changes.to_json(),
-            "sessions_ended": sessions,
-            "replacements_ended": replacements,
+            "sessions_ended": ended,
+            "replacements_ended": undone,
         }
-    )
+
+    return web.json_response(await _off_loop(request, work))
 
 
 async def _live_body(request: web.Request, client_id: str) -> dict[str, object]:
@@ -359,6 +409,10 @@ async def end_session(request: web.Request) -> web.Response:
 
 async def _close_streams(app: web.Application) -> None:
     app[_CLOSING].set()
+
+
+async def _stop_worker(app: web.Application) -> None:
+    app[PICTURE_WORKER].shutdown(wait=False, cancel_futures=True)
 
 
 _CELLS: JsonObject = {
@@ -503,7 +557,10 @@ def register(api: Api) -> None:
     api.app[_STREAMS] = {}
     api.app[_CLOSING] = asyncio.Event()
     api.app[_PICTURES] = {}
+    api.app[_MAKING] = {}
+    api.app[PICTURE_WORKER] = ThreadPoolExecutor(1, thread_name_prefix="callgate-console")
     api.app.on_shutdown.append(_close_streams)
+    api.app.on_cleanup.append(_stop_worker)
     spec = api.openapi
     spec.add_tag(_TAG, "The operator console's views: permission picture, impact, live")
     spec.add_path_param("pbx", {"type": "string", "pattern": _PBX_RE.pattern})

@@ -54,11 +54,14 @@ class Reach:
         """member -> allow ``reason``, naming the first group (in document order) that has it."""
         table = self._grants.get(reason)
         if table is None:
-            table = self._grants[reason] = {}
+            # Filled, then published: a reader on another thread (the console's pictures are
+            # computed off the loop) sees no table or a whole one, never one half made.
+            filling: dict[str, Decision] = {}
             for group, members in zip(
                 reversed(self.groups), reversed(self.member_sets), strict=True
             ):
-                table.update(dict.fromkeys(members, Decision(True, reason, (), group)))
+                filling.update(dict.fromkeys(members, Decision(True, reason, (), group)))
+            table = self._grants[reason] = filling
         return table
 
     def targets_without(self, ext: str) -> tuple[str, ...]:

@@ -5,21 +5,27 @@ extensions a document mentions in exactly the same places are interchangeable: s
 them leaves the document unchanged, so ``decide()`` answers the same for either. Extensions are
 therefore put in *classes* by the places the document names them (``signature``), ``decide()`` is
 asked once per ordered pair of class representatives, and the answers are spread over the
-members. A class is never too coarse (a signature lists every mention, a key ending in
-``_<ext>`` included); it may be finer than needed, which only costs time.
+members. A class is never too coarse: a signature is every place the document names an
+extension (the groups it is in, its ``eavesdrop_``/``whisper_`` keys); it may be finer than
+needed, which only costs time.
+
+The group summary of the largest document (100 groups of 200, every extension with grants) is
+100 classes: it is computed from class to class, never pair by pair or group by group.
 
 Pure: no I/O, and nothing from callgate outside ``callgate.policy``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from bisect import bisect_left
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
 from callgate.policy.compiled import CompiledPolicy
 from callgate.policy.decide import decide
 from callgate.policy.document import PolicyDocument
+from callgate.policy.syntax import EAVESDROP_PREFIX, WHISPER_PREFIX
 from callgate.policy.types import ALL_TARGETS, Decision, Reason
 
 GROUP_PICKUP: Final = "group_pickup"
@@ -32,49 +38,45 @@ Cell = tuple[bool, str, str | None]
 """(allowed, reason code, the group that granted it)"""
 
 
+SIGNATURE_FIELDS: Final = frozenset(
+    {"allow_all", "pickup_all", "groups", "pickup_share_groups", "phone_replace_groups"}
+)
+"""The document's fields ``signature`` knows: of them only ``groups`` names extensions (the
+others are flags and group names); the ``eavesdrop_``/``whisper_`` keys are the rest."""
+
+
 def extensions_of(document: PolicyDocument) -> list[str]:
     """Every extension the document names (group members and grant keys), sorted."""
     found: set[str] = set()
     for members in document.groups.values():
         found.update(members)
-    found.update(document.eavesdrop)
-    found.update(document.whisper)
+    # Every extra key is ``eavesdrop_<ext>`` or ``whisper_<ext>`` (the document's own check).
+    found.update(key[key.index("_") + 1 :] for key in document.model_extra or {})
     return sorted(found)
 
 
-def signature(document: PolicyDocument, extensions: Iterable[str]) -> dict[str, frozenset[str]]:
-    """For each extension: the places the document names it (a list item, a key, a key suffix)."""
+Signature = tuple[tuple[str, ...], object, object]
+"""(the groups an extension is in, in document order; its eavesdrop grant; its whisper grant)"""
+
+
+def signature(document: PolicyDocument, extensions: Iterable[str]) -> dict[str, Signature]:
+    """For each extension: the places the document names it.
+
+    Two extensions with one signature are interchangeable: swapping them leaves every group's
+    member set and every grant as they were (``compile_policy`` reads members as sets).
+    """
     wanted = set(extensions)
-    places: dict[str, set[str]] = {ext: set() for ext in wanted}
-
-    def walk(value: object, path: str) -> None:
-        if isinstance(value, str):
-            if value in wanted:
-                places[value].add(path)
-        elif isinstance(value, Mapping):
-            for key, inner in value.items():
-                key = str(key)
-                # A key naming an extension carries its value: two extensions are only
-                # interchangeable if what the document says of each is the same.
-                if key in wanted:
-                    places[key].add(f"{path}{{}}={inner!r}")
-                at = key.find("_")
-                while at >= 0:
-                    if key[at + 1 :] in wanted:
-                        places[key[at + 1 :]].add(f"{path}/{key[: at + 1]}*={inner!r}")
-                    at = key.find("_", at + 1)
-                walk(inner, f"{path}/{key}")
-        elif isinstance(value, (list, tuple)):
-            where = path + "[]"
-            for inner in value:
-                if isinstance(inner, str):  # the common case, without a call
-                    if inner in wanted:
-                        places[inner].add(where)
-                else:
-                    walk(inner, where)
-
-    walk(document.model_dump(mode="json"), "")
-    return {ext: frozenset(where) for ext, where in places.items()}
+    groups_of: dict[str, list[str]] = {ext: [] for ext in wanted}
+    for name, members in document.groups.items():
+        for ext in dict.fromkeys(members):
+            found = groups_of.get(ext)
+            if found is not None:
+                found.append(name)
+    extra = document.model_extra or {}
+    return {
+        ext: (tuple(groups), extra.get(EAVESDROP_PREFIX + ext), extra.get(WHISPER_PREFIX + ext))
+        for ext, groups in groups_of.items()
+    }
 
 
 def _cell(decision: Decision) -> Cell:
@@ -250,13 +252,23 @@ def extension_view(
     _check_actions(actions)
     extensions = extensions_of(document)
     others = [other for other in extensions if other != ext]
+    # Others of one signature are interchangeable with ``ext`` held still (swapping two of
+    # them moves neither ``ext`` nor anything said of it): one decision per class and side.
+    classes = Classes.build(signature(document, others))
+    kinds = [classes.of[other] for other in others]
+    representatives = [members[0] for members in classes.members]
     legend = Legend()
-    row: dict[str, list[int]] = {}
-    column: dict[str, list[int]] = {}
+    to: dict[str, list[int]] = {}
+    by: dict[str, list[int]] = {}
     for action in actions:
-        row[action] = [legend.code(decide_cell(policy, action, ext, o)) for o in others]
-        column[action] = [legend.code(decide_cell(policy, action, o, ext)) for o in others]
+        to[action] = [legend.code(decide_cell(policy, action, ext, r)) for r in representatives]
+        by[action] = [legend.code(decide_cell(policy, action, r, ext)) for r in representatives]
     width = _width(len(legend.cells))
+
+    def spread(codes: list[int]) -> str:
+        of_kind = [_digits(code, width) for code in codes]
+        return "".join([of_kind[kind] for kind in kinds])
+
     return {
         "extension": ext,
         "known": ext in extensions,
@@ -265,9 +277,74 @@ def extension_view(
         "legend": legend.to_json(),
         "width": width,
         "alphabet": ALPHABET,
-        "row": {a: "".join(_digits(c, width) for c in codes) for a, codes in row.items()},
-        "column": {a: "".join(_digits(c, width) for c in codes) for a, codes in column.items()},
+        "row": {a: spread(codes) for a, codes in to.items()},
+        "column": {a: spread(codes) for a, codes in by.items()},
     }
+
+
+_GROUP_FORMS: Final = {GROUP_PICKUP: "pickup", "eavesdrop": "eavesdrop", "whisper": "whisper"}
+"""Actions whose directed answer, for one row extension, is its group form's target list:
+policy.md rules 5 and 7 define those targets as the very reach rules 4 (share groups, without
+``pickup_all``) and 6 consult. Directed pickup (``pickup_all`` reaches beyond the share groups)
+and replace (no group form) are asked pair by pair."""
+
+
+def _row_rule(policy: CompiledPolicy, action: str, ext: str) -> Callable[[str], bool]:
+    """Whether ``decide()`` lets ``ext`` do ``action`` to a target (never ``ext`` itself)."""
+    form = _GROUP_FORMS.get(action)
+    if form is None:
+        return lambda target: decide(policy, action, ext, target).allowed
+    decision = decide(policy, form, ext, None)
+    targets = decision.targets
+    if not decision.allowed:
+        return lambda _target: False
+    if ALL_TARGETS in targets:
+        return lambda _target: True
+    size = len(targets)
+
+    def among(target: str) -> bool:  # the group forms' targets are sorted (policy.md)
+        at = bisect_left(targets, target)
+        return at < size and targets[at] == target
+
+    return among
+
+
+@dataclass(slots=True)
+class _GroupedClasses:
+    """The classes of the extensions in groups: per class, its groups, size, two members."""
+
+    where: list[tuple[int, ...]]
+    sizes: list[int]
+    members: list[list[str]]
+
+    @classmethod
+    def build(cls, document: PolicyDocument) -> _GroupedClasses:
+        groups_of: dict[str, list[int]] = {}
+        for i, members in enumerate(document.groups.values()):
+            for ext in dict.fromkeys(members):
+                found = groups_of.get(ext)
+                if found is None:
+                    groups_of[ext] = [i]
+                else:
+                    found.append(i)
+        extra = document.model_extra or {}
+        index: dict[Hashable, int] = {}
+        out = cls([], [], [])
+        # The same places as ``signature`` (group indices stand for the names).
+        for ext, found in groups_of.items():
+            where = tuple(found)
+            key = (where, extra.get(EAVESDROP_PREFIX + ext), extra.get(WHISPER_PREFIX + ext))
+            c = index.get(key)
+            if c is None:
+                index[key] = len(out.sizes)
+                out.where.append(where)
+                out.sizes.append(1)
+                out.members.append([ext])
+            else:
+                out.sizes[c] += 1
+                if len(out.members[c]) < 2:
+                    out.members[c].append(ext)
+        return out
 
 
 def group_summary(
@@ -280,41 +357,54 @@ def group_summary(
     """For each ordered pair of groups (A, B): how many of the pairs (a in A, b in B, a != b)
     each action allows. ``pairs[i][j]`` and ``allowed[action][i][j]`` are those counts.
 
+    One answer of ``decide()`` per ordered pair of classes (per action) stands for all the pairs
+    of their members; the counts are then summed class by class into the groups they are in.
+
     Raises ``SummaryTooLargeError`` when the document's classes would need more than
     ``max_class_pairs`` ``decide()`` calls per action.
     """
     _check_actions(actions)
-    extensions = extensions_of(document)
-    classes = Classes.build(signature(document, extensions))
-    grouped = {c for members in document.groups.values() for c in {classes.of[e] for e in members}}
-    if len(grouped) ** 2 > max_class_pairs:
-        raise SummaryTooLargeError(len(grouped))
-    cells = ClassCells(policy, classes)
     names = list(document.groups)
-    member_sets = [frozenset(document.groups[name]) for name in names]
-    counts: list[dict[int, int]] = []
-    for members in member_sets:
-        tally: dict[int, int] = {}
-        for ext in members:
-            tally[classes.of[ext]] = tally.get(classes.of[ext], 0) + 1
-        counts.append(tally)
-    pairs = [[0] * len(names) for _ in names]
-    allowed = {action: [[0] * len(names) for _ in names] for action in actions}
-    for i, row_members in enumerate(member_sets):
-        for j, col_members in enumerate(member_sets):
-            both = row_members & col_members
-            shared: dict[int, int] = {}
-            for ext in both:
-                shared[classes.of[ext]] = shared.get(classes.of[ext], 0) + 1
-            pairs[i][j] = len(row_members) * len(col_members) - len(both)
-            for action in actions:
-                total = 0
-                for a, n_a in counts[i].items():
-                    for b, n_b in counts[j].items():
-                        n = n_a * n_b - (shared.get(a, 0) if a == b else 0)
-                        if n and cells.cell(action, a, b)[0]:
-                            total += n
-                allowed[action][i][j] = total
+    count = len(names)
+    classes = _GroupedClasses.build(document)
+    where, sizes, members = classes.where, classes.sizes, classes.members
+    kinds = len(sizes)
+    if kinds**2 > max_class_pairs:
+        raise SummaryTooLargeError(kinds)
+    # |A| |B| - |A & B|: the members both groups have are the classes both groups have.
+    lengths = [0] * count
+    both = [[0] * count for _ in names]
+    for c, groups in enumerate(where):
+        for i in groups:
+            lengths[i] += sizes[c]
+            row = both[i]
+            for j in groups:
+                row[j] += sizes[c]
+    pairs = [[lengths[i] * lengths[j] - both[i][j] for j in range(count)] for i in range(count)]
+    allowed: dict[str, list[list[int]]] = {}
+    for action in actions:
+        totals = [[0] * count for _ in names]
+        for a in range(kinds):
+            rule = _row_rule(policy, action, members[a][0])
+            # For a member x of class a: how many of each group's members x may do it to.
+            reached = [0] * count
+            for b in range(kinds):
+                if b != a:
+                    target = members[b][0]
+                elif len(members[a]) > 1:
+                    target = members[a][1]  # the class's other members, x excluded
+                else:
+                    continue  # one member: its only pair is itself
+                if rule(target):
+                    n = sizes[b] - (1 if b == a else 0)
+                    for j in where[b]:
+                        reached[j] += n
+            if not any(reached):
+                continue
+            for i in where[a]:
+                row, weight = totals[i], sizes[a]
+                totals[i] = [total + weight * n for total, n in zip(row, reached, strict=True)]
+        allowed[action] = totals
     return {"groups": names, "actions": list(actions), "pairs": pairs, "allowed": allowed}
 
 

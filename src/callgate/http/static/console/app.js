@@ -81,12 +81,6 @@ function when(iso) {
 
 // ---------------------------------------------------------------- cells of the picture
 
-function cellAt(codes, index, width, alphabet) {
-  let code = 0;
-  for (let k = 0; k < width; k++) code = code * 64 + alphabet.indexOf(codes[index * width + k]);
-  return code;
-}
-
 function describe(entry) {
   const group = entry.group ? `, group ${entry.group}` : "";
   return `${entry.allowed ? "allowed" : "denied"}: ${entry.reason}${group}`;
@@ -240,106 +234,227 @@ async function renderPicture(holder, client, signal) {
   });
 }
 
+// A digit's value, by character code: decoding a cell is then a few array reads.
+function decoder({ width, alphabet }) {
+  const digit = new Int8Array(128).fill(-1);
+  for (let k = 0; k < alphabet.length; k++) digit[alphabet.charCodeAt(k)] = k;
+  return (codes, index) => {
+    let code = 0;
+    for (let k = index * width, end = k + width; k < end; k++) code = code * 64 + digit[codes.charCodeAt(k)];
+    return code;
+  };
+}
+
+const ROW_PX = 24;
+
+// A large table drawn as the window of it that shows: the rows and columns in view, with
+// their headers, re-drawn as it scrolls. 200 x 200 extensions are 40,000 cells; drawn whole,
+// the browser lays them all out before the first paint and on every change. The table stays
+// pinned in its scroll box (position: sticky) over a spacer the size of the whole table; the
+// arrow keys move a focus kept as (row, column) indices, scrolling it into view. Screen
+// readers get the whole table's size and each cell's place (aria-rowcount, aria-colindex).
+//   spec: { id, caption, rows, cols (header names), rowHeadEm, cellEm, cell(i, j) -> HTML of
+//           the <td> attributes and text, onCell(td, i, j) for click and Enter, label(i, j) }
+function drawGrid(area, spec) {
+  const { rows, cols } = spec;
+  const rowNames = rows.map(escapeHtml);
+  const colNames = cols.map(escapeHtml);
+  area.textContent = "";
+  area.classList.add("windowed");
+  const spacer = el("div", { class: "spacer" });
+  area.append(spacer);
+  spacer.innerHTML = `<table class="matrix grid" id="${spec.id}" aria-rowcount="${rows.length + 1}"` +
+    ` aria-colcount="${cols.length + 1}"${spec.attrs || ""}><caption>${escapeHtml(spec.caption)}</caption>` +
+    "<colgroup></colgroup><thead></thead><tbody></tbody></table>";
+  const table = spacer.firstElementChild;
+  const [colgroup, thead, tbody] = [$("colgroup", table), $("thead", table), $("tbody", table)];
+  const em = parseFloat(getComputedStyle(table).fontSize) || 13;
+  const headPx = Math.round(spec.rowHeadEm * em);
+  const cellPx = Math.round(spec.cellEm * em);
+  let rowPx = ROW_PX;
+  // The caption and the header row sit above the rows, inside the pinned table.
+  const topPx = () => thead.offsetTop + thead.offsetHeight;
+  const focusAt = { i: 0, j: rows.length > 1 ? 1 : 0 };
+  let window = { r0: -1, c0: -1, nr: 0, nc: 0 };
+  const size = () => {
+    spacer.style.height = `${topPx() + rows.length * rowPx}px`;
+    spacer.style.width = `${headPx + cols.length * cellPx}px`;
+  };
+  // The first row and column in view: from the scroll position, the last ones when scrolled
+  // to the end, and always with (i, j) when given (the cell the keyboard moves to).
+  const first = (scroll, max, step, n, count, keep) => {
+    let at = scroll >= max - 1 ? count - n : Math.floor(scroll / step);
+    if (keep !== undefined) at = Math.min(keep, Math.max(at, keep - n + 1));
+    return Math.max(0, Math.min(count - n, at));
+  };
+  const draw = (keep = {}) => {
+    // The pinned table must fit its box (a taller one would be pushed up at the end).
+    const nr = Math.min(rows.length, Math.max(1, Math.floor((area.clientHeight - topPx()) / rowPx)));
+    const nc = Math.min(cols.length, Math.max(1, Math.floor((area.clientWidth - headPx) / cellPx)));
+    const r0 = first(area.scrollTop, area.scrollHeight - area.clientHeight, rowPx, nr, rows.length, keep.i);
+    const c0 = first(area.scrollLeft, area.scrollWidth - area.clientWidth, cellPx, nc, cols.length, keep.j);
+    if (r0 === window.r0 && c0 === window.c0 && nr === window.nr && nc === window.nc) return;
+    const hadFocus = table.contains(document.activeElement);
+    window = { r0, c0, nr, nc };
+    colgroup.innerHTML = `<col><col span="${nc}">`;
+    const [headCol, cellCol] = colgroup.children;
+    headCol.style.width = `${headPx}px`;
+    cellCol.style.width = `${cellPx}px`;
+    table.style.width = `${headPx + nc * cellPx}px`;
+    let head = `<tr aria-rowindex="1"><th scope="col" aria-colindex="1">${spec.corner}</th>`;
+    for (let j = c0; j < c0 + nc; j++) {
+      head += `<th scope="col" aria-colindex="${j + 2}" title="${colNames[j]}">${colNames[j]}</th>`;
+    }
+    thead.innerHTML = head + "</tr>";
+    const body = [];
+    for (let i = r0; i < r0 + nr; i++) {
+      let row = `<tr aria-rowindex="${i + 2}"><th scope="row" aria-colindex="1" title="${rowNames[i]}">${rowNames[i]}</th>`;
+      for (let j = c0; j < c0 + nc; j++) {
+        row += `<td aria-colindex="${j + 2}" data-i="${i}" data-j="${j}" tabindex="-1" ${spec.cell(i, j)}</td>`;
+      }
+      body.push(row + "</tr>");
+    }
+    tbody.innerHTML = body.join("");
+    const target = cellOf(focusAt.i, focusAt.j) || $("td", tbody);
+    if (target) {
+      target.tabIndex = 0;
+      target.setAttribute("aria-label", spec.label(Number(target.dataset.i), Number(target.dataset.j)));
+      if (hadFocus) target.focus({ preventScroll: true });
+    }
+  };
+  const cellOf = (i, j) => $(`td[data-i="${i}"][data-j="${j}"]`, tbody);
+  const reveal = (i, j) => {
+    // Scroll just enough that (i, j) is in the window, drawn whole.
+    if (i < window.r0) area.scrollTop = i * rowPx;
+    else if (i >= window.r0 + window.nr) area.scrollTop = (i - window.nr + 1) * rowPx;
+    if (j < window.c0) area.scrollLeft = j * cellPx;
+    else if (j >= window.c0 + window.nc) area.scrollLeft = (j - window.nc + 1) * cellPx;
+    kept = { i, j };
+    draw(kept);
+  };
+  const focus = (i, j) => {
+    const old = cellOf(focusAt.i, focusAt.j);
+    if (old) old.tabIndex = -1;
+    focusAt.i = i;
+    focusAt.j = j;
+    reveal(i, j);
+    const td = cellOf(i, j);
+    td.tabIndex = 0;
+    td.setAttribute("aria-label", spec.label(i, j));
+    td.focus({ preventScroll: true });
+    return td;
+  };
+  // The scroll that reveal() causes keeps its cell in view; a scroll by the user does not.
+  let kept = {};
+  let pending = false;
+  area.addEventListener("scroll", () => {
+    if (pending) return;
+    pending = true;
+    requestAnimationFrame(() => {
+      pending = false;
+      draw(kept);
+      kept = {};
+    });
+  });
+  table.addEventListener("click", (event) => {
+    const td = event.target.closest("td");
+    if (!td) return;
+    const i = Number(td.dataset.i);
+    const j = Number(td.dataset.j);
+    spec.onCell(focus(i, j), i, j);
+  });
+  table.addEventListener("keydown", (event) => {
+    const td = event.target.closest("td");
+    if (!td) return;
+    const i = Number(td.dataset.i);
+    const j = Number(td.dataset.j);
+    const page = Math.max(1, window.nr - 1);
+    const moves = {
+      ArrowRight: [i, j + 1], ArrowLeft: [i, j - 1], ArrowDown: [i + 1, j], ArrowUp: [i - 1, j],
+      PageDown: [i + page, j], PageUp: [i - page, j], Home: [i, 0], End: [i, cols.length - 1],
+    };
+    const move = moves[event.key];
+    if (move) {
+      event.preventDefault();
+      const [ni, nj] = move;
+      focus(Math.max(0, Math.min(rows.length - 1, ni)), Math.max(0, Math.min(cols.length - 1, nj)));
+    } else if (event.key === "Enter" || event.key === " ") {
+      event.preventDefault();
+      spec.onCell(td, i, j);
+    }
+  });
+  // The first draw measures the header and a row; the second fits the box to them.
+  thead.innerHTML = `<tr><th>${spec.corner}</th></tr>`;
+  size();
+  draw();
+  const row = $("tr", tbody);
+  if (row && row.offsetHeight) rowPx = row.offsetHeight;
+  size();
+  window = { r0: -1 };
+  draw();
+  return table;
+}
+
 function drawMatrix(area, matrix, action, explain) {
-  const { extensions, legend, width, alphabet, cells } = matrix;
+  const { extensions, legend, cells } = matrix;
   area.textContent = "";
   if (!extensions.length) {
     area.append(el("p", { id: "empty-picture", text: "The policy names no extension yet." }));
     return;
   }
-  const actions = action === "all" ? matrix.actions : [action];
-  const parts = [`<table class="matrix" id="matrix" data-action="${escapeHtml(action)}"><caption>`,
-    escapeHtml(action === "all" ? "All actions" : ACTIONS[action].label),
-    ` — policy version ${matrix.policy_version}</caption><thead><tr><th scope="col">from \\ to</th>`];
-  for (const ext of extensions) parts.push(`<th scope="col">${escapeHtml(ext)}</th>`);
-  parts.push("</tr></thead><tbody>");
-  const rows = [];
-  extensions.forEach((row, i) => {
-    const start = parts.length;
-    parts.push(`<tr><th scope="row">${escapeHtml(row)}</th>`);
-    extensions.forEach((col, j) => {
-      if (i === j) {
-        parts.push(`<td class="self" data-row="${escapeHtml(row)}" data-col="${escapeHtml(col)}" aria-label="${escapeHtml(row)} itself">—</td>`);
-        return;
+  const all = action === "all";
+  const actions = all ? matrix.actions : [action];
+  const shorts = actions.map((a) => ACTIONS[a].short);
+  const allowedCode = legend.map((entry) => entry.allowed);
+  const codeAt = decoder(matrix);
+  const names = extensions.map(escapeHtml);
+  const allowedOf = (i, j) => actions.filter((a) => allowedCode[codeAt(cells[a][i], j)]);
+  const longest = Math.max(...extensions.map((ext) => ext.length));
+  drawGrid(area, {
+    id: "matrix",
+    attrs: ` data-action="${escapeHtml(action)}"`,
+    caption: `${all ? "All actions" : ACTIONS[action].label} — policy version ${matrix.policy_version}`,
+    corner: "from \\ to",
+    rows: extensions,
+    cols: extensions,
+    rowHeadEm: Math.max(5.5, 0.62 * longest + 1.2),
+    cellEm: Math.max(all ? 4.2 : 2.4, 0.62 * longest + 1),
+    cell: (i, j) => {
+      const where = `data-row="${names[i]}" data-col="${names[j]}"`;
+      if (i === j) return `class="self" ${where}>—`;
+      let allowed = "";
+      let text = "";
+      for (let k = 0; k < actions.length; k++) {
+        if (allowedCode[codeAt(cells[actions[k]][i], j)]) {
+          allowed += allowed ? " " + actions[k] : actions[k];
+          text += shorts[k];
+        }
       }
-      const allowed = [];
-      for (const a of actions) {
-        if (legend[cellAt(cells[a][i], j, width, alphabet)].allowed) allowed.push(a);
-      }
-      const text = action === "all" ? allowed.map((a) => ACTIONS[a].short).join("") || "·" : allowed.length ? "✓" : "·";
-      const label = action === "all"
+      return `class="${allowed ? "yes" : "no"}" ${where} data-allowed="${allowed}">${all ? text || "·" : allowed ? "✓" : "·"}`;
+    },
+    label: (i, j) => {
+      const [row, col] = [extensions[i], extensions[j]];
+      if (i === j) return `${row} itself`;
+      const allowed = allowedOf(i, j);
+      return all
         ? `${row} to ${col}: ${allowed.map((a) => ACTIONS[a].label).join(", ") || "nothing allowed"}`
         : `${row} ${ACTIONS[action].label} ${col}: ${allowed.length ? "allowed" : "denied"}`;
-      parts.push(`<td class="${allowed.length ? "yes" : "no"}" data-row="${escapeHtml(row)}" data-col="${escapeHtml(col)}"` +
-        ` data-allowed="${allowed.join(" ")}" aria-label="${escapeHtml(label)}">${text}</td>`);
-    });
-    parts.push("</tr>");
-    rows.push(parts.splice(start).join(""));
-  });
-  // The first rows at once, the rest in slices: a large table is usable before it is whole.
-  const FIRST = 40;
-  area.innerHTML = parts.join("") + rows.slice(0, FIRST).join("") + "</tbody></table>";
-  const table = $("#matrix", area);
-  const body = $("tbody", table);
-  const more = (from) => {
-    if (from >= rows.length || !table.isConnected) return;
-    body.insertAdjacentHTML("beforeend", rows.slice(from, from + FIRST).join(""));
-    setTimeout(() => more(from + FIRST), 0);
-  };
-  setTimeout(() => more(FIRST), 0);
-  let focused = null;
-  const focus = (td) => {
-    if (!td) return;
-    if (focused) focused.tabIndex = -1;
-    td.tabIndex = 0;
-    td.focus();
-    focused = td;
-  };
-  const first = $("td:not(.self)", table) || $("td", table);
-  first.tabIndex = 0;
-  focused = first;
-  const show = (td) => {
-    const i = extensions.indexOf(td.dataset.row);
-    const j = extensions.indexOf(td.dataset.col);
-    explain.textContent = "";
-    explain.append(el("h3", { text: `${td.dataset.row} → ${td.dataset.col}` }));
-    const list = el("dl", { id: "explanation" });
-    for (const a of matrix.actions) {
-      const entry = legend[cellAt(cells[a][i], j, width, alphabet)];
-      list.append(el("dt", { text: ACTIONS[a].label }),
-        el("dd", { "data-action": a, "data-allowed": String(entry.allowed), class: entry.allowed ? "yes" : "no" },
-          el("strong", { text: entry.allowed ? "allowed" : "denied" }), " ",
-          el("code", { text: entry.reason }),
-          entry.group ? ` · granted by group ${entry.group}` : "",
-          el("span", { class: "hint", text: ` — ${REASONS[entry.reason] || ""}` })));
-    }
-    explain.append(list);
-  };
-  table.addEventListener("click", (event) => {
-    const td = event.target.closest("td");
-    if (td) {
-      focus(td);
-      show(td);
-    }
-  });
-  table.addEventListener("keydown", (event) => {
-    const td = event.target.closest("td");
-    if (!td) return;
-    const row = td.parentElement;
-    const index = [...row.children].indexOf(td);
-    const moves = {
-      ArrowRight: () => td.nextElementSibling,
-      ArrowLeft: () => (td.previousElementSibling && td.previousElementSibling.tagName === "TD" ? td.previousElementSibling : null),
-      ArrowDown: () => row.nextElementSibling && row.nextElementSibling.children[index],
-      ArrowUp: () => row.previousElementSibling && row.previousElementSibling.children[index],
-    };
-    if (moves[event.key]) {
-      event.preventDefault();
-      focus(moves[event.key]());
-    } else if (event.key === "Enter" || event.key === " ") {
-      event.preventDefault();
-      show(td);
-    }
+    },
+    onCell: (td, i, j) => {
+      explain.textContent = "";
+      explain.append(el("h3", { text: `${extensions[i]} → ${extensions[j]}` }));
+      const list = el("dl", { id: "explanation" });
+      for (const a of matrix.actions) {
+        const entry = legend[codeAt(cells[a][i], j)];
+        list.append(el("dt", { text: ACTIONS[a].label }),
+          el("dd", { "data-action": a, "data-allowed": String(entry.allowed), class: entry.allowed ? "yes" : "no" },
+            el("strong", { text: entry.allowed ? "allowed" : "denied" }), " ",
+            el("code", { text: entry.reason }),
+            entry.group ? ` · granted by group ${entry.group}` : "",
+            el("span", { class: "hint", text: ` — ${REASONS[entry.reason] || ""}` })));
+      }
+      explain.append(list);
+    },
   });
 }
 
@@ -348,27 +463,39 @@ async function showSummary(extra, client, signal) {
   extra.textContent = "";
   const select = el("select", { id: "summary-action" },
     Object.entries(ACTIONS).map(([key, a]) => el("option", { value: key, text: a.label, selected: key === "eavesdrop" })));
-  const table = el("div", { class: "scroll" });
+  const table = el("div", { class: "scroll", id: "summary-area" });
+  const names = data.groups.map(escapeHtml);
+  const longest = Math.max(4, ...data.groups.map((g) => g.length));
+  const note = el("p", { class: "hint", id: "summary-cell", "aria-live": "polite" });
+  const widest = String(Math.max(0, ...data.pairs.map((row) => Math.max(0, ...row)))).length;
   const draw = () => {
     const a = select.value;
-    const rows = data.groups.map((from, i) => el("tr", {}, el("th", { scope: "row", text: from }),
-      data.groups.map((to, j) => {
+    const allowedOf = data.allowed[a];
+    drawGrid(table, {
+      id: "summary",
+      caption: `${ACTIONS[a].label}: members of the row group to members of the column group (allowed/pairs)`,
+      corner: "from \\ to",
+      rows: data.groups,
+      cols: data.groups,
+      rowHeadEm: Math.max(6, 0.62 * longest + 1.2),
+      cellEm: Math.max(0.62 * (2 * widest + 1) + 1, 0.62 * longest + 1),
+      cell: (i, j) => {
         const pairs = data.pairs[i][j];
-        const allowed = data.allowed[a][i][j];
+        const allowed = allowedOf[i][j];
         const kind = !pairs ? "self" : allowed === pairs ? "yes" : allowed ? "some" : "no";
-        return el("td", { class: kind, "data-from": from, "data-to": to, title: `${allowed} of ${pairs} pairs`,
-          text: pairs ? `${allowed}/${pairs}` : "—" });
-      })));
-    table.textContent = "";
-    table.append(el("table", { class: "matrix summary", id: "summary" },
-      el("caption", { text: `${ACTIONS[a].label}: members of the row group to members of the column group (allowed/pairs)` }),
-      el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "from \\ to" }),
-        data.groups.map((g) => el("th", { scope: "col", text: g })))),
-      el("tbody", {}, rows)));
+        return `class="${kind}" data-from="${names[i]}" data-to="${names[j]}" title="${allowed} of ${pairs} pairs">` +
+          (pairs ? `${allowed}/${pairs}` : "—");
+      },
+      label: (i, j) => `${data.groups[i]} to ${data.groups[j]}: ${allowedOf[i][j]} of ${data.pairs[i][j]} pairs allowed`,
+      onCell: (td, i, j) => {
+        note.textContent = `${data.groups[i]} → ${data.groups[j]}: ${ACTIONS[a].label} allowed for ` +
+          `${allowedOf[i][j]} of the ${data.pairs[i][j]} pairs of their members.`;
+      },
+    });
   };
   select.addEventListener("change", draw);
   extra.append(el("h3", { text: "Group summary" }),
-    el("div", { class: "controls" }, el("label", { for: "summary-action", text: "Action" }), select), table);
+    el("div", { class: "controls" }, el("label", { for: "summary-action", text: "Action" }), select), table, note);
   draw();
 }
 
@@ -376,20 +503,38 @@ async function showExtension(extra, client, ext, signal) {
   const path = clientPath(client, `call_control_group/matrix/extension/${encodeURIComponent(ext)}`);
   const { data } = await call("GET", path, { signal });
   extra.textContent = "";
-  const table = (title, id, side) => el("table", { class: "matrix", id },
-    el("caption", { text: title }),
-    el("thead", {}, el("tr", {}, el("th", { scope: "col", text: "extension" }),
-      data.actions.map((a) => el("th", { scope: "col", text: ACTIONS[a].label })))),
-    el("tbody", {}, data.others.map((other, i) => el("tr", {}, el("th", { scope: "row", text: other }),
-      data.actions.map((a) => {
-        const entry = data.legend[cellAt(data[side][a], i, data.width, data.alphabet)];
-        return el("td", { class: entry.allowed ? "yes" : "no", "data-action": a, "data-other": other,
-          "data-allowed": String(entry.allowed), title: describe(entry), text: entry.allowed ? "✓" : "·" });
-      })))));
+  const codeAt = decoder(data);
+  const others = data.others.map(escapeHtml);
+  const longest = Math.max(4, ...data.others.map((o) => o.length));
+  const labels = data.actions.map((a) => ACTIONS[a].label);
+  const note = el("p", { class: "hint", id: "ext-cell", "aria-live": "polite" });
+  const holders = [el("div", { class: "scroll" }), el("div", { class: "scroll" })];
   extra.append(el("h3", { id: "ext-title", text: `Extension ${data.extension}${data.known ? "" : " (not named by the policy)"}` }),
-    el("div", { class: "split even" },
-      el("div", { class: "scroll" }, table(`What ${data.extension} may do to…`, "ext-row", "row")),
-      el("div", { class: "scroll" }, table(`Who may do what to ${data.extension}`, "ext-column", "column"))));
+    el("div", { class: "split even" }, ...holders), note);
+  // 20,000 others are 100,000 cells a side: drawn as the window in view (drawGrid).
+  const table = (holder, title, id, side) => {
+    const entryOf = (i, j) => data.legend[codeAt(data[side][data.actions[j]], i)];
+    drawGrid(holder, {
+      id,
+      caption: title,
+      corner: "extension",
+      rows: data.others,
+      cols: labels,
+      rowHeadEm: Math.max(7, 0.62 * longest + 1.2),
+      cellEm: 8, // a header too long for it is cut, and whole in its title
+      cell: (i, j) => {
+        const entry = entryOf(i, j);
+        return `class="${entry.allowed ? "yes" : "no"}" data-action="${data.actions[j]}" data-other="${others[i]}"` +
+          ` data-allowed="${entry.allowed}" title="${escapeHtml(describe(entry))}">${entry.allowed ? "✓" : "·"}`;
+      },
+      label: (i, j) => `${labels[j]}, ${data.others[i]}: ${describe(entryOf(i, j))}`,
+      onCell: (td, i, j) => {
+        note.textContent = `${labels[j]}, ${data.others[i]}: ${describe(entryOf(i, j))}`;
+      },
+    });
+  };
+  table(holders[0], `What ${data.extension} may do to…`, "ext-row", "row");
+  table(holders[1], `Who may do what to ${data.extension}`, "ext-column", "column");
 }
 
 // ---------------------------------------------------------------- policy editor
