@@ -1,6 +1,11 @@
 """FastAGI load: callgate against the Python floor and panoramisk, measured from outside.
 
     .venv/bin/python bench/agi_bench.py [--seconds 3] [--quick] [--servers a,b] [--loops l]
+                                        [--db sqlite|postgresql]
+
+``--db postgresql`` runs the ``callgate`` server on a private PostgreSQL cluster
+(``tests/pg_cluster.py``, a free loopback port, removed afterwards) instead of SQLite: the store
+is not on the decision path, so its cost per session should not change.
 
 ``--servers raw,bare`` compares the floor of callgate's raw-socket approach with asyncio's streams.
 
@@ -46,9 +51,10 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
-from typing import cast
+from typing import Any, cast
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSCRIPT = ROOT / "tests" / "transcripts" / "agi" / "commands-and-replies.txt"
@@ -111,19 +117,20 @@ def realistic_policy() -> dict[str, object]:
 # --------------------------------------------------------------------------- servers
 
 
-def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str) -> None:
+def serve(kind: str, loop: str, port: int, http_port: int, data_dir: str, db: str | None) -> None:
     """Run one server in this (child) process until SIGTERM."""
     if kind == "callgate":
         from callgate.config import load_settings
         from callgate.daemon import configure_logging, run
 
-        settings = load_settings(
-            {
-                "agi": f"127.0.0.1:{port}",
-                "http": f"127.0.0.1:{http_port}",
-                "data_dir": Path(data_dir),
-            }
-        )
+        values: dict[str, object] = {
+            "agi": f"127.0.0.1:{port}",
+            "http": f"127.0.0.1:{http_port}",
+            "data_dir": Path(data_dir),
+        }
+        if db is not None:
+            values["db"] = db
+        settings = load_settings(values)
         # As `callgate serve` configures it, to a file instead of stderr.
         configure_logging(settings.log_level, Path(data_dir) / "callgate.log")
         main = run(settings)
@@ -288,11 +295,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def start_server(kind: str, loop: str, data_dir: Path) -> Server:
+def start_server(kind: str, loop: str, data_dir: Path, db: str | None = None) -> Server:
     port, http_port = free_port(), free_port()
     env = {**os.environ, "CALLGATE_ADMIN_TOKEN": TOKEN, "PYTHONPATH": str(ROOT / "src")}
     command = [sys.executable, __file__, "--serve", kind, "--loop", loop]
     command += ["--port", str(port), "--http-port", str(http_port), "--data-dir", str(data_dir)]
+    if db is not None:
+        command += ["--db-url", db]
     process = subprocess.Popen(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     server = Server(kind, loop, process, port, http_port, data_dir)
     try:
@@ -471,6 +480,13 @@ def main() -> None:
         " and panoramisk)",
     )
     parser.add_argument("--loops", default="asyncio,uvloop", help="comma-separated (default both)")
+    parser.add_argument(
+        "--db",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the callgate server's store (default sqlite)",
+    )
+    parser.add_argument("--db-url", help=argparse.SUPPRESS)
     parser.add_argument("--serve", choices=SERVERS + EXTRA_SERVERS, help=argparse.SUPPRESS)
     parser.add_argument("--loop", choices=("asyncio", "uvloop"), help=argparse.SUPPRESS)
     parser.add_argument("--port", type=int, help=argparse.SUPPRESS)
@@ -478,9 +494,34 @@ def main() -> None:
     parser.add_argument("--data-dir", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve:
-        serve(args.serve, args.loop, args.port, args.http_port, args.data_dir)
+        serve(args.serve, args.loop, args.port, args.http_port, args.data_dir, args.db_url)
         return
     import uvloop
+
+    cluster = _pg_cluster() if args.db == "postgresql" else None
+    try:
+        run_all(args, uvloop.run, cluster)
+    finally:
+        if cluster is not None:
+            cluster.stop()
+
+
+def _pg_cluster() -> Any:
+    """The tests' private PostgreSQL cluster (``tests/pg_cluster.py``), started."""
+    sys.path.insert(0, str(ROOT / "tests"))
+    from pg_cluster import PgCluster, find_bindir
+
+    bindir = find_bindir()
+    if bindir is None:
+        raise SystemExit("no PostgreSQL binaries: apt-get install postgresql")
+    cluster = PgCluster(bindir)
+    cluster.start()
+    return cluster
+
+
+def run_all(
+    args: argparse.Namespace, run: Callable[[Coroutine[Any, Any, Result]], Result], cluster: Any
+) -> None:
 
     seconds = 1.0 if args.quick else args.seconds
     rows: list[tuple[str, str, str, Result]] = []
@@ -490,14 +531,17 @@ def main() -> None:
             for kind in _choices(args.servers, SERVERS + EXTRA_SERVERS):
                 data_dir = Path(tmp) / f"{kind}-{loop_name}"
                 data_dir.mkdir()
-                server = start_server(kind, loop_name, data_dir)
+                db = None
+                if cluster is not None and kind == "callgate":
+                    db = cluster.dsn(cluster.create_database())
+                server = start_server(kind, loop_name, data_dir, db)
                 try:
                     env = environment(server.port)
                     for load, measure in (
                         (f"{CONCURRENCY} in flight", closed_loop),
                         (f"{RATE}/s", fixed_rate),
                     ):
-                        result = uvloop.run(measure(server, env, seconds))
+                        result = run(measure(server, env, seconds))
                         rows.append((kind, loop_name, load, result))
                         print(
                             f"  {kind:10} {loop_name:7} {load:12} {result.rate:8.0f}/s"
@@ -511,7 +555,7 @@ def main() -> None:
                     log = data_dir / "callgate.log"
                     lines = sum(1 for line in log.open() if " decision client=" in line)
                     print(f"  callgate logged {lines} decision lines", file=sys.stderr)
-    print_table(rows, seconds)
+    print_table(rows, seconds, args.db)
     print("\nServer CPU in the second after one client connected and closed without a word")
     print("\n| server | loop | CPU seconds per second |")
     print("|---|---|---:|")
@@ -527,8 +571,11 @@ def _choices(text: str, allowed: tuple[str, ...]) -> list[str]:
     return chosen
 
 
-def print_table(rows: list[tuple[str, str, str, Result]], seconds: float) -> None:
-    print(f"\nFastAGI sessions, {seconds:g} s per measurement, server CPU per completed session")
+def print_table(rows: list[tuple[str, str, str, Result]], seconds: float, db: str) -> None:
+    print(
+        f"\nFastAGI sessions, {seconds:g} s per measurement, server CPU per completed session"
+        f" (callgate's store: {db})"
+    )
     print(
         "\n| server | loop | load | sessions/s | server CPU µs/session | p50 ms | p99 ms | errors |"
     )

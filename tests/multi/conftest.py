@@ -17,6 +17,7 @@ from callgate.daemon import Services, start
 from fake_ami import FakeAmi
 from fake_asterisk import FakeChannel, call, environment_with, load_transcript
 from reference_policy import REFERENCE_DOCUMENT
+from serve_support import Instance, serving
 from support import free_port
 
 TOKEN = "multi-pbx-admin-token"
@@ -124,3 +125,10 @@ async def make_daemon() -> AsyncIterator[Callable[[Settings], Any]]:
     yield make
     for services in running:
         await services.stop()
+
+
+@pytest.fixture
+async def pair(pg_dsn: str, tmp_path: Path) -> AsyncIterator[list[Instance]]:
+    """Two real ``callgate serve`` processes on one PostgreSQL database."""
+    async with serving(pg_dsn, tmp_path) as running:
+        yield running
