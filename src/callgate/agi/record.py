@@ -36,6 +36,7 @@ per line (and the event-loop iteration that made it) was a measurable share of e
 CPU (``bench/agi_bench.py``; figures in ``docs/performance.md``); the date in each line is still
 the decision's."""
 
+_SPY_ACTIONS: Final = frozenset({Action.EAVESDROP.value, Action.WHISPER.value})
 _KNOWN_ACTIONS: Final = frozenset(action.value for action in Action)
 
 
@@ -173,7 +174,13 @@ class DecisionRecorder:
                 self._children[key] = child
         child.inc()
         grants = self._grants
-        if grants is not None and decision.allowed and request.uniqueid and request.channel:
+        if (
+            grants is not None
+            and action in _SPY_ACTIONS  # only a listen or a whisper opens a session to track
+            and decision.allowed
+            and request.uniqueid
+            and request.channel
+        ):
             grants.note_allowed(
                 request.client_id,
                 action,
