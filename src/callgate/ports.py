@@ -96,6 +96,11 @@ class PolicyStore(Protocol):
         """The newest version with its document as stored text (no decoding)."""
         ...
 
+    async def all_current_json(self) -> list[tuple[str, StoredJson]]:
+        """``(client_id, current_json(client_id))`` of every client that has one, by client id:
+        start-up reads these, and decodes each document only when it is first used."""
+        ...
+
     async def history_page(
         self, client_id: str, *, limit: int, before: int | None = None, max_bytes: int
     ) -> HistoryPage:

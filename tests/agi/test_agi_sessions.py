@@ -19,8 +19,9 @@ from callgate.agi.handlers import (
 from callgate.agi.protocol import AgiEnvironment, Reply
 from callgate.agi.server import AgiServer
 from callgate.agi.session import AgiChannelDead, AgiCommandFailed, AgiSession
+from callgate.domain import StoredJson
 from callgate.metrics import Metrics
-from callgate.registry import PolicyRegistry
+from callgate.registry import PolicyRegistry, StoredText
 from fake_asterisk import (
     FakeChannel,
     call,
@@ -385,6 +386,26 @@ async def test_an_answer_too_long_for_one_command_is_a_denial(
     assert verdict(channel) == expected("DENY", "internal_error", version="3")
     (event,) = audit.events  # recorded once, as answered
     assert (event.decision, event.reason) == ("deny", "internal_error")
+
+
+async def test_a_damaged_stored_document_is_denied_at_its_first_use(
+    start_server: StartServer,
+    dispatcher: Callable[..., AgiDispatcher],
+    registry: PolicyRegistry,
+    audit: FakeAuditSink,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Loaded cold and compiled on first use, a document damaged in the database fails closed
+    at the first call: a denial on the quick path, never the default document's pickup of
+    everyone."""
+    damaged = StoredJson(4, "2024-05-01T10:00:00+00:00", "admin", '{"allow_al": 1}')
+    registry.load_stored("broken", StoredText.of(damaged))
+    server = await start_server(dispatcher())
+    for _ in range(2):  # and again: not compiled into the default by the first failure
+        channel = await call(server.port, request_environment("pickup", "broken", "100"))
+        assert verdict(channel) == expected("DENY", "internal_error", version="0")
+    assert [(e.decision, e.reason) for e in audit.events] == [("deny", "internal_error")] * 2
+    assert not [r for r in caplog.records if "preparing the answer failed" in r.getMessage()]
 
 
 async def test_untrusted_values_are_escaped_in_the_log_line(

@@ -82,6 +82,19 @@ async def test_all_current_holds_the_newest_version_of_each_client(store: Store)
     assert newest == [("acme", 2, DOC_B), ("globex", 1, DOC_A)]
 
 
+async def test_all_current_json_is_the_newest_text_of_each_client_undecoded(store: Store) -> None:
+    await store.policies.save("acme", DOC_A, "admin")
+    await store.policies.save("acme", DOC_B, "admin")
+    await store.policies.save("globex", DOC_A, "ops")
+    texts = await store.policies.all_current_json()
+    assert [(c, t.version, t.changed_by) for c, t in texts] == [
+        ("acme", 2, "admin"),
+        ("globex", 1, "ops"),
+    ]
+    assert texts[0][1] == await store.policies.current_json("acme")
+    assert texts[1][1] == await store.policies.current_json("globex")
+
+
 async def test_the_default_document_is_a_version_like_any_other(store: Store) -> None:
     await store.policies.save("acme", DOC_A, "admin")
     reset = await store.policies.save("acme", PolicyDocument(), "admin")

@@ -38,6 +38,7 @@ from callgate.agi.record import (
     joined_targets,
 )
 from callgate.agi.session import AgiSession, AgiSessionError, variable_commands
+from callgate.domain import StoreError
 from callgate.logs import printable
 from callgate.policy import (
     ALL_TARGETS,
@@ -240,7 +241,12 @@ class PolicyRoute:
     def answer(self, environment: AgiEnvironment) -> AnsweredRequest:
         """The request's answer, decided (or remembered) once: both paths send its commands."""
         request = AgiRequest.from_environment(environment)
-        policy = self._policy(request)
+        try:
+            policy = self._policy(request)
+        except StoreError:  # its stored document, compiled on first use, is damaged: denied
+            log.exception("no policy for %s", printable(request.uniqueid))
+            denied = answer_of(_INTERNAL_ERROR, 0, "", request.uniqueid)
+            return AnsweredRequest(self._recorder, request, denied)
         if (
             policy is None
             or environment.duplicate_keys

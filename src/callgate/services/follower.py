@@ -22,31 +22,27 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
-import json
 import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
 
 from callgate.domain import (
     ChangeKind,
     PolicyChange,
     StoredJson,
-    StoredPolicy,
     StoredSupervision,
-    StoreError,
     live_grants,
 )
-from callgate.policy import (
-    CompiledPolicy,
-    PolicyDocument,
-    PolicyValidationError,
-    compile_policy,
-    parse_document,
-)
+from callgate.policy import CompiledPolicy, PolicyDocument
 from callgate.policy.supervision import compile_supervision
 from callgate.ports import PolicyStore, SupervisionStore
-from callgate.registry import ClientPolicy, PolicyRegistry
+from callgate.registry import (
+    LAZY_MAX_CHARS,
+    ClientPolicy,
+    PolicyRegistry,
+    StoredText,
+    default_policy,
+)
 
 __all__ = ["PolicyFollower"]
 
@@ -58,17 +54,6 @@ class _Offer:
     encoded: str
     document: PolicyDocument
     compiled: CompiledPolicy
-
-
-def client_policy(stored: StoredPolicy, compiled: CompiledPolicy) -> ClientPolicy:
-    return ClientPolicy(
-        client_id=stored.client_id,
-        version=stored.version,
-        document=stored.document,
-        compiled=compiled,
-        changed_at=stored.changed_at,
-        changed_by=stored.changed_by,
-    )
 
 
 def supervised(policy: ClientPolicy, stored: StoredSupervision | None) -> ClientPolicy:
@@ -87,15 +72,6 @@ def supervised(policy: ClientPolicy, stored: StoredSupervision | None) -> Client
     )
 
 
-def _compiled(client_id: str, stored: StoredJson) -> tuple[PolicyDocument, CompiledPolicy]:
-    try:
-        document = parse_document(json.loads(stored.document_json))
-    except (ValueError, PolicyValidationError) as exc:
-        # Only a document that passed validation is ever written; this means outside damage.
-        raise StoreError(f"stored policy {client_id!r} v{stored.version} is unreadable") from exc
-    return document, compile_policy(document)
-
-
 class PolicyFollower:
     """The change feed's subscriber that keeps the registry at each client's current version."""
 
@@ -112,15 +88,37 @@ class PolicyFollower:
         self._offers: dict[str, list[_Offer]] = {}
 
     async def load_all(self) -> int:
-        """Compile every client's current stored policy (and its settings and grants) into the
-        registry (start-up, before the listeners open); return how many policies."""
-        stored = await self._store.all_current()
-        for policy in stored:
-            self._registry.load(client_policy(policy, compile_policy(policy.document)))
+        """Load every client's current stored policy (and its settings and grants) into the
+        registry (start-up, before the listeners open); return how many policies. Each is held
+        as its stored text and compiled on first use, but for the large documents and the
+        clients with settings or grants, compiled now in a thread (``LAZY_MAX_CHARS``): nothing
+        is decoded on the event loop here."""
+        records: dict[str, StoredSupervision] = {}
         if self._supervision is not None:
-            for record in await self._supervision.all_current():
-                self._registry.load(supervised(self._registry.get(record.client_id), record))
-        return len(stored)
+            records = {r.client_id: r for r in await self._supervision.all_current()}
+        stored = await self._store.all_current_json()
+        count = len(stored)
+        now: list[tuple[str, StoredText]] = []
+        for client_id, stored_json in stored:
+            text = StoredText.of(stored_json)
+            if client_id in records or len(text.document_json) > LAZY_MAX_CHARS:
+                now.append((client_id, text))
+            else:
+                self._registry.load_stored(client_id, text)
+        del stored  # the texts the registry holds stay; the rest of the rows go now
+
+        def compile_now() -> list[ClientPolicy]:
+            compiled = {c: t.compile(c) for c, t in now}
+            # A record without a stored document goes with the default document.
+            return [
+                *(p for c, p in compiled.items() if c not in records),
+                *(supervised(compiled.get(c) or default_policy(c), r) for c, r in records.items()),
+            ]
+
+        if now or records:
+            for policy in await asyncio.to_thread(compile_now):
+                self._registry.load(policy)
+        return count
 
     @contextlib.contextmanager
     def offer(
@@ -144,29 +142,27 @@ class PolicyFollower:
             await self._on_supervision(change)
             return
         client_id = change.client_id
-        if change.version <= self._registry.get(client_id).version:
+        if change.version <= self._registry.versions(client_id)[0]:
             return  # seen already (a repeat, or merged into a newer one we read)
         stored = await self._store.current_json(client_id)
-        if stored is None or stored.version <= self._registry.get(client_id).version:
+        if stored is None or stored.version <= self._registry.versions(client_id)[0]:
             return
+        text = StoredText.of(stored)
         offered = self._offered(client_id, stored)
         if offered is None:  # written elsewhere: decode and compile off the event loop
-            offered = await asyncio.to_thread(_compiled, client_id, stored)
-        document, compiled = offered
-        # Read after the awaits: the settings and grants in force now go with the new document.
-        current = self._registry.get(client_id)
-        new = ClientPolicy(
-            client_id=client_id,
-            version=stored.version,
-            document=document,
-            compiled=compiled,
-            changed_at=datetime.fromisoformat(stored.changed_at),
-            changed_by=stored.changed_by,
-            supervision_version=current.supervision_version,
-            settings=current.settings,
-            grants=current.grants,
-        )
-        if current.supervision_version:
+            new = await asyncio.to_thread(text.compile, client_id)
+        else:
+            new = text.policy(client_id, *offered)
+        # Read after the awaits: the settings and grants in force now go with the new document
+        # (a cold client has none: it need not be compiled for them).
+        current = self._registry.peek(client_id)
+        if current is not None and current.supervision_version:
+            new = dataclasses.replace(
+                new,
+                supervision_version=current.supervision_version,
+                settings=current.settings,
+                grants=current.grants,
+            )
             new = supervised(new, None)
         installed = self._registry.install(new)
         if installed:
@@ -181,7 +177,7 @@ class PolicyFollower:
         client_id = change.client_id
         if self._supervision is None:
             return
-        if change.version <= self._registry.get(client_id).supervision_version:
+        if change.version <= self._registry.versions(client_id)[1]:
             return  # seen already
         stored = await self._supervision.current(client_id)
         current = self._registry.get(client_id)

@@ -165,6 +165,21 @@ class PolicyRepository:
 
         return await self._db.read(read)
 
+    async def all_current_json(self) -> list[tuple[str, StoredJson]]:
+        """The newest version of every client as stored text, by client id (no decoding)."""
+
+        def read(conn: sqlite3.Connection) -> list[tuple[str, StoredJson]]:
+            rows = conn.execute(
+                "SELECT p.client_id, p.version, p.changed_at, p.changed_by, p.document"
+                " FROM policy_versions AS p"
+                " JOIN (SELECT client_id, MAX(version) AS version FROM policy_versions"
+                "       GROUP BY client_id) AS newest USING (client_id, version)"
+                " ORDER BY p.client_id"
+            ).fetchall()
+            return [(str(row["client_id"]), _stored_json(row)) for row in rows]
+
+        return await self._db.read(read)
+
     async def current_json(self, client_id: str) -> StoredJson | None:
         """The newest version as stored text: what an answer sends, with no decoding."""
 

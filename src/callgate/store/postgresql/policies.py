@@ -136,6 +136,16 @@ class PgPolicyRepository:
             rows = await cur.fetchall()
         return [_decode(row) for row in rows]
 
+    async def all_current_json(self) -> list[tuple[str, StoredJson]]:
+        async with self._db.connection() as conn:
+            cur = await conn.execute(
+                "SELECT v.client_id, v.version, v.changed_at, v.changed_by, v.document"
+                " FROM policy_heads AS h JOIN policy_versions AS v USING (client_id, version)"
+                " ORDER BY h.client_id"
+            )
+            rows = await cur.fetchall()
+        return [(str(row[0]), _stored_json(row[1:])) for row in rows]
+
     async def current_json(self, client_id: str) -> StoredJson | None:
         async with self._db.connection() as conn:
             cur = await conn.execute(
