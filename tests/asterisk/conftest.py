@@ -32,9 +32,12 @@ from .harness import (
 CLIENTS = ("acme", "globex")
 
 
-def new_asterisk(root: Path, *, agi: Callable[[PbxPorts], str] | None = None) -> Asterisk:
+def new_asterisk(
+    root: Path, *, agi: Callable[[PbxPorts], str] | None = None, pbx_name: str | None = None
+) -> Asterisk:
     """An Asterisk configured in ``root`` on free loopback ports, not started yet; ``agi`` makes
-    its CALLGATE_AGI from the ports (default: the one-address shorthand)."""
+    its CALLGATE_AGI from the ports (default: the one-address shorthand), ``pbx_name`` is its
+    CALLGATE_PBX (default: the shipped dialplan's)."""
     binary = find_asterisk()
     assert binary is not None, "the test module skips itself when there is no Asterisk"
     module_dir = find_module_dir(binary)
@@ -47,7 +50,7 @@ def new_asterisk(root: Path, *, agi: Callable[[PbxPorts], str] | None = None) ->
         rtp_start=free_udp_range(100),
         agi=free_port(),
     )
-    asterisk = Asterisk(binary, root, ports, agi(ports) if agi else None)
+    asterisk = Asterisk(binary, root, ports, agi(ports) if agi else None, pbx_name)
     asterisk.write_config(module_dir, find_data_dir(binary))
     return asterisk
 

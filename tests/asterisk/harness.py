@@ -252,7 +252,7 @@ def _pjsip_conf(ports: PbxPorts) -> str:
 _TEST_DIALPLAN = """
 [globals]
 CALLGATE_AGI={agi}
-CALLGATE_RING_SECONDS=60
+{pbx}CALLGATE_RING_SECONDS=60
 
 ; A handset receiving a call: rings, or answers when the test put sim/<endpoint>=answer in AstDB.
 ; Once answered it sends audio all the time, as a real phone's RTP does: ChanSpy ends (a Hangup of
@@ -324,6 +324,8 @@ class Asterisk:
     ports: PbxPorts
     agi: str | None = None
     """The dialplan's CALLGATE_AGI; None: ``127.0.0.1:<ports.agi>`` (the one-address shorthand)."""
+    pbx_name: str | None = None
+    """The dialplan's CALLGATE_PBX (a ``[pbx.<name>]`` of callgate's); None: the shipped one."""
     process: Popen | None = None
 
     @property
@@ -378,7 +380,10 @@ class Asterisk:
             "[general]\nstatic = yes\nwriteprotect = yes\n\n"
             "#include extensions_callgate.conf\n"
             "#include extensions_callgate_tenants.conf\n"
-            + _TEST_DIALPLAN.format(agi=self.agi or f"127.0.0.1:{self.ports.agi}")
+            + _TEST_DIALPLAN.format(
+                agi=self.agi or f"127.0.0.1:{self.ports.agi}",
+                pbx=f"CALLGATE_PBX={self.pbx_name}\n" if self.pbx_name else "",
+            )
         )
 
     def start(self) -> None:
@@ -414,6 +419,9 @@ class Callgate:
     ami_port: int
     db: str | None = None
     """``--db``: None for the SQLite file in ``root``, else e.g. a ``postgresql://`` address."""
+    config: Path | None = None
+    """``--config``: a TOML file naming the PBXes (``[pbx.<name>]``) instead of ``--ami`` (then
+    ``ami_port`` is not used)."""
     process: Popen | None = None
 
     @property
@@ -444,10 +452,11 @@ class Callgate:
                 f"127.0.0.1:{self.http_port}",
                 "--data-dir",
                 str(self.root / "data"),
-                "--ami",
-                f"127.0.0.1:{self.ami_port}",
-                "--ami-user",
-                "callgate",
+                *(
+                    ["--config", str(self.config)]
+                    if self.config
+                    else ["--ami", f"127.0.0.1:{self.ami_port}", "--ami-user", "callgate"]
+                ),
                 *(["--db", self.db] if self.db else []),
             ],
             self.log,

@@ -79,8 +79,8 @@ def pair(tmp_path_factory: pytest.TempPathFactory, pg_cluster: PgCluster) -> Ite
         instance.root.mkdir()
     asterisk.start()
     try:
-        first.start()  # migrates the empty database; the second finds it done
-        second.start()
+        first.start()  # migrates the empty database, takes the PBX's enforcement lock
+        second.start(require_ami=False)  # finds both done: on standby, its ami never "up"
         yield Pair(asterisk, first, second)
     finally:
         second.stop()
@@ -106,7 +106,7 @@ async def calls(ami: Ami, pair: Pair) -> AsyncIterator[Ami]:
     """The tester's Manager connection, with the second instance running and CALLGATE_AGI put
     back to the configured list afterwards (tests change it with ``agi_list``)."""
     if pair.second.process is None:
-        await asyncio.to_thread(pair.second.start)
+        await asyncio.to_thread(pair.second.start, require_ami=False)
     try:
         yield ami
     finally:
@@ -230,7 +230,8 @@ async def test_first_stopped_the_second_answers_every_feature_code(
         # pickup, listen, whisper, replace, restore: all five on the second
         await wait_until(counted(pair.second, before + 5), within=5, interval=0.05)
     finally:
-        await asyncio.to_thread(pair.first.start)
+        # the second took the enforcement lock meanwhile: the first comes back on standby
+        await asyncio.to_thread(pair.first.start, require_ami=False)
 
 
 # ------------------------------------------------------------------------------ an answer is final
