@@ -91,7 +91,7 @@ BROKEN = [
      "${CG_CLIENT},${CALLERID(num)}", "caller-id"),
     ("identity-from-caller-id", EXT, "identify", "Set(LOCAL(acting)=${CALLGATE_EXT})",
      "Set(LOCAL(acting)=${CALLERIDNUM})", "caller-id"),
-    ("answers-not-cleared", EXT, "whisper", "CALLGATE_PICKUP=)", "CALLGATE_PICKUP=ALLOW)",
+    ("answers-not-cleared", EXT, "whisper", "CALLGATE_PICKUP=,", "CALLGATE_PICKUP=ALLOW,",
      "agi-prepare"),
     ("exit-on-hangup-missing", EXT, "pickup", "Set(AGIEXITONHANGUP=yes)", "NoOp()",
      "agi-prepare"),
