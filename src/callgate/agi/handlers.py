@@ -80,7 +80,7 @@ POLICY_ACTIONS: Final = (Action.PICKUP, Action.EAVESDROP, Action.WHISPER)
 _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _INTERNAL_ERROR: Final = Decision.deny(Reason.INTERNAL_ERROR)
 _INVALID_REASON: Final = Reason.INVALID_REQUEST
-_MONITORING: Final = frozenset({Action.EAVESDROP, Action.WHISPER})
+_MONITORING: Final[frozenset[str]] = frozenset({Action.EAVESDROP, Action.WHISPER})
 
 
 def pickup_argument(client_id: str, decision: Decision, target: str | None) -> str:
@@ -94,7 +94,7 @@ def pickup_argument(client_id: str, decision: Decision, target: str | None) -> s
     return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in decision.targets)
 
 
-def notice_argument(notice: Notice, action: Action, decision: Decision) -> str:
+def notice_argument(notice: Notice, action: str, decision: Decision) -> str:
     """``CALLGATE_NOTICE``: what the monitored call's parties must hear before an allowed listen
     or whisper starts (``tone``, ``tone,30``, ``tone,,custom/monitored``); empty otherwise."""
     if not notice.required or not decision.allowed or action not in _MONITORING:
