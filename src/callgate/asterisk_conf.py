@@ -650,12 +650,17 @@ def is_notice_gosub(step: Step) -> bool:
     return args[:2] == ["callgate", "notice"] and len(args) == 3 and args[2].startswith("1")
 
 
+def chanspy_arguments(data: str) -> tuple[str, str]:
+    """A ``ChanSpy``'s channel and its option letters (an option's own ``(...)`` left out)."""
+    args = split_args(data)
+    return args[0], re.sub(r"\([^)]*\)", "", args[1] if len(args) > 1 else "")
+
+
 def notice_chanspy_problems(data: str) -> list[str]:
     """The notice channel's ``ChanSpy``: barges (``B``) into exactly one call and nothing more."""
-    args = split_args(data)
-    options = re.sub(r"\([^)]*\)", "", args[1] if len(args) > 1 else "")
+    channel, options = chanspy_arguments(data)
     problems: list[str] = []
-    if not args[0].strip():
+    if not channel.strip():
         problems.append("notice ChanSpy without a channel (that is: every channel)")
     missing = [o for o in "BqEu" if o not in options]
     if missing:
@@ -676,10 +681,9 @@ def check_notice_includes(plan: Dialplan) -> list[Finding]:
 
 
 def chanspy_problems(data: str, asked: str | None) -> list[str]:
-    args = split_args(data)
-    options = re.sub(r"\([^)]*\)", "", args[1] if len(args) > 1 else "")
+    channel, options = chanspy_arguments(data)
     problems: list[str] = []
-    if not args[0].strip():
+    if not channel.strip():
         problems.append("ChanSpy without a channel (that is: every channel)")
     if "u" not in options:
         problems.append("ChanSpy without u: the channel would be a name prefix, not exact")
