@@ -32,6 +32,12 @@ The rules (each finding names its rule):
   ``ChanSpy``/``ExtenSpy`` only on the allow branch of an ``eavesdrop`` or ``whisper`` answer.
 - ``chanspy``: every ``ChanSpy`` has ``u`` (exact channel, never a name prefix); after
   ``eavesdrop`` no ``d``, ``B``, ``w``, ``W``; after ``whisper`` a ``w`` and no ``d``, ``B``.
+- ``notice``: a ``ChanSpy`` after ``eavesdrop`` or ``whisper`` runs only on the true branch of
+  ``GotoIf($["${CG_NOTICE_OK}" = "yes"]...)`` right after ``Gosub(callgate,notice,1)``: the
+  notice callgate asks for (``CALLGATE_NOTICE``) is given first, and a notice not given denies.
+  The one ``ChanSpy`` allowed without an answer, and the only one allowed ``B``, is
+  ``[callgate-notice]`` ``spy`` (the notice channel barging the tone in), with ``q``, ``E``, ``u``
+  and without ``d``, ``w``, ``W``; no context includes ``[callgate-notice]``.
 - ``exact-channel``: a ``CHANNELS()`` regular expression is anchored: ``^...-[0-9a-f]+$``.
 - ``caller-id``: caller ID is never read (``${CALLERID(...)}``, ``${CALLERIDNUM}``); setting it is
   fine.
@@ -49,6 +55,7 @@ The rules (each finding names its rule):
 
 from __future__ import annotations
 
+import dataclasses
 import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -64,6 +71,12 @@ GUARDED_APPS = {
     "chanspy": "spy",
     "extenspy": "spy",
 }
+NOTICE_CONTEXT = "callgate-notice"
+"""The notice channel's context; its ``spy`` extension is the only barging ``ChanSpy``."""
+NOTICE_SPY = "spy"
+NOTICE_OK = "CG_NOTICE_OK"
+"""Set to ``yes`` by ``[callgate]`` ``notice`` once the notice was given (or none is asked)."""
+_NOTICE_OK_CONDITION = f'$["${{{NOTICE_OK}}}" = "yes"]'
 ENDING_APPS = frozenset({"hangup", "return", "congestion", "busy", "stackpop"})
 AST_MAX_EXTENSION = 80
 MANAGER_READ = frozenset({"call"})
@@ -293,6 +306,8 @@ class Dialplan:
     globals: dict[str, str]
     # where each global was last set (Asterisk keeps the last of several [globals] values)
     globals_where: dict[str, Where] = field(default_factory=dict)
+    includes: list[tuple[str, str, Where]] = field(default_factory=list)
+    """(context, included context, where) of every ``include =>``."""
 
     def in_context(self, context: str) -> list[Extension]:
         return [e for e in self.extensions if e.context == context]
@@ -315,6 +330,7 @@ def read_dialplan(sections: Iterable[Section]) -> Dialplan:
     contexts: set[str] = set()
     global_vars: dict[str, str] = {}
     global_where: dict[str, Where] = {}
+    includes: list[tuple[str, str, Where]] = []
     for section in sections:
         if section.name.lower() == "globals":
             global_vars.update((e.key, e.value) for e in section.entries)
@@ -328,6 +344,7 @@ def read_dialplan(sections: Iterable[Section]) -> Dialplan:
         for entry in section.entries:
             key = entry.key.lower()
             if key == "include":
+                includes.append((section.name, entry.value.strip(), entry.where))
                 continue
             if key not in ("exten", "same"):
                 raise ConfError(f"{entry.where}: unexpected {entry.key!r} in a dialplan context")
@@ -354,7 +371,7 @@ def read_dialplan(sections: Iterable[Section]) -> Dialplan:
             last_priority = number
     for ext in extensions.values():
         ext.steps.sort(key=lambda s: s.priority)
-    return Dialplan(list(extensions.values()), contexts, global_vars, global_where)
+    return Dialplan(list(extensions.values()), contexts, global_vars, global_where, includes)
 
 
 # ------------------------------------------------------------------------------ verdict checks
@@ -450,6 +467,8 @@ class _State:
     exit_on_hangup: bool
     asked: str | None  # the action of the last FastAGI call on this path
     allowed: bool  # on the allow branch of that call's verdict check
+    notice_ran: bool = False  # the step before was Gosub(callgate,notice,1)
+    noticed: bool = False  # on the true branch of the notice check that followed it
 
 
 def _cleared_by(step: Step) -> tuple[set[str], set[str]]:
@@ -495,6 +514,7 @@ def check_flow(ext: Extension) -> list[Finding]:
             report("labels", step, f"label {label!r} does not exist in {ext.name}")
         return index
 
+    notice_channel = ext.context == NOTICE_CONTEXT and ext.name == NOTICE_SPY
     start = _State(frozenset(), False, None, False)
     seen: set[tuple[int, _State]] = set()
     work: list[tuple[int, _State]] = [(0, start)] if ext.steps else []
@@ -510,21 +530,35 @@ def check_flow(ext: Extension) -> list[Finding]:
             kind = GUARDED_APPS.get(app)
             if kind is None:
                 continue
+            if app == "chanspy" and notice_channel:
+                for message in notice_chanspy_problems(data):
+                    report("notice", step, message)
+                continue
             asked = {"pickup": "pickup", "eavesdrop": "spy", "whisper": "spy"}.get(
                 state.asked or ""
             )
             if not state.allowed or asked != kind:
                 report("guarded", step, f"{step.app} can run without an ALLOW for it")
+            if kind == "spy" and asked == "spy" and not state.noticed:
+                report("notice", step, f"{step.app} can start before the notice was given")
             if app == "chanspy":
                 for message in chanspy_problems(data, state.asked):
                     report("chanspy", step, message)
 
+        after_notice = state.notice_ran  # this step comes right after the notice step
         emptied, assigned = _cleared_by(step)
         cleared = (state.cleared | emptied) - assigned
         exit_on_hangup = state.exit_on_hangup
         if step.app_lower == "set" and step.data.replace(" ", "") == "AGIEXITONHANGUP=yes":
             exit_on_hangup = True
-        state = _State(frozenset(cleared), exit_on_hangup, state.asked, state.allowed)
+        state = _State(
+            frozenset(cleared),
+            exit_on_hangup,
+            state.asked,
+            state.allowed,
+            notice_ran=is_notice_gosub(step),
+            noticed=state.noticed and NOTICE_OK not in assigned | emptied,
+        )
 
         if step.app_lower == "agi":
             missing = [v for v in ANSWER_VARIABLES if v not in state.cleared]
@@ -556,6 +590,20 @@ def check_flow(ext: Extension) -> list[Finding]:
                     work.append((target, branch))
             continue
 
+        if step.app_lower == "gotoif" and split_gotoif(step.data)[0].replace(
+            " ", ""
+        ) == _NOTICE_OK_CONDITION.replace(" ", ""):
+            _, if_true, if_false = split_gotoif(step.data)
+            # Given only on the true branch, and only when the notice step itself came before.
+            for label, noticed in ((if_true, after_notice), (if_false, False)):
+                branch = _State(
+                    state.cleared, state.exit_on_hangup, state.asked, state.allowed, False, noticed
+                )
+                target = target_index(step, label) if label else nxt
+                if isinstance(target, int):
+                    work.append((target, branch))
+            continue
+
         if step.app_lower == "gotoif":
             condition, if_true, if_false = split_gotoif(step.data)
             kind = verdict_kind(condition)
@@ -564,7 +612,7 @@ def check_flow(ext: Extension) -> list[Finding]:
             true_allowed = {"allow": has_asked, "deny": False}.get(kind or "", state.allowed)
             false_allowed = {"allow": False, "deny": has_asked}.get(kind or "", state.allowed)
             for label, allowed in ((if_true, true_allowed), (if_false, false_allowed)):
-                branch = _State(state.cleared, state.exit_on_hangup, state.asked, allowed)
+                branch = dataclasses.replace(state, allowed=allowed, notice_ran=False)
                 target = target_index(step, label) if label else nxt
                 if isinstance(target, int):
                     work.append((target, branch))
@@ -596,11 +644,46 @@ def _verdict_follows(ext: Extension, index: int) -> bool:
     return first is not None and verdict_kind(first) is not None
 
 
-def chanspy_problems(data: str, asked: str | None) -> list[str]:
+def is_notice_gosub(step: Step) -> bool:
+    """``Gosub(callgate,notice,1)``: the shipped step that gives the notice."""
+    args = [a.strip() for a in split_args(step.data)] if step.app_lower == "gosub" else []
+    return args[:2] == ["callgate", "notice"] and len(args) == 3 and args[2].startswith("1")
+
+
+def chanspy_arguments(data: str) -> tuple[str, str]:
+    """A ``ChanSpy``'s channel and its option letters (an option's own ``(...)`` left out)."""
     args = split_args(data)
-    options = re.sub(r"\([^)]*\)", "", args[1] if len(args) > 1 else "")
+    return args[0], re.sub(r"\([^)]*\)", "", args[1] if len(args) > 1 else "")
+
+
+def notice_chanspy_problems(data: str) -> list[str]:
+    """The notice channel's ``ChanSpy``: barges (``B``) into exactly one call and nothing more."""
+    channel, options = chanspy_arguments(data)
     problems: list[str] = []
-    if not args[0].strip():
+    if not channel.strip():
+        problems.append("notice ChanSpy without a channel (that is: every channel)")
+    missing = [o for o in "BqEu" if o not in options]
+    if missing:
+        problems.append(f"notice ChanSpy options {options!r} lack {''.join(missing)}")
+    extra = [o for o in "dwW" if o in options]
+    if extra:
+        problems.append(f"notice ChanSpy options {options!r} have {''.join(extra)}")
+    return problems
+
+
+def check_notice_includes(plan: Dialplan) -> list[Finding]:
+    """Nothing dials into the notice channel's context: its ``spy`` barges."""
+    return [
+        Finding("notice", where, f"[{context}] includes {NOTICE_CONTEXT}: a phone could barge")
+        for context, included, where in plan.includes
+        if included.split(",")[0].strip() == NOTICE_CONTEXT
+    ]
+
+
+def chanspy_problems(data: str, asked: str | None) -> list[str]:
+    channel, options = chanspy_arguments(data)
+    problems: list[str] = []
+    if not channel.strip():
         problems.append("ChanSpy without a channel (that is: every channel)")
     if "u" not in options:
         problems.append("ChanSpy without u: the channel would be a name prefix, not exact")
@@ -651,7 +734,7 @@ def check_agi_address(plan: Dialplan) -> list[Finding]:
 
 
 def check_dialplan(plan: Dialplan) -> list[Finding]:
-    findings = check_agi_address(plan)
+    findings = check_agi_address(plan) + check_notice_includes(plan)
     for ext in plan.extensions:
         findings += check_flow(ext)
         for step in ext.steps:

@@ -163,6 +163,7 @@ def expected(
         variables.TARGETS: targets,
         variables.VERSION: version,
         variables.PICKUP: pickup,
+        variables.NOTICE: "",  # no notice asked: the settings are the default
     }
 
 

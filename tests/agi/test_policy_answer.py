@@ -103,6 +103,7 @@ async def test_a_long_answer_is_split_over_several_msets_and_decided_once(
         variables.TARGETS: "&".join(targets),
         variables.VERSION: "3",
         variables.PICKUP: "&".join(f"big/{t}@PICKUPMARK" for t in targets),
+        variables.NOTICE: "",
         variables.DECISION: "ALLOW",
     }
     assert len(channel.commands) == 2
@@ -145,5 +146,6 @@ def test_a_decision_answers_every_variable_with_the_decision_last() -> None:
         variables.TARGETS,
         variables.VERSION,
         variables.PICKUP,
+        variables.NOTICE,
         variables.DECISION,
     ]

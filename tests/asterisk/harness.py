@@ -255,6 +255,7 @@ CALLGATE_AGI={agi}
 {pbx}CALLGATE_RING_SECONDS=60
 
 ; A handset receiving a call: rings, or answers when the test put sim/<endpoint>=answer in AstDB.
+; The handset's channel is in AstDB simchan/<endpoint>, with a detector of the notice tone.
 ; Once answered it sends audio all the time, as a real phone's RTP does: ChanSpy ends (a Hangup of
 ; the spier included) only once a frame has passed through the spied-on channel, so a silent call
 ; would hold a hung-up listener's channel open until that call ends.
@@ -263,8 +264,18 @@ exten => _[a-z].,1,GotoIf($["${{DB(sim/${{EXTEN}})}}" = "answer"]?answer)
  same => n,Ringing()
  same => n,Wait(120)
  same => n,Hangup()
- same => n(answer),Answer()
+ same => n(answer),Set(DB(simchan/${{EXTEN}})=${{CHANNEL(name)}})
+ ; What the handset hears of the notice (1400 Hz; its own 440 Hz is sent, not received).
+ same => n,Set(TONE_DETECT(1400,300,r)=)
+ same => n,Answer()
  same => n,Playtones(440)
+ same => n,Wait(120)
+ same => n,Hangup()
+
+; A caller from outside that, once answered, sends audio all the time (silence), as a trunk's
+; RTP does: audio barged or whispered into a call is mixed into the frames its other party sends.
+[sim-caller]
+exten => s,1,PlayTones(0)
  same => n,Wait(120)
  same => n,Hangup()
 
@@ -537,6 +548,11 @@ class Api:
                 f"{self.base}/client/{client}/replacements/{phone}"
             ) as response:
                 assert response.status in (200, 204), await response.text()
+
+    async def put_settings(self, client: str, settings: dict[str, Any]) -> None:
+        url = f"{self.base}/client/{client}/call_control_settings"
+        async with self.http.put(url, json=settings) as response:
+            assert response.status == 200, await response.text()
 
     async def policy_version(self, client: str) -> int:
         """The version this instance decides by now (``check`` reads the FastAGI registry)."""

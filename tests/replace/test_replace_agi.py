@@ -201,6 +201,7 @@ async def test_right_pin_replaces_the_phone(rig: Rig) -> None:
         "CALLGATE_TARGETS": "",
         "CALLGATE_VERSION": "1",
         "CALLGATE_PICKUP": "",
+        "CALLGATE_NOTICE": "",  # a replace monitors nobody
     }
     assert call.commands[:3] == [
         "GET VARIABLE CALLGATE_EXT",

@@ -49,6 +49,7 @@ from callgate.policy import (
     decide,
     is_valid_client_id,
 )
+from callgate.policy.settings import CallControlSettings, Notice
 from callgate.registry import ClientPolicy, PolicyRegistry
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "DecisionRecorder",
     "PolicyRoute",
     "answer_of",
+    "notice_argument",
     "pickup_argument",
     "policy_routes",
     "send_decision",
@@ -79,6 +81,7 @@ POLICY_ACTIONS: Final = (Action.PICKUP, Action.EAVESDROP, Action.WHISPER)
 _INVALID: Final = Decision.deny(Reason.INVALID_REQUEST)
 _INTERNAL_ERROR: Final = Decision.deny(Reason.INTERNAL_ERROR)
 _INVALID_REASON: Final = Reason.INVALID_REQUEST
+_MONITORING: Final[frozenset[str]] = frozenset({Action.EAVESDROP, Action.WHISPER})
 
 
 def pickup_argument(client_id: str, decision: Decision, target: str | None) -> str:
@@ -92,8 +95,19 @@ def pickup_argument(client_id: str, decision: Decision, target: str | None) -> s
     return "&".join(f"{client_id}/{ext}@{variables.PICKUPMARK}" for ext in decision.targets)
 
 
+def notice_argument(notice: Notice, action: str, decision: Decision) -> str:
+    """``CALLGATE_NOTICE``: what the monitored call's parties must hear before an allowed listen
+    or whisper starts (``tone``, ``tone,30``, ``tone,,custom/monitored``); empty otherwise."""
+    if not notice.required or not decision.allowed or action not in _MONITORING:
+        return ""
+    items = ["tone", "" if notice.repeat_seconds is None else str(notice.repeat_seconds)]
+    if notice.sound is not None:
+        items.append(notice.sound)
+    return ",".join(items).rstrip(",")
+
+
 def variable_pairs(
-    decision: Decision, version: int, pickup: str = ""
+    decision: Decision, version: int, pickup: str = "", notice: str = ""
 ) -> tuple[tuple[str, str], ...]:
     """Every ``CALLGATE_*`` variable and its value; the decision is the last pair."""
     return (
@@ -101,6 +115,7 @@ def variable_pairs(
         (variables.TARGETS, joined_targets(decision.targets)),
         (variables.VERSION, str(version)),
         (variables.PICKUP, pickup),
+        (variables.NOTICE, notice),
         (variables.DECISION, variables.ALLOW if decision.allowed else variables.DENY),
     )
 
@@ -119,12 +134,16 @@ class Answer(NamedTuple):
 
 
 def answer_of(
-    decision: Decision, version: int, pickup: str = "", uniqueid: str | None = None
+    decision: Decision,
+    version: int,
+    pickup: str = "",
+    uniqueid: str | None = None,
+    notice: str = "",
 ) -> Answer:
     """The answer giving ``decision``; a denial ``internal_error`` when a value is too long for
     any command (decided here, once, for both paths)."""
     try:
-        commands = variable_commands(variable_pairs(decision, version, pickup))
+        commands = variable_commands(variable_pairs(decision, version, pickup, notice))
     except AgiProtocolError:
         log.exception("the answer for %s does not fit in an AGI command", printable(uniqueid))
         decision = _INTERNAL_ERROR
@@ -177,6 +196,8 @@ class _RememberedAnswers:
 
     compiled: CompiledPolicy
     version: int
+    settings: CallControlSettings
+    """The settings the answers were given under: the notice is part of an answer."""
     by_request: dict[tuple[str, str, str | None], Answer]
     """(action, ext, target) -> the answer."""
 
@@ -224,13 +245,15 @@ class PolicyRoute:
                     now=None if supervision is None else datetime.now(UTC),
                     supervision=supervision,
                 )
-            pickup = ""
+            pickup = notice = ""
             if request.action == Action.PICKUP:
                 pickup = pickup_argument(request.client_id, decision, request.target)
+            elif policy is not None:
+                notice = notice_argument(policy.settings.notice, request.action, decision)
         except Exception:
             log.exception("decision failed for %s", printable(request.uniqueid))
-            decision, pickup = _INTERNAL_ERROR, ""
-        return answer_of(decision, version, pickup, request.uniqueid)
+            decision, pickup, notice = _INTERNAL_ERROR, "", ""
+        return answer_of(decision, version, pickup, request.uniqueid, notice)
 
     def _policy(self, request: AgiRequest) -> ClientPolicy | None:
         """The client's policy in force, ``None`` for a malformed client id."""
@@ -264,10 +287,13 @@ class PolicyRoute:
             answers is None
             or answers.compiled is not policy.compiled
             or answers.version != (policy.version)
+            # New settings (a notice switched on) with the same document: answers of before
+            # would start listens without the notice now asked for.
+            or answers.settings is not policy.settings
         ):
             if answers is not None:
                 self._remembered -= len(answers.by_request)
-            answers = _RememberedAnswers(policy.compiled, policy.version, {})
+            answers = _RememberedAnswers(policy.compiled, policy.version, policy.settings, {})
             self._answers[request.client_id] = answers
         key = (request.action, request.ext, request.target)
         answer = answers.by_request.get(key)
@@ -279,7 +305,8 @@ class PolicyRoute:
             if self._remembered >= self._budget:
                 self._make_room()
                 answers = self._answers.setdefault(
-                    request.client_id, _RememberedAnswers(policy.compiled, policy.version, {})
+                    request.client_id,
+                    _RememberedAnswers(policy.compiled, policy.version, policy.settings, {}),
                 )
             answers.by_request[key] = answer
             self._remembered += 1

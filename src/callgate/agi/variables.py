@@ -21,7 +21,14 @@ PICKUP: Final = "CALLGATE_PICKUP"
 """An allowed pickup: the ``Pickup()`` argument (``<client>/<ext>@PICKUPMARK`` items joined by
 ``&``); empty when targets are ``*`` (plain ``Pickup()`` in the client's pickup group) or denied."""
 
-ALL: Final = (DECISION, REASON, TARGETS, VERSION, PICKUP)
+NOTICE: Final = "CALLGATE_NOTICE"
+"""An allowed listen or whisper of a client whose settings ask for a notice to the monitored:
+``tone`` (once, as the session starts), ``tone,<N>`` (and again every N seconds while it lasts),
+``tone,<N or empty>,<sound>`` (that Asterisk sound instead of the generated tone); empty for no
+notice and for every other answer. The shipped dialplan gives it before ``ChanSpy`` and denies
+when it cannot (``[callgate]`` ``notice``)."""
+
+ALL: Final = (DECISION, REASON, TARGETS, VERSION, PICKUP, NOTICE)
 
 # Set on the PJSIP endpoint (``set_var=``), read by callgate: what the phone itself is.
 OWN_EXTENSION: Final = "CALLGATE_EXT"
