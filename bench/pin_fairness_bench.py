@@ -2,7 +2,7 @@
 
     .venv/bin/python bench/pin_fairness_bench.py [--flood 150] [--idle 10] [--callgate PATH]
 
-Starts ``callgate serve`` (``--callgate``: this checkout's by default; ``/work/main/.venv/bin/
+Starts ``callgate serve`` (``--callgate``: this checkout's by default; ``../other/.venv/bin/
 callgate`` measures another checkout) on loopback ports with a temporary data directory, stores
 the reference policy for clients ``acme`` and ``beta`` and a PIN for beta's extension 101, then:
 
