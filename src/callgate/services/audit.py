@@ -3,31 +3,15 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Protocol
 
-from callgate.audit import AuditEvent
+from callgate.audit import AuditEvent, AuditLog
 
-__all__ = ["AuditQueries", "AuditReader"]
-
-
-class AuditReader(Protocol):
-    """The reading half of ``ports.AuditStore``: all a query needs."""
-
-    async def list(
-        self,
-        client_id: str,
-        *,
-        since: datetime | None = None,
-        until: datetime | None = None,
-        ext: str | None = None,
-        action: str | None = None,
-        limit: int = 1000,
-    ) -> tuple[AuditEvent, ...]: ...
+__all__ = ["AuditQueries"]
 
 
 class AuditQueries:
-    def __init__(self, store: AuditReader) -> None:
-        self._store = store
+    def __init__(self, log: AuditLog) -> None:
+        self._log = log
 
     async def events(
         self,
@@ -40,6 +24,6 @@ class AuditQueries:
         limit: int = 1000,
     ) -> tuple[AuditEvent, ...]:
         """Newest first; ``ext`` matches the acting extension or the target."""
-        return await self._store.list(
+        return await self._log.list(
             client_id, since=since, until=until, ext=ext, action=action, limit=limit
         )
