@@ -7,13 +7,18 @@ database and closed after the test. A new backend (PostgreSQL) is one more entry
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+import sqlite3
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 
 from callgate.ports import Storage
 from callgate.store import open_store
+from callgate.store.db import Database
+
+T = TypeVar("T")
 
 BACKENDS = ("sqlite", "postgresql")
 
@@ -39,3 +44,27 @@ async def storage(
     store = await open_backend(backend, tmp_path, request)
     yield store
     await store.close()
+
+
+class CountingDatabase(Database):
+    """The real database, counting its write transactions (the audit tests: how many a batch
+    or a pruning takes)."""
+
+    writes = 0
+
+    async def write(
+        self,
+        fn: Callable[[sqlite3.Connection], T],
+        *,
+        on_commit: Callable[[T], None] | None = None,
+    ) -> T:
+        self.writes += 1
+        return await super().write(fn, on_commit=on_commit)
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
+    db = await CountingDatabase.open(tmp_path / "audit.sqlite3")
+    assert isinstance(db, CountingDatabase)
+    yield db
+    await db.close()

@@ -3,43 +3,13 @@ what was recorded, and nothing recorded before a clean stop is lost."""
 
 from __future__ import annotations
 
-import sqlite3
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime
-from pathlib import Path
-from typing import TypeVar
-
-import pytest
 
 from callgate.audit import AuditEvent, AuditLog
 from callgate.store.audit import AuditRepository
-from callgate.store.db import Database
 from support import wait_until
 
-T = TypeVar("T")
-
-
-class CountingDatabase(Database):
-    """The real database, counting its write transactions."""
-
-    writes = 0
-
-    async def write(
-        self,
-        fn: Callable[[sqlite3.Connection], T],
-        *,
-        on_commit: Callable[[T], None] | None = None,
-    ) -> T:
-        self.writes += 1
-        return await super().write(fn, on_commit=on_commit)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
-    db = await CountingDatabase.open(tmp_path / "audit.sqlite3")
-    assert isinstance(db, CountingDatabase)
-    yield db
-    await db.close()
+from .conftest import CountingDatabase
 
 
 def event(n: int) -> AuditEvent:

@@ -6,12 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
-from typing import TypeVar
-
-import pytest
 
 from callgate.audit import AuditEvent, AuditLog
 from callgate.config import Settings
@@ -19,31 +14,9 @@ from callgate.logs import FIELD_LIMIT
 from callgate.store.audit import PRUNE_BATCH, AuditRepository, AuditRetention
 from callgate.store.db import Database
 
-T = TypeVar("T")
+from .conftest import CountingDatabase
+
 NOW = datetime(2026, 3, 1, 12, tzinfo=UTC)
-
-
-class CountingDatabase(Database):
-    """The real database, counting its write transactions."""
-
-    writes = 0
-
-    async def write(
-        self,
-        fn: Callable[[sqlite3.Connection], T],
-        *,
-        on_commit: Callable[[T], None] | None = None,
-    ) -> T:
-        self.writes += 1
-        return await super().write(fn, on_commit=on_commit)
-
-
-@pytest.fixture
-async def db(tmp_path: Path) -> AsyncIterator[CountingDatabase]:
-    db = await CountingDatabase.open(tmp_path / "audit.sqlite3")
-    assert isinstance(db, CountingDatabase)
-    yield db
-    await db.close()
 
 
 def event(n: int, client: str = "acme", *, time: datetime = NOW, **changes: object) -> AuditEvent:
