@@ -342,10 +342,14 @@ async def test_writes_fail_unavailable_while_the_server_is_down_then_recover(
             with pytest.raises(StoreUnavailableError):
                 await store.replace.reserve_attempt("acme", "101", "200", T0, T0)
             await wait_until(lambda: not store.changes.healthy)
+            # Down long enough that psycopg-pool's own retry is 4 s or more away (it doubles:
+            # attempts at about 0, 1 and 3 s): without the renewal the save below times out.
+            await wait_until(lambda: store.db.stats().get("connections_errors", 0) >= 3, 15)
             own.start()
             await asyncio.wait_for(store.changes.wait_healthy(), 20)
             saved = await store.policies.save("acme", doc(2), "admin", if_version=[1])
             assert saved.version == 2
+            assert store.db.revivals == 1
         finally:
             await store.close()
     finally:

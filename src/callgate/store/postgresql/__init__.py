@@ -71,6 +71,7 @@ async def open_postgresql(url: str, *, pool_timeout: float = 5.0) -> PostgresSto
     db = PgDatabase(url, timeout=pool_timeout)
     await db.open()
     changes = PgChangeFeed(db.conninfo)
+    changes.on_reconnect = db.revive
     try:
         async with db.connection() as conn:
             try:

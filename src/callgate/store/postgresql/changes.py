@@ -33,7 +33,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 import psycopg
@@ -91,6 +91,9 @@ class PgChangeFeed:
         """Why the listen connection last dropped (None: it never did)."""
         self.on_health: Callable[[bool], None] | None = None
         """Called with the new ``healthy`` on every change of it (for ``/readyz``, metrics)."""
+        self.on_reconnect: Callable[[], Awaitable[object]] | None = None
+        """Awaited after the listen connection is made again, before it is ``healthy`` (the
+        store renews its pool there)."""
 
     # ------------------------------------------------------------------------ health
 
@@ -180,6 +183,11 @@ class PgChangeFeed:
             await self._catch_up(conn, deliver=not initial)
         except psycopg.Error as exc:
             raise translate(exc) from exc
+        if not initial and self.on_reconnect is not None:
+            try:
+                await self.on_reconnect()  # before healthy: writes work again when it says so
+            except Exception:  # the feed keeps listening whatever the hook does
+                log.exception("change feed: the reconnect hook failed")
         self._set_health(True)
 
     async def _catch_up(self, conn: Connection, *, deliver: bool) -> None:

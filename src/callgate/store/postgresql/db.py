@@ -9,6 +9,11 @@ key or row lock it rests on, and every statement sees what the transactions befo
 
 A connection is checked before it is lent (``check_connection``), so a connection the server
 dropped (a restart, ``pg_terminate_backend``) is replaced instead of failing the next write.
+While the server is down, psycopg-pool retries a lost connection with a doubling delay (1, 2, 4 …
+up to 300 s apart): after an outage of a minute, writes would keep failing for up to another
+minute after the server is back. ``revive()`` — called when the change feed's own connection
+(which retries every ``backoff_max`` seconds at most) is made again — replaces a pool that still
+cannot lend a connection with a fresh one, so writes come back with the feed.
 
 Errors: a server that cannot be reached, or no connection within ``timeout`` seconds, is a
 ``StoreUnavailableError`` (HTTP 503); any other psycopg error a ``StoreError``. Nothing of
@@ -104,17 +109,24 @@ class PgDatabase:
         self.path = redacted(url)
         """What the logs name the store by (no password)."""
         self.conninfo = conninfo(url)
-        self._pool: AsyncConnectionPool[Connection] = AsyncConnectionPool(
+        self._sizes = (min_size, max_size)
+        self._timeout = timeout
+        self._pool = self._new_pool()
+        self._closed = False
+        self.revivals = 0
+        """Times ``revive()`` replaced a pool that was waiting out its reconnection delay."""
+
+    def _new_pool(self) -> AsyncConnectionPool[Connection]:
+        return AsyncConnectionPool(
             self.conninfo,
-            min_size=min_size,
-            max_size=max_size,
-            timeout=timeout,
+            min_size=self._sizes[0],
+            max_size=self._sizes[1],
+            timeout=self._timeout,
             open=False,
             kwargs={"autocommit": True},
             check=AsyncConnectionPool.check_connection,
             name="callgate",
         )
-        self._closed = False
 
     async def open(self) -> None:
         """Open the pool; ``StoreUnavailableError`` when no first connection can be made."""
@@ -149,6 +161,38 @@ class PgDatabase:
         back if it raises: the exception then propagates, translated if it is psycopg's)."""
         async with self.connection() as conn, conn.transaction():
             yield conn
+
+    def stats(self) -> dict[str, int]:
+        """psycopg-pool's measures and counters of the current pool (``connections_errors`` …)."""
+        return self._pool.get_stats()
+
+    async def revive(self, probe_timeout: float = 0.5) -> bool:
+        """The server answers again: if the pool cannot lend a connection within
+        ``probe_timeout`` seconds (it is waiting out its reconnection delay), open a fresh pool
+        in its place. True when it was replaced. The old pool is closed; a connection still
+        lent from it is closed when it is given back."""
+        if self._closed:
+            return False
+        try:
+            async with self._pool.connection(timeout=probe_timeout):
+                return False
+        except (psycopg.Error, PoolTimeout):
+            pass
+        fresh = self._new_pool()
+        try:
+            await fresh.open(wait=True, timeout=CONNECT_TIMEOUT + 1)
+        except Exception as exc:  # noqa: BLE001 - still down: the old pool keeps retrying
+            log.info("store: PostgreSQL pool not renewed (%s)", _first_line(exc))
+            await fresh.close()
+            return False
+        if self._closed:
+            await fresh.close()
+            return False
+        old, self._pool = self._pool, fresh
+        self.revivals += 1
+        log.info("store: PostgreSQL pool renewed after the server came back")
+        await old.close(timeout=1.0)
+        return True
 
     async def close(self) -> None:
         if self._closed:
