@@ -422,3 +422,86 @@ def test_protection_always_wins_and_grants_only_add(
             assert target in members
         else:
             assert got == today
+
+
+def plain_group_form(
+    doc: dict[str, Any],
+    grants: list[Grant],
+    protected: list[str],
+    action: str,
+    ext: str,
+    now: datetime,
+) -> tuple[bool, str | None, tuple[str, ...], tuple[str, ...]]:
+    """The group form of a listen or whisper as policy.md words it, with nothing precomputed:
+    (allowed, reason when only grants or protection decide it, targets, grant ids)."""
+    today = decide(compile_policy(parse_document(doc)), action, ext, None)
+    kept = {t for t in today.targets if t not in protected}
+    lost = len(kept) != len(today.targets)
+    added: set[str] = set()
+    ids = []
+    for g in grants:
+        holds = g.action == action or (g.action, action) == ("whisper", "eavesdrop")
+        if g.ext != ext or not holds or not g.from_ <= now < g.until:
+            continue
+        reach = set(g.extensions).union(*(doc["groups"].get(name, []) for name in g.groups))
+        reach.discard(ext)
+        lost = lost or bool(reach & set(protected))
+        new = reach - set(protected) - kept
+        if new:
+            ids.append(g.id)
+            added |= new
+    if not kept and not added:
+        return False, ("protected" if lost else str(today.reason)), (), ()
+    reason = None if kept else "temporary_grant"
+    return True, reason, tuple(sorted(kept | added)), tuple(sorted(ids))
+
+
+@settings(max_examples=200, deadline=None)
+@given(cases)
+def test_group_forms_are_the_plain_reading_of_the_rules(case: Case) -> None:
+    doc, grants, protected, requests, now = case
+    if doc.get("allow_all"):
+        return  # "*": test_allow_all_group_forms_keep_star_and_name_the_protected
+    policy = compile_policy(parse_document(doc))
+    supervision = supervised(doc, protected=protected, grants=grants)
+    for action, ext, _ in requests:
+        if action not in ("eavesdrop", "whisper") or decide(policy, action, ext, "").reason in (
+            Reason.INVALID_REQUEST,
+        ):
+            continue
+        got = decide(policy, action, ext, None, now=now, supervision=supervision)
+        allowed, reason, targets, ids = plain_group_form(doc, grants, protected, action, ext, now)
+        assert (got.allowed, got.targets, got.grant_ids) == (allowed, targets, ids)
+        if reason is not None:
+            assert str(got.reason) == reason
+
+
+@pytest.mark.parametrize("groups", [2, 12])  # 12 groups of 200 exceed GrantIndex.REACH
+def test_a_grant_index_too_wide_to_copy_still_decides(groups: int) -> None:
+    """``GrantIndex.reach`` (the quick "no grant reaches it") is left out when it would copy
+    more than ``REACH`` extensions; the decisions are the same either way."""
+    names = [f"floor-{g}" for g in range(groups)]
+    doc = {
+        "groups": {
+            name: [str(2000 + g * 200 + n) for n in range(200)] for g, name in enumerate(names)
+        }
+    }
+    mine = [
+        grant("g-wide", "100", "eavesdrop", groups=names),
+        grant("g-one", "100", "eavesdrop", extensions=["150"], end=NOW + 2 * HOUR),
+    ]
+    supervision = supervised(doc, grants=mine)
+    assert supervision is not None
+    index = supervision.grants["eavesdrop"]["100"]
+    assert (index.reach is None) == (groups * 200 > index.REACH)
+    policy = compile_policy(parse_document(doc))
+    last = str(2000 + groups * 200 - 1)
+    for target, ids in (
+        ("2000", ("g-wide",)),
+        (last, ("g-wide",)),
+        ("150", ("g-one",)),
+        ("9999", ()),
+    ):
+        got = decide(policy, "eavesdrop", "100", target, now=NOW, supervision=supervision)
+        assert got.grant_ids == ids
+        assert got.allowed == bool(ids)

@@ -43,9 +43,11 @@ hangup is then the only delay, well within the 1 s goal), and leaves one that an
 document still allows.
 
 Cost: a decision that the document allows pays one set look-up (protected) for listen and whisper;
-a denial pays one dict look-up more for an extension without grants; the grants of an extension
-are kept per action and indexed by the extensions and the groups they reach, so 1,000 grants in a
-client cost what the few of the acting extension cost.
+a denial pays two dict look-ups more for an extension without grants, and one set look-up more
+for a target none of its grants reaches (``GrantIndex.reach``); the grants of an extension are kept
+per action and indexed by the extensions and the groups they reach, so 1,000 grants in a client
+cost what the few of the acting extension cost (``bench/policy_bench.py``: within 2 % of the
+same decisions with protection alone, ``docs/performance.md``).
 """
 
 from __future__ import annotations
@@ -86,6 +88,11 @@ class CompiledGrant:
     member_sets: tuple[frozenset[str], ...]
     """Their members (the sets are shared between grants: no copy per grant)."""
     extensions: frozenset[str]
+    allows: Decision
+    """The decision of a directed request this grant allows (made once, not per request)."""
+    reach: frozenset[str]
+    """``extensions`` and every member of ``member_sets`` (for group forms): the one set itself
+    when there is one, shared, not copied."""
 
     def active(self, now: datetime) -> bool:
         return self.start <= now < self.end
@@ -100,6 +107,21 @@ class CompiledGrant:
         return False
 
 
+def _reach(extensions: frozenset[str], member_sets: tuple[frozenset[str], ...]) -> frozenset[str]:
+    sets = (extensions, *member_sets) if extensions else member_sets
+    return sets[0] if len(sets) == 1 else frozenset().union(*sets)
+
+
+def _union(grants: list[CompiledGrant], limit: int) -> frozenset[str] | None:
+    sets = [g.extensions for g in grants if g.extensions]
+    sets.extend(members for g in grants for members in g.member_sets)
+    if len(sets) == 1:
+        return sets[0]  # the grant's own set or the document's: shared, not copied
+    if sum(map(len, sets)) > limit:
+        return None
+    return frozenset().union(*sets)
+
+
 def _lasts_longer(grant: CompiledGrant, other: CompiledGrant | None) -> bool:
     return other is None or (grant.end, other.id) > (other.end, grant.id)
 
@@ -111,13 +133,25 @@ class GrantIndex:
     extension holds few grants, as a rule: then trying each is quicker than the index.
     """
 
-    __slots__ = ("by_ext", "by_group", "grants")
+    __slots__ = ("by_ext", "by_group", "grants", "reach", "rows")
     SCAN: Final = 4
     """Up to this many grants, ``allowing`` tries each instead of looking up the index."""
+    REACH: Final = 2_000
+    """``reach`` is made up to this many extensions (a copy: the document's sets are shared)."""
 
     def __init__(self, grants: list[CompiledGrant]) -> None:
         order = sorted(grants, key=lambda grant: (-grant.end.timestamp(), grant.id))
         self.grants = tuple(order)
+        self.rows = (
+            tuple((g.start, g.end, g.extensions, g.member_sets, g.allows) for g in order)
+            if len(order) <= self.SCAN
+            else None
+        )
+        """For a scan (``decide()`` does it, inlined), each grant's fields as a tuple: unpacking
+        is cheaper than attributes. ``None``: more than ``SCAN`` grants, ask ``allowing``."""
+        self.reach = _union(order, self.REACH)
+        """Every extension some grant here reaches, active or not (``None``: too many to copy):
+        most denials are of a target none reaches, answered by this one look-up."""
         by_ext: dict[str, list[CompiledGrant]] = {}
         by_group: dict[str, list[CompiledGrant]] = {}
         for grant in order:
@@ -161,8 +195,6 @@ class Supervision:
 
     protected: frozenset[str]
     protected_sorted: tuple[str, ...]
-    grantees: frozenset[str]
-    """the extensions that hold a grant (for any action, active or not)"""
     grants: Mapping[str, Mapping[str, GrantIndex]]
     """request action -> acting extension -> its grants for that action"""
     group_members: Mapping[str, frozenset[str]]
@@ -195,16 +227,6 @@ class Supervision:
         at = bisect_right(self.changes, now)
         return self.changes[at] if at < len(self.changes) else None
 
-    def directed(
-        self, action: str, ext: str, target: str, now: datetime | None, denied: Decision
-    ) -> Decision:
-        """A directed request the document ``denied``, from an extension that holds grants."""
-        index = self.grants.get(action, _NO_GRANTS).get(ext)
-        if index is None:
-            return denied
-        grant = index.allowing(target, _checked(now), self)
-        return denied if grant is None else Decision(True, _TEMPORARY, grant_ids=(grant.id,))
-
     def group_form(
         self, policy: CompiledPolicy, rule: Rule, action: str, ext: str, now: datetime | None
     ) -> Decision:
@@ -227,30 +249,33 @@ class Supervision:
         ids: list[str] = []
         lost_to_protection = len(kept) != len(decision.targets)
         if index is not None:
-            have = set(kept)
-            now = _checked(now)
+            # What the document gives, as its memoized set (not a set of the kept targets made
+            # per request): the difference below iterates only the grant's reach.
+            given = policy.listen(ext) if action == "eavesdrop" else policy.grant("whisper_" + ext)
+            have = given.members
+            now = checked_now(now)
             for grant in index.grants:
                 if grant.active(now):
-                    reach = self._members(grant)
-                    reach.discard(ext)
-                    lost_to_protection = lost_to_protection or not protected.isdisjoint(reach)
-                    reach -= protected
-                    reach -= have
+                    if not lost_to_protection:
+                        hit = protected.intersection(grant.reach)
+                        lost_to_protection = len(hit) > (ext in hit)
+                    reach = grant.reach - protected - have
+                    if ext in reach:
+                        reach = reach - {ext}
                     if reach:
                         ids.append(grant.id)
                         added |= reach
         if not kept and not added:
             return _PROTECTED if lost_to_protection else decision
-        targets = tuple(sorted(added.union(kept))) if added else kept
+        # kept is sorted and added disjoint from it: timsort merges the two runs in linear time
+        targets = tuple(sorted((*kept, *added))) if added else kept
         if not kept:
             return Decision(True, _TEMPORARY, targets, None, tuple(sorted(ids)))
         return Decision(True, reason, targets, group, tuple(sorted(ids)))
 
-    def _members(self, grant: CompiledGrant) -> set[str]:
-        return set(grant.extensions).union(*grant.member_sets)
 
-
-def _checked(now: datetime | None) -> datetime:
+def checked_now(now: datetime | None) -> datetime:
+    """``now`` if it is an aware datetime; else ``ValueError`` (a caller's bug)."""
     if now is None or now.tzinfo is None:
         raise ValueError("deciding with grants needs now, an aware datetime")
     return now
@@ -303,6 +328,8 @@ def compile_supervision(
             groups=groups,
             member_sets=tuple(members[name] for name in groups),
             extensions=frozenset(grant.extensions),
+            allows=Decision(True, _TEMPORARY, grant_ids=(grant.id,)),
+            reach=_reach(frozenset(grant.extensions), tuple(members[name] for name in groups)),
         )
         changes.update((entry.start, entry.end))
         for bucket in _BUCKETS_OF[grant.action]:
@@ -312,7 +339,6 @@ def compile_supervision(
     return Supervision(
         protected=protected,
         protected_sorted=tuple(sorted(protected)),
-        grantees=frozenset(ext for by_ext in compiled.values() for ext in by_ext),
         grants={
             action: {ext: GrantIndex(found) for ext, found in by_ext.items()}
             for action, by_ext in compiled.items()
