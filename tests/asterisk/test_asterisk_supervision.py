@@ -79,9 +79,12 @@ async def grant_100_over_101(api: Api, seconds: float) -> tuple[dict[str, Any], 
     return grant, monotonic + seconds
 
 
-async def until_to_hangup(ami: Ami, listen: Listen, until: float) -> float:
-    """Seconds from the grant's ``until`` to the listener's Hangup event (waits for it)."""
-    within = max(0.0, until - time.monotonic()) + HANGUP_WITHIN
+async def until_to_hangup(
+    ami: Ami, listen: Listen, until: float, late: float = HANGUP_WITHIN
+) -> float:
+    """Seconds from the grant's ``until`` to the listener's Hangup event (waited for, at most
+    ``late`` seconds past ``until``)."""
+    within = max(0.0, until - time.monotonic()) + late
     hangup = await ami.wait_event(event("Hangup", Channel=listen.listener), listen.dialed, within)
     return ami.received_at(hangup) - until
 
