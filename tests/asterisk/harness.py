@@ -554,6 +554,26 @@ class Api:
         async with self.http.put(url, json=settings) as response:
             assert response.status == 200, await response.text()
 
+    async def post_grant(self, client: str, grant: dict[str, Any]) -> dict[str, Any]:
+        """``POST /client/{client}/grants``; the stored grant (with its ``id``)."""
+        async with self.http.post(f"{self.base}/client/{client}/grants", json=grant) as response:
+            assert response.status == 201, await response.text()
+            stored: dict[str, Any] = await response.json()
+            return stored
+
+    async def delete_grant(self, client: str, grant_id: str) -> None:
+        url = f"{self.base}/client/{client}/grants/{grant_id}"
+        async with self.http.delete(url) as response:
+            assert response.status == 204, await response.text()
+
+    async def audit(self, client: str, **filters: str) -> list[dict[str, Any]]:
+        """``GET /client/{client}/audit``'s events, newest first."""
+        url = f"{self.base}/client/{client}/audit"
+        async with self.http.get(url, params=filters) as response:
+            assert response.status == 200, await response.text()
+            events: list[dict[str, Any]] = (await response.json())["events"]
+            return events
+
     async def policy_version(self, client: str) -> int:
         """The version this instance decides by now (``check`` reads the FastAGI registry)."""
         url = f"{self.base}/client/{client}/call_control_group/check"
