@@ -3,8 +3,9 @@
     .venv/bin/python docs/console/make_screenshots.py
 
 Runs the daemon in this process on loopback with the fake Manager of the test suite and a small
-demo client (the reference policy plus a few extensions), starts one listen session, then drives
-the system's headless Chromium (/usr/bin/chromium) through Playwright.
+demo client (the reference policy plus a few extensions, one protected extension and one grant),
+starts one listen session, then drives the system's headless Chromium (/usr/bin/chromium)
+through Playwright.
 """
 
 from __future__ import annotations
@@ -14,12 +15,16 @@ import json
 import shutil
 import sys
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+
+import aiohttp
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parents[1] / "tests"))
 
 from console.daemon_support import (  # noqa: E402
+    ADMIN,
     base_url,
     client_token,
     put_policy,
@@ -42,6 +47,13 @@ DEMO = {
     "eavesdrop_100": ["support", "night"],
     "whisper_101": ["sales", "hr"],
     "eavesdrop_107": ["night"],
+}
+SETTINGS = {"protected_extensions": ["103"]}
+GRANT = {
+    "ext": "102",
+    "action": "eavesdrop",
+    "extensions": ["105"],
+    "note": "coaching the night shift, ticket HR-123",
 }
 ARGS = [
     "--no-sandbox",
@@ -66,6 +78,18 @@ async def main() -> None:
                 services, CLIENT, {k: v for k, v in DEMO.items() if k != "eavesdrop_107"}
             )
             await put_policy(services, CLIENT, DEMO)
+            now = datetime.now(UTC).replace(microsecond=0)
+            grant = {
+                **GRANT,
+                "from": (now - timedelta(hours=1)).isoformat(),
+                "until": (now + timedelta(hours=8)).isoformat(),
+            }
+            async with aiohttp.ClientSession(base_url(services)) as http:
+                url = f"/client/{CLIENT}/"
+                async with http.put(url + "call_control_settings", json=SETTINGS, headers=ADMIN):
+                    pass
+                async with http.post(url + "grants", json=grant, headers=ADMIN):
+                    pass
             token = await client_token(services, CLIENT, "ops-console")
             await start_listen(services, fake, CLIENT, "100", "104", "1700000100.1")
             base = base_url(services)
@@ -86,6 +110,9 @@ async def main() -> None:
                 await page.locator("#matrix").wait_for()
                 await page.locator('#matrix td[data-row="100"][data-col="104"]').click()
                 await shot("picture")
+                await page.locator('#matrix td[data-row="102"][data-col="105"]').click()
+                await page.locator("#supervision").scroll_into_view_if_needed()
+                await shot("supervision")
                 await page.get_by_label("Action", exact=True).select_option("eavesdrop")
                 await page.get_by_label("Find extension").fill("104")
                 await page.get_by_role("button", name="Show row and column").click()

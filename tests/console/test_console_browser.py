@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aiohttp
@@ -209,3 +210,56 @@ async def test_a_client_token_cannot_open_another_client(daemon: Services, brows
     await page.locator("#view-error").wait_for()
     assert "403" in await page.locator("#view-error").inner_text()
     assert await page.locator("#matrix").count() == 0
+
+
+async def test_the_picture_shows_protection_and_grants_and_marks_their_cells(
+    daemon: Services, browser: Any
+) -> None:
+    now = datetime.now(UTC)
+    grant = {
+        "ext": "100",
+        "action": "eavesdrop",
+        "extensions": ["102"],
+        "from": (now - timedelta(minutes=5)).isoformat(),
+        "until": (now + timedelta(hours=2)).isoformat(),
+        "note": "coaching sales, ticket HR-123",
+    }
+    async with aiohttp.ClientSession(base_url(daemon)) as http:
+        settings = {"protected_extensions": ["103"]}
+        async with http.put(
+            f"/client/{CLIENT}/call_control_settings", json=settings, headers=ADMIN
+        ) as r:
+            assert r.status == 200, await r.text()
+        async with http.post(f"/client/{CLIENT}/grants", json=grant, headers=ADMIN) as r:
+            assert r.status == 201, await r.text()
+            grant_id = (await r.json())["id"]
+    token = await client_token(daemon, CLIENT, "ops")
+    page = await open_console(browser, daemon, token, CLIENT)
+    assert await page.locator('#protected [data-ext="103"]').count() == 1
+    row = page.locator(f'#grants-table tr[data-grant-id="{grant_id}"]')
+    text = await row.inner_text()
+    for shown in ("100", "Listen", "102", "coaching sales, ticket HR-123", "admin", grant_id):
+        assert shown in text
+    assert await row.get_attribute("data-state") == "active"
+    legend = page.locator("#legend")
+    assert "temporary_grant" in await legend.locator('[data-mark="grant"]').inner_text()
+    assert "protected" in await legend.locator('[data-mark="protected"]').inner_text()
+
+    await page.get_by_label("Action", exact=True).select_option("eavesdrop")
+    by_grant = page.locator('#matrix td[data-row="100"][data-col="102"]')
+    assert "grant" in (await by_grant.get_attribute("class") or "").split()
+    assert await by_grant.get_attribute("data-allowed") == "eavesdrop"
+    protected = page.locator('#matrix td[data-row="101"][data-col="103"]')
+    assert "protected" in (await protected.get_attribute("class") or "").split()
+    assert await protected.inner_text() == "⊘"
+    await by_grant.click()
+    listen = page.locator('#explanation dd[data-action="eavesdrop"]')
+    said = await listen.inner_text()
+    assert "temporary_grant" in said
+    assert grant_id in said
+    assert "only a temporary grant allows it" in said
+    await protected.click()
+    said = await listen.inner_text()
+    assert "protected" in said
+    assert "nobody may listen or whisper to it" in said
+    assert page.outside == []

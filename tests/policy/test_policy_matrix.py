@@ -1,9 +1,10 @@
 """``callgate.policy.matrix`` against ``decide()`` itself: the class shortcut (one decision per
 pair of interchangeable extensions) must give every cell, count and change that asking
-``decide()`` for every pair gives."""
+``decide()`` for every pair gives -- with protected extensions and grants too, at a given time."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from itertools import product
 from typing import Any
 
@@ -11,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from callgate.policy import PolicyDocument, compile_policy, parse_document
+from callgate.policy.grants import Grant
 from callgate.policy.matrix import (
     ACTIONS,
     SIGNATURE_FIELDS,
@@ -21,10 +23,14 @@ from callgate.policy.matrix import (
     impact,
     permission_matrix,
 )
+from callgate.policy.settings import CallControlSettings
+from callgate.policy.supervision import Supervision, compile_supervision
 from reference_policy import REFERENCE_DOCUMENT
 
 EXTS = ["100", "101", "102", "103", "104", "105"]
 GROUPS = ["a", "b", "c"]
+NOW = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+HOUR = timedelta(hours=1)
 
 
 @st.composite
@@ -45,40 +51,89 @@ def documents(draw: st.DrawFn) -> dict[str, Any]:
     return document
 
 
-def decoded(matrix: dict[str, Any], action: str, i: int, j: int) -> tuple[bool, str, Any]:
+@st.composite
+def grant_lists(draw: st.DrawFn) -> list[Grant]:
+    """A few grants around ``NOW``: active, over, to come; reaching groups, extensions or both
+    (and ``"199"``, an extension no document names)."""
+    found = []
+    for n in range(draw(st.integers(0, 4))):
+        ext = draw(st.sampled_from([*EXTS, "199"]))
+        groups = draw(st.lists(st.sampled_from([*GROUPS, "gone"]), max_size=2, unique=True))
+        others = [e for e in [*EXTS, "199"] if e != ext]
+        extensions = draw(st.lists(st.sampled_from(others), max_size=2, unique=True))
+        if not groups and not extensions:
+            extensions = [others[0]]
+        start = NOW + HOUR * draw(st.sampled_from([-2, -1, 1]))
+        body = {
+            "id": f"g{n}",
+            "ext": ext,
+            "action": draw(st.sampled_from(["eavesdrop", "whisper", "pickup"])),
+            "groups": groups,
+            "extensions": extensions,
+            "from": start,
+            "until": start + HOUR * draw(st.sampled_from([1, 3])),
+            "note": "test",
+            "created_by": "tests",
+        }
+        found.append(Grant.model_validate(body))
+    return found
+
+
+def supervision_of(
+    document: PolicyDocument, protected: list[str], grants: list[Grant]
+) -> Supervision | None:
+    settings = CallControlSettings(protected_extensions=tuple(protected))
+    return compile_supervision(settings, grants, document)
+
+
+def decoded(matrix: dict[str, Any], action: str, i: int, j: int) -> tuple[object, ...]:
     width, alphabet = matrix["width"], matrix["alphabet"]
     code = 0
     for char in matrix["cells"][action][i][j * width : (j + 1) * width]:
         code = code * 64 + alphabet.index(char)
     entry = matrix["legend"][code]
-    return (entry["allowed"], entry["reason"], entry["group"])
+    return (entry["allowed"], entry["reason"], entry["group"], tuple(entry.get("grant_ids", ())))
 
 
-def check_matrix(raw: dict[str, Any]) -> None:
+def check_matrix(
+    raw: dict[str, Any], protected: list[str] | None = None, grants: list[Grant] | None = None
+) -> None:
     document = parse_document(raw)
     policy = compile_policy(document)
-    matrix = permission_matrix(document, policy)
+    supervision = supervision_of(document, protected or [], grants or [])
+    beside: dict[str, Any] = {"now": NOW, "supervision": supervision}
+
+    def cell(action: str, ext: str, target: str) -> tuple[object, ...]:
+        return decide_cell(policy, action, ext, target, **beside)
+
+    matrix = permission_matrix(document, policy, **beside)
     exts = matrix["extensions"]
+    assert exts == extensions_of(document, supervision, NOW)
     for action in ACTIONS:
         for (i, ext), (j, target) in product(enumerate(exts), repeat=2):
-            assert decoded(matrix, action, i, j) == decide_cell(policy, action, ext, target)
-    summary = group_summary(document, policy)
+            assert decoded(matrix, action, i, j) == cell(action, ext, target)
+    ends = {grant.id: grant.until for grant in grants or []}
+    for entry in matrix["legend"]:
+        if "grant_ids" in entry:
+            (grant_id,) = entry["grant_ids"]  # a directed decision names one grant
+            assert datetime.fromisoformat(entry["until"]) == ends[grant_id]
+    summary = group_summary(document, policy, **beside)
     for (i, a), (j, b) in product(enumerate(summary["groups"]), repeat=2):
         pairs = [(x, y) for x in document.groups[a] for y in document.groups[b] if x != y]
         assert summary["pairs"][i][j] == len(pairs)
         for action in ACTIONS:
-            allowed = sum(decide_cell(policy, action, x, y)[0] for x, y in pairs)
+            allowed = sum(bool(cell(action, x, y)[0]) for x, y in pairs)
             assert summary["allowed"][action][i][j] == allowed
-    for ext in [*exts, "199"]:  # "199": an extension the document does not name
-        view = extension_view(document, policy, ext)
+    for ext in [*exts, "198"]:  # "198": an extension neither the document nor a grant names
+        view = extension_view(document, policy, ext, **beside)
         for j, other in enumerate(view["others"]):
             for action in ACTIONS:
                 row = decoded({**view, "cells": {action: [view["row"][action]]}}, action, 0, j)
-                assert row == decide_cell(policy, action, ext, other)
+                assert row == cell(action, ext, other)
                 column = decoded(
                     {**view, "cells": {action: [view["column"][action]]}}, action, 0, j
                 )
-                assert column == decide_cell(policy, action, other, ext)
+                assert column == cell(action, other, ext)
 
 
 def test_signature_knows_every_field_of_the_document() -> None:
@@ -96,21 +151,104 @@ def test_any_document_cell_by_cell(raw: dict[str, Any]) -> None:
     check_matrix(raw)
 
 
+@settings(max_examples=80, deadline=None)
+@given(
+    documents(),
+    st.lists(st.sampled_from([*EXTS, "199"]), max_size=3, unique=True),
+    grant_lists(),
+)
+def test_any_document_with_protection_and_grants_cell_by_cell(
+    raw: dict[str, Any], protected: list[str], grants: list[Grant]
+) -> None:
+    check_matrix(raw, protected, grants)
+
+
+def test_the_picture_names_the_extensions_of_protection_and_of_grants_not_over() -> None:
+    document = parse_document(REFERENCE_DOCUMENT)
+    over = Grant.model_validate(
+        {
+            "id": "over",
+            "ext": "300",
+            "action": "eavesdrop",
+            "extensions": ["301"],
+            "from": NOW - 2 * HOUR,
+            "until": NOW - HOUR,
+            "note": "test",
+            "created_by": "tests",
+        }
+    )
+    coming = over.model_copy(
+        update={"id": "coming", "ext": "200", "extensions": ("201",), "from_": NOW + HOUR}
+    )
+    coming = coming.model_copy(update={"until": NOW + 2 * HOUR})
+    supervision = supervision_of(document, ["999"], [over, coming])
+    assert extensions_of(document, supervision, NOW) == [
+        "100",
+        "101",
+        "102",
+        "103",
+        "200",
+        "201",
+        "999",
+    ]
+    policy = compile_policy(document)
+    matrix = permission_matrix(document, policy, now=NOW, supervision=supervision)
+    exts = matrix["extensions"]
+    assert decoded(matrix, "eavesdrop", exts.index("100"), exts.index("999"))[:2] == (
+        False,
+        "protected",
+    )
+
+
 @settings(max_examples=60, deadline=None)
 @given(documents(), documents())
 def test_the_impact_is_every_flip_between_two_documents(
     old_raw: dict[str, Any], new_raw: dict[str, Any]
 ) -> None:
+    check_impact(old_raw, new_raw, [], [])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    documents(),
+    documents(),
+    st.lists(st.sampled_from([*EXTS, "199"]), max_size=3, unique=True),
+    grant_lists(),
+)
+def test_the_impact_with_protection_and_grants_is_every_flip(
+    old_raw: dict[str, Any], new_raw: dict[str, Any], protected: list[str], grants: list[Grant]
+) -> None:
+    check_impact(old_raw, new_raw, protected, grants)
+
+
+def check_impact(
+    old_raw: dict[str, Any], new_raw: dict[str, Any], protected: list[str], grants: list[Grant]
+) -> None:
+    """Both sides at ``NOW``, each with the settings and grants compiled against its document."""
     old_doc, new_doc = parse_document(old_raw), parse_document(new_raw)
     old, new = compile_policy(old_doc), compile_policy(new_doc)
-    exts = sorted(set(extensions_of(old_doc)) | set(extensions_of(new_doc)))
+    old_sup = supervision_of(old_doc, protected, grants)
+    new_sup = supervision_of(new_doc, protected, grants)
+    exts = sorted(
+        set(extensions_of(old_doc, old_sup, NOW)) | set(extensions_of(new_doc, new_sup, NOW))
+    )
     expected = set()
     for action in ACTIONS:
         for ext, target in product(exts, repeat=2):
-            was, now = decide_cell(old, action, ext, target), decide_cell(new, action, ext, target)
-            if was[0] != now[0]:
-                expected.add((action, ext, target, now[0]))
-    found = impact(old_doc, old, new_doc, new, limit=10_000)
+            was = decide_cell(old, action, ext, target, now=NOW, supervision=old_sup)
+            will = decide_cell(new, action, ext, target, now=NOW, supervision=new_sup)
+            if was[0] != will[0]:
+                expected.add((action, ext, target, will[0]))
+    found = impact(
+        old_doc,
+        old,
+        new_doc,
+        new,
+        limit=10_000,
+        now=NOW,
+        old_supervision=old_sup,
+        new_supervision=new_sup,
+    )
     assert {(c.action, c.ext, c.target, c.after[0]) for c in found.changes} == expected
     assert sum(found.became_allowed.values()) == sum(1 for e in expected if e[3])
     assert sum(found.became_denied.values()) == sum(1 for e in expected if not e[3])

@@ -7,6 +7,15 @@
 - ``GET  .../matrix/extension/{ext}``: one extension's row and column.
 - ``POST .../preview``: a candidate document (the PUT body forms), not stored: the decisions
   that would flip, and the live sessions and replacements it would end.
+
+The pictures decide as FastAGI does now: with the client's protected extensions and grants (the
+registry's compiled ``Supervision``) at the current time (the supervision service's clock), and
+carry them (``supervision``: the protected extensions, the grants active or to come, and
+``valid_until``, the next instant a grant starts or ends: the picture holds until then). A
+cached picture is keyed by both versions and by that instant, so none is served past it. The
+preview judges both sides at one instant: the current document with the supervision in force,
+the candidate with the client's settings and grants compiled against it (a grant's groups are
+the candidate's).
 - ``GET  /client/{client_id}/live`` and ``.../live/events`` (server-sent events): the listen and
   whisper sessions in progress and the replacements in force.
 - ``POST /client/{client_id}/live/{pbx}/{uniqueid}/end``: hang up that listener over the
@@ -24,6 +33,7 @@ import re
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 from typing import TypeVar
 
 from aiohttp import web
@@ -32,8 +42,8 @@ from callgate.ami.client import ManagerError
 from callgate.ami.service import LiveEnforcement
 from callgate.ami.tracker import SpySession
 from callgate.config import Settings
-from callgate.domain import Replacement
-from callgate.http.api import AMI_STATUS, POLICIES, REPLACE, Api, principal
+from callgate.domain import GrantState, Replacement, live_grants
+from callgate.http.api import AMI_STATUS, POLICIES, REPLACE, SUPERVISION, Api, principal
 from callgate.http.auth import Access
 from callgate.http.body import is_json_media_type, unsupported_media_type
 from callgate.http.errors import ApiError, JsonDetail, not_found, unprocessable
@@ -41,6 +51,7 @@ from callgate.http.openapi import JsonObject, error_response, json_response, ref
 from callgate.http.policy_routes import BASE, POLICY_WRITES
 from callgate.http.query import QueryReader
 from callgate.http.replace_routes import replacement_json
+from callgate.http.supervision_routes import grant_json
 from callgate.pbx import ChannelRef, PbxName
 from callgate.policy import Action, PolicyDocument, compile_policy, decide, is_valid_extension
 from callgate.policy.matrix import (
@@ -52,6 +63,7 @@ from callgate.policy.matrix import (
     impact,
     permission_matrix,
 )
+from callgate.policy.supervision import compile_supervision
 from callgate.policy.syntax import EXTENSION_RULE, PBX_NAME_PATTERN, UNIQUEID_PATTERN
 from callgate.registry import ClientPolicy
 
@@ -81,7 +93,7 @@ INSIGHT_CONFIG = web.AppKey("insight_config", InsightConfig)
 LIVE_ENFORCEMENT = web.AppKey("live_enforcement", LiveEnforcement)
 _STREAMS = web.AppKey("live_streams", dict[str, int])
 _CLOSING = web.AppKey("live_closing", asyncio.Event)
-_PictureKey = tuple[str, int, int, str]
+_PictureKey = tuple[str, int, int, int, datetime | None, str]
 _PICTURES = web.AppKey("pictures", dict[_PictureKey, bytes])
 _MAKING = web.AppKey("pictures_in_the_making", dict[_PictureKey, "asyncio.Future[bytes]"])
 PICTURE_WORKER = web.AppKey("picture_worker", ThreadPoolExecutor)
@@ -98,6 +110,11 @@ def _config(request: web.Request) -> InsightConfig:
 
 def _policy(request: web.Request, client_id: str) -> ClientPolicy:
     return request.app[POLICIES].in_force(client_id)
+
+
+def _now(request: web.Request) -> datetime:
+    """The instant grants are judged at: the supervision service's clock (a test injects one)."""
+    return request.app[SUPERVISION].now()
 
 
 def _live(request: web.Request) -> LiveEnforcement | None:
@@ -165,16 +182,48 @@ def _keep(cache: dict[_PictureKey, bytes], key: _PictureKey, body: bytes) -> Non
     cache[key] = body
 
 
+def _supervision_json(
+    policy: ClientPolicy, now: datetime, valid_until: datetime | None
+) -> dict[str, object]:
+    """What the picture was decided with beside the document (the ``PictureSupervision``)."""
+    shown = sorted(
+        (r for r in policy.grants if r.state(now) is not GrantState.ENDED),
+        key=lambda r: (r.grant.from_, r.id),
+    )
+    return {
+        "version": policy.supervision_version,
+        "protected_extensions": list(policy.settings.protected_extensions),
+        "grants": [grant_json(record, now) for record in shown],
+        "valid_until": None if valid_until is None else valid_until.isoformat(),
+    }
+
+
 async def _cached(
-    request: web.Request, policy: ClientPolicy, kind: str, make: Callable[[], dict[str, object]]
+    request: web.Request,
+    policy: ClientPolicy,
+    now: datetime,
+    kind: str,
+    make: Callable[[], dict[str, object]],
 ) -> web.Response:
-    """A picture is fixed by the policy version: the last few are kept, encoded, per app.
+    """A picture is fixed by the policy and supervision versions and, with grants, by the span
+    between two instants a grant starts or ends (in one span every grant is as active as in any
+    other instant of it): the last few are kept, encoded, per app, keyed by all three, so a
+    picture is never served past the instant it changes at.
 
     Made (and encoded) off the loop; requests for one picture while it is being made wait for
     that one making, and a request that goes away leaves it to finish into the cache.
     """
     app = request.app
-    key = (policy.client_id, policy.version, id(policy.compiled), kind)
+    supervision = policy.supervision
+    valid_until = None if supervision is None else supervision.next_change_after(now)
+    key = (
+        policy.client_id,
+        policy.version,
+        policy.supervision_version,
+        id(policy.compiled),
+        valid_until,
+        kind,
+    )
     body = app[_PICTURES].get(key)
     if body is not None:
         _keep(app[_PICTURES], key, body)  # most recently used last
@@ -184,7 +233,12 @@ async def _cached(
     if future is None:
 
         def work() -> bytes:
-            return json.dumps({"policy_version": policy.version, **make()}).encode()
+            body = {
+                "policy_version": policy.version,
+                "supervision": _supervision_json(policy, now, valid_until),
+                **make(),
+            }
+            return json.dumps(body).encode()
 
         future = making[key] = asyncio.ensure_future(_off_loop(request, work))
 
@@ -202,10 +256,12 @@ async def get_matrix(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     actions = _actions(request)
     policy = _policy(request, client_id)
+    now = _now(request)
+    supervision = policy.supervision
     limit = _config(request).matrix_max_extensions
 
     def make() -> dict[str, object]:
-        count = len(extensions_of(policy.document))
+        count = len(extensions_of(policy.document, supervision, now))
         if count > limit:
             raise _too_large(
                 "matrix_too_large",
@@ -215,22 +271,26 @@ async def get_matrix(request: web.Request) -> web.Response:
                 extensions=count,
                 limit=limit,
             )
-        return permission_matrix(policy.document, policy.compiled, actions)
+        return permission_matrix(
+            policy.document, policy.compiled, actions, now=now, supervision=supervision
+        )
 
-    return await _cached(request, policy, f"matrix:{limit}:" + ",".join(actions), make)
+    return await _cached(request, policy, now, f"matrix:{limit}:" + ",".join(actions), make)
 
 
 async def get_summary(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     actions = _actions(request)
     policy = _policy(request, client_id)
-    try:
-        return await _cached(
-            request,
-            policy,
-            "summary:" + ",".join(actions),
-            lambda: group_summary(policy.document, policy.compiled, actions),
+    now = _now(request)
+
+    def make() -> dict[str, object]:
+        return group_summary(
+            policy.document, policy.compiled, actions, now=now, supervision=policy.supervision
         )
+
+    try:
+        return await _cached(request, policy, now, "summary:" + ",".join(actions), make)
     except SummaryTooLargeError as exc:
         raise _too_large(
             "summary_too_large",
@@ -251,12 +311,14 @@ async def get_extension(request: web.Request) -> web.Response:
         )
     actions = _actions(request)
     policy = _policy(request, client_id)
-    return await _cached(
-        request,
-        policy,
-        f"extension:{ext}:" + ",".join(actions),
-        lambda: extension_view(policy.document, policy.compiled, ext, actions),
-    )
+    now = _now(request)
+
+    def make() -> dict[str, object]:
+        return extension_view(
+            policy.document, policy.compiled, ext, actions, now=now, supervision=policy.supervision
+        )
+
+    return await _cached(request, policy, now, f"extension:{ext}:" + ",".join(actions), make)
 
 
 def session_json(session: SpySession) -> dict[str, object]:
@@ -279,32 +341,50 @@ async def preview(request: web.Request) -> web.Response:
     client_id = request.match_info["client_id"]
     candidate = await _candidate(request)
     current = _policy(request, client_id)
+    now = _now(request)
     # Read on the loop, where they change; only the decisions are made on the worker.
     sessions = [(session_json(s), s.grant) for s in _sessions(request, client_id)]
     replacements = [(replacement_json(r), r) for r in await _replacements(request, client_id)]
 
     def work() -> dict[str, object]:
         compiled = compile_policy(candidate)
+        # What the follower would install with the candidate: the same settings and grants,
+        # their groups resolved against the candidate's.
+        supervision = compile_supervision(current.settings, live_grants(current.grants), candidate)
         try:
-            changes = impact(current.document, current.compiled, candidate, compiled)
+            changes = impact(
+                current.document,
+                current.compiled,
+                candidate,
+                compiled,
+                now=now,
+                old_supervision=current.supervision,
+                new_supervision=supervision,
+            )
         except SummaryTooLargeError as exc:
             raise _too_large(
                 "preview_too_large",
                 f"{exc.classes} kinds of extension are too many to compare pair by pair.",
                 kinds=exc.classes,
             ) from None
+
+        def denied(action: str, ext: str, target: str) -> str | None:
+            d = decide(compiled, action, ext, target, now=now, supervision=supervision)
+            return None if d.allowed else str(d.reason)
+
         ended = [
-            {**shown, "reason": str(d.reason)}
+            {**shown, "reason": reason}
             for shown, grant in sessions
-            if not (d := decide(compiled, grant.action, grant.ext, grant.target)).allowed
+            if (reason := denied(grant.action, grant.ext, grant.target)) is not None
         ]
         undone = [
-            {**shown, "reason": str(d.reason)}
+            {**shown, "reason": reason}
             for shown, r in replacements
-            if not (d := decide(compiled, Action.REPLACE, r.from_ext, r.to_ext)).allowed
+            if (reason := denied(Action.REPLACE, r.from_ext, r.to_ext)) is not None
         ]
         return {
             "base_version": current.version,
+            "supervision_version": current.supervision_version,
             **changes.to_json(),
             "sessions_ended": ended,
             "replacements_ended": undone,
@@ -428,8 +508,53 @@ _LEGEND: JsonObject = {
         "required": ["allowed", "reason", "group"],
         "properties": {
             "allowed": {"type": "boolean"},
-            "reason": {"type": "string"},
+            "reason": {
+                "type": "string",
+                "description": "the decision's reason code (`protected`: the target is a"
+                " protected extension; `temporary_grant`: allowed by a grant alone)",
+            },
             "group": {"type": ["string", "null"], "description": "the group that granted it"},
+            "grant_ids": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "only when grants allowed it (reason `temporary_grant`): the"
+                " grant the decision names, the one lasting longest",
+            },
+            "until": {
+                "type": "string",
+                "format": "date-time",
+                "description": "with `grant_ids`: when that grant ends (the cell is then denied"
+                " unless another right holds)",
+            },
+        },
+    },
+}
+_PICTURE_SUPERVISION: JsonObject = {
+    "type": "object",
+    "description": "What the picture was decided with beside the document, at the current time",
+    "required": ["version", "protected_extensions", "grants", "valid_until"],
+    "properties": {
+        "version": {
+            "type": "integer",
+            "minimum": 0,
+            "description": "the settings-and-grants version in force (0: none stored)",
+        },
+        "protected_extensions": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "nobody may listen or whisper to them (cells `protected`)",
+        },
+        "grants": {
+            "type": "array",
+            "items": ref("GrantRecord"),
+            "description": "the grants active or to come (state `active` or `scheduled`),"
+            " by `from` then id",
+        },
+        "valid_until": {
+            "type": ["string", "null"],
+            "format": "date-time",
+            "description": "the next instant a grant starts or ends: the picture holds until"
+            " then (null: no such instant is left)",
         },
     },
 }
@@ -437,10 +562,23 @@ _ACTION_LIST: JsonObject = {"type": "array", "items": {"type": "string", "enum":
 _STRINGS: JsonObject = {"type": "array", "items": {"type": "string"}}
 _MATRIX: JsonObject = {
     "type": "object",
-    "required": ["policy_version", "extensions", "actions", "legend", "width", "alphabet"],
+    "required": [
+        "policy_version",
+        "supervision",
+        "extensions",
+        "actions",
+        "legend",
+        "width",
+        "alphabet",
+    ],
     "properties": {
         "policy_version": {"type": "integer", "minimum": 0},
-        "extensions": _STRINGS,
+        "supervision": ref("PictureSupervision"),
+        "extensions": {
+            **_STRINGS,
+            "description": "the document's extensions and those the supervision names"
+            " (protected, and the holders and extensions of the grants not over), sorted",
+        },
         "actions": _ACTION_LIST,
         "legend": _LEGEND,
         "width": {"type": "integer", "minimum": 1},
@@ -451,9 +589,10 @@ _MATRIX: JsonObject = {
 _COUNTS: JsonObject = {"type": "array", "items": {"type": "array", "items": {"type": "integer"}}}
 _SUMMARY: JsonObject = {
     "type": "object",
-    "required": ["policy_version", "groups", "actions", "pairs", "allowed"],
+    "required": ["policy_version", "supervision", "groups", "actions", "pairs", "allowed"],
     "properties": {
         "policy_version": {"type": "integer", "minimum": 0},
+        "supervision": ref("PictureSupervision"),
         "groups": _STRINGS,
         "actions": _ACTION_LIST,
         "pairs": {**_COUNTS, "description": "pairs[i][j]: pairs (a in i, b in j, a != b)"},
@@ -466,11 +605,24 @@ _SUMMARY: JsonObject = {
 }
 _EXTENSION_VIEW: JsonObject = {
     "type": "object",
-    "required": ["policy_version", "extension", "known", "others", "legend", "row", "column"],
+    "required": [
+        "policy_version",
+        "supervision",
+        "extension",
+        "known",
+        "others",
+        "legend",
+        "row",
+        "column",
+    ],
     "properties": {
         "policy_version": {"type": "integer", "minimum": 0},
+        "supervision": ref("PictureSupervision"),
         "extension": {"type": "string"},
-        "known": {"type": "boolean", "description": "the policy names it"},
+        "known": {
+            "type": "boolean",
+            "description": "the policy, a protection or a grant not over names it",
+        },
         "others": _STRINGS,
         "actions": _ACTION_LIST,
         "legend": _LEGEND,
@@ -494,7 +646,11 @@ _LIVE_SESSION: JsonObject = {
         "channel": {"type": "string"},
         "target_channel": {"type": ["string", "null"]},
         "ending": {"type": "boolean", "description": "a Hangup of it is on its way"},
-        "reason": {"type": "string", "description": "preview: why the candidate denies it"},
+        "reason": {
+            "type": "string",
+            "description": "preview: why the candidate, with the client's protected extensions"
+            " and grants at the current time, denies it",
+        },
     },
 }
 _LIVE: JsonObject = {
@@ -509,12 +665,21 @@ _LIVE: JsonObject = {
 }
 _CHANGE_SIDE: JsonObject = {
     "type": "object",
-    "properties": {"allowed": {"type": "boolean"}, "reason": {"type": "string"}},
+    "properties": {
+        "allowed": {"type": "boolean"},
+        "reason": {"type": "string"},
+        "grant_ids": {
+            "type": "array",
+            "items": {"type": "string"},
+            "description": "only when grants allowed it (reason `temporary_grant`)",
+        },
+    },
 }
 _PREVIEW: JsonObject = {
     "type": "object",
     "required": [
         "base_version",
+        "supervision_version",
         "became_allowed",
         "became_denied",
         "changes",
@@ -524,6 +689,11 @@ _PREVIEW: JsonObject = {
     ],
     "properties": {
         "base_version": {"type": "integer", "description": "the version compared with"},
+        "supervision_version": {
+            "type": "integer",
+            "description": "the settings-and-grants version both sides were judged with (the"
+            " candidate's side: those settings and grants, their groups the candidate's)",
+        },
         "became_allowed": {"type": "object", "additionalProperties": {"type": "integer"}},
         "became_denied": {"type": "object", "additionalProperties": {"type": "integer"}},
         "changes": {
@@ -565,6 +735,7 @@ def register(api: Api) -> None:
     spec.add_tag(_TAG, "The operator console's views: permission picture, impact, live")
     spec.add_path_param("pbx", {"type": "string", "pattern": _PBX_RE.pattern})
     spec.add_path_param("uniqueid", {"type": "string", "pattern": _UNIQUEID_RE.pattern})
+    spec.add_schema("PictureSupervision", _PICTURE_SUPERVISION)
     spec.add_schema("PermissionMatrix", _MATRIX)
     spec.add_schema("GroupSummary", _SUMMARY)
     spec.add_schema("ExtensionView", _EXTENSION_VIEW)

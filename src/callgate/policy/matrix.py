@@ -6,8 +6,17 @@ them leaves the document unchanged, so ``decide()`` answers the same for either.
 therefore put in *classes* by the places the document names them (``signature``), ``decide()`` is
 asked once per ordered pair of class representatives, and the answers are spread over the
 members. A class is never too coarse: a signature is every place the document names an
-extension (the groups it is in, its ``eavesdrop_``/``whisper_`` keys); it may be finer than
-needed, which only costs time.
+extension (the groups it is in, its ``eavesdrop_``/``whisper_`` keys), and every place the
+client's supervision names it (protected; the grants it holds; the grants whose ``extensions``
+list it); it may be finer than needed, which only costs time.
+
+Beside the document (``policy/supervision.py``): every function takes ``supervision`` and ``now``
+as ``decide()`` does, and decides each cell with them. The picture then holds for the time
+between two instants at which a grant starts or ends (``Supervision.next_change_after``); the
+extensions shown are the document's plus those the supervision names (protected ones, and the
+holders and listed extensions of the grants not yet over), so a grant's holder or target the
+document never names still has its row and column. A cell allowed by a grant carries its id,
+and the legend its ``until``.
 
 The group summary of the largest document (100 groups of 200, every extension with grants) is
 100 classes: it is computed from class to class, never pair by pair or group by group.
@@ -18,13 +27,15 @@ Pure: no I/O, and nothing from callgate outside ``callgate.policy``.
 from __future__ import annotations
 
 from bisect import bisect_left
-from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Final
 
 from callgate.policy.compiled import CompiledPolicy
 from callgate.policy.decide import decide
 from callgate.policy.document import PolicyDocument
+from callgate.policy.supervision import CompiledGrant, Supervision
 from callgate.policy.syntax import EAVESDROP_PREFIX, WHISPER_PREFIX
 from callgate.policy.types import ALL_TARGETS, Decision, Reason
 
@@ -34,8 +45,8 @@ ACTIONS: Final = ("pickup", GROUP_PICKUP, "eavesdrop", "whisper", "replace")
 ALPHABET: Final = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
 """Cell digits (base64url): a cell is ``width`` of them, an index into the legend."""
 
-Cell = tuple[bool, str, str | None]
-"""(allowed, reason code, the group that granted it)"""
+Cell = tuple[bool, str, str | None, tuple[str, ...]]
+"""(allowed, reason code, the group that granted it, the grants that allowed it)"""
 
 
 SIGNATURE_FIELDS: Final = frozenset(
@@ -45,26 +56,87 @@ SIGNATURE_FIELDS: Final = frozenset(
 others are flags and group names); the ``eavesdrop_``/``whisper_`` keys are the rest."""
 
 
-def extensions_of(document: PolicyDocument) -> list[str]:
-    """Every extension the document names (group members and grant keys), sorted."""
+def extensions_of(
+    document: PolicyDocument, supervision: Supervision | None = None, now: datetime | None = None
+) -> list[str]:
+    """Every extension the document names (group members and grant keys), sorted; with
+    ``supervision``, also the protected ones and those of the grants not over at ``now``."""
     found: set[str] = set()
     for members in document.groups.values():
         found.update(members)
     # Every extra key is ``eavesdrop_<ext>`` or ``whisper_<ext>`` (the document's own check).
     found.update(key[key.index("_") + 1 :] for key in document.model_extra or {})
+    if supervision is not None:
+        found.update(supervision.protected)
+        for holder, grant in _grants_of(supervision):
+            if now is None or grant.end > now:
+                found.add(holder)
+                found.update(grant.extensions)
     return sorted(found)
 
 
-Signature = tuple[tuple[str, ...], object, object]
-"""(the groups an extension is in, in document order; its eavesdrop grant; its whisper grant)"""
+def _grants_of(supervision: Supervision) -> Iterator[tuple[str, CompiledGrant]]:
+    """Each grant once, with the extension that holds it (a whisper grant is in two tables)."""
+    seen: set[str] = set()
+    for by_ext in supervision.grants.values():
+        for holder, index in by_ext.items():
+            for grant in index.grants:
+                if grant.id not in seen:
+                    seen.add(grant.id)
+                    yield holder, grant
 
 
-def signature(document: PolicyDocument, extensions: Iterable[str]) -> dict[str, Signature]:
-    """For each extension: the places the document names it.
+def grant_ends(supervision: Supervision | None) -> dict[str, datetime]:
+    """grant id -> its ``until`` (what a legend entry allowed by grants shows)."""
+    if supervision is None:
+        return {}
+    return {grant.id: grant.end for _, grant in _grants_of(supervision)}
+
+
+Mark = tuple[bool, tuple[str, ...], tuple[str, ...]] | None
+"""What the supervision says of an extension: (protected, the grants it holds, the grants whose
+``extensions`` list it); None when it names it nowhere."""
+
+
+def supervision_marks(supervision: Supervision | None) -> dict[str, Mark]:
+    """The extensions the supervision names, with what it says of each."""
+    if supervision is None:
+        return {}
+    held: dict[str, set[str]] = {}
+    listed: dict[str, set[str]] = {}
+    for holder, grant in _grants_of(supervision):
+        held.setdefault(holder, set()).add(grant.id)
+        for ext in grant.extensions:
+            listed.setdefault(ext, set()).add(grant.id)
+    named = supervision.protected | held.keys() | listed.keys()
+    return {
+        ext: (
+            ext in supervision.protected,
+            tuple(sorted(held.get(ext, ()))),
+            tuple(sorted(listed.get(ext, ()))),
+        )
+        for ext in named
+    }
+
+
+Signature = tuple[tuple[str, ...], object, object, Mark]
+"""(the groups an extension is in, in document order; its eavesdrop grant; its whisper grant;
+what the supervision says of it)"""
+
+
+def signature(
+    document: PolicyDocument,
+    extensions: Iterable[str],
+    supervision: Supervision | None = None,
+) -> dict[str, Signature]:
+    """For each extension: the places the document and the supervision name it.
 
     Two extensions with one signature are interchangeable: swapping them leaves every group's
-    member set and every grant as they were (``compile_policy`` reads members as sets).
+    member set and every grant as they were (``compile_policy`` reads members as sets), and the
+    protected set and every grant of the supervision too (a grant's groups are the document's;
+    its holder and its ``extensions`` are in the mark, by grant id).
     """
+    marks = supervision_marks(supervision)
     wanted = set(extensions)
     groups_of: dict[str, list[str]] = {ext: [] for ext in wanted}
     for name, members in document.groups.items():
@@ -74,31 +146,45 @@ def signature(document: PolicyDocument, extensions: Iterable[str]) -> dict[str, 
                 found.append(name)
     extra = document.model_extra or {}
     return {
-        ext: (tuple(groups), extra.get(EAVESDROP_PREFIX + ext), extra.get(WHISPER_PREFIX + ext))
+        ext: (
+            tuple(groups),
+            extra.get(EAVESDROP_PREFIX + ext),
+            extra.get(WHISPER_PREFIX + ext),
+            marks.get(ext),
+        )
         for ext, groups in groups_of.items()
     }
 
 
 def _cell(decision: Decision) -> Cell:
-    return (decision.allowed, str(decision.reason), decision.group)
+    return (decision.allowed, str(decision.reason), decision.group, decision.grant_ids)
 
 
-def decide_cell(policy: CompiledPolicy, action: str, ext: str, target: str) -> Cell:
-    """One cell of the picture: what ``decide()`` answers ``ext`` doing ``action`` to ``target``.
+def decide_cell(
+    policy: CompiledPolicy,
+    action: str,
+    ext: str,
+    target: str,
+    *,
+    now: datetime | None = None,
+    supervision: Supervision | None = None,
+) -> Cell:
+    """One cell of the picture: what ``decide()`` answers ``ext`` doing ``action`` to ``target``
+    (at ``now``, with ``supervision``, exactly as FastAGI asks it).
 
     ``group_pickup`` is the group form of pickup: allowed when ``target`` is among the targets
     ``decide()`` gives (``*``: everyone); the group is then the one the directed decision names.
     """
     if action != GROUP_PICKUP:
-        return _cell(decide(policy, action, ext, target))
+        return _cell(decide(policy, action, ext, target, now=now, supervision=supervision))
     if ext == target:
-        return _cell(decide(policy, "pickup", ext, target))
-    group_form = decide(policy, "pickup", ext, None)
+        return _cell(decide(policy, "pickup", ext, target, now=now, supervision=supervision))
+    group_form = decide(policy, "pickup", ext, None, now=now, supervision=supervision)
     if group_form.allowed and (target in group_form.targets or ALL_TARGETS in group_form.targets):
-        directed = decide(policy, "pickup", ext, target)
-        return (True, str(group_form.reason), directed.group)
+        directed = decide(policy, "pickup", ext, target, now=now, supervision=supervision)
+        return (True, str(group_form.reason), directed.group, ())
     reason = group_form.reason if not group_form.allowed else Reason.NO_PICKUP_GROUP
-    return (False, str(reason), None)
+    return (False, str(reason), None, ())
 
 
 @dataclass(slots=True)
@@ -130,7 +216,14 @@ class ClassCells:
 
     policy: CompiledPolicy
     classes: Classes
+    now: datetime | None = None
+    supervision: Supervision | None = None
     _memo: dict[tuple[str, int, int], Cell] = field(default_factory=dict)
+
+    def _decide(self, action: str, ext: str, target: str) -> Cell:
+        return decide_cell(
+            self.policy, action, ext, target, now=self.now, supervision=self.supervision
+        )
 
     def cell(self, action: str, a: int, b: int) -> Cell:
         """The cell of any ``x`` of class ``a`` to any other ``y`` of class ``b``."""
@@ -145,7 +238,7 @@ class ClassCells:
                 target = col[1]
             else:
                 target = ext  # the class is one extension: its only pair is itself
-            found = self._memo[key] = decide_cell(self.policy, action, ext, target)
+            found = self._memo[key] = self._decide(action, ext, target)
         return found
 
     def self_cell(self, action: str, a: int) -> Cell:
@@ -153,7 +246,7 @@ class ClassCells:
         key = (action, a, -1)
         found = self._memo.get(key)
         if found is None:
-            found = self._memo[key] = decide_cell(self.policy, action, ext, ext)
+            found = self._memo[key] = self._decide(action, ext, ext)
         return found
 
 
@@ -171,8 +264,17 @@ class Legend:
             self.cells.append(cell)
         return found
 
-    def to_json(self) -> list[dict[str, object]]:
-        return [{"allowed": a, "reason": r, "group": g} for a, r, g in self.cells]
+    def to_json(self, ends: Mapping[str, datetime]) -> list[dict[str, object]]:
+        """``ends``: the grants' ``until`` (``grant_ends``). A cell allowed by grants names them
+        and the instant the last of them ends (a directed cell names one, ``decide()``'s)."""
+        out: list[dict[str, object]] = []
+        for allowed, reason, group, grant_ids in self.cells:
+            entry: dict[str, object] = {"allowed": allowed, "reason": reason, "group": group}
+            if grant_ids:
+                entry["grant_ids"] = list(grant_ids)
+                entry["until"] = max(ends[grant_id] for grant_id in grant_ids).isoformat()
+            out.append(entry)
+        return out
 
 
 def _digits(code: int, width: int) -> str:
@@ -197,17 +299,23 @@ def _check_actions(actions: Sequence[str]) -> None:
 
 
 def permission_matrix(
-    document: PolicyDocument, policy: CompiledPolicy, actions: Sequence[str] = ACTIONS
+    document: PolicyDocument,
+    policy: CompiledPolicy,
+    actions: Sequence[str] = ACTIONS,
+    *,
+    now: datetime | None = None,
+    supervision: Supervision | None = None,
 ) -> dict[str, object]:
-    """Every ordered pair of the document's extensions, per action, as legend codes.
+    """Every ordered pair of the picture's extensions (``extensions_of``), per action, as legend
+    codes.
 
     ``cells[action][i]`` is row ``i``'s string: ``width`` digits of ``alphabet`` per column,
     the column's index into ``legend`` (base 64, most significant first).
     """
     _check_actions(actions)
-    extensions = extensions_of(document)
-    classes = Classes.build(signature(document, extensions))
-    cells = ClassCells(policy, classes)
+    extensions = extensions_of(document, supervision, now)
+    classes = Classes.build(signature(document, extensions, supervision))
+    cells = ClassCells(policy, classes, now, supervision)
     legend = Legend()
     column_classes = [classes.of[ext] for ext in extensions]
     distinct = sorted(set(column_classes))
@@ -238,7 +346,7 @@ def permission_matrix(
     return {
         "extensions": extensions,
         "actions": list(actions),
-        "legend": legend.to_json(),
+        "legend": legend.to_json(grant_ends(supervision)),
         "width": width,
         "alphabet": ALPHABET,
         "cells": out,
@@ -246,23 +354,34 @@ def permission_matrix(
 
 
 def extension_view(
-    document: PolicyDocument, policy: CompiledPolicy, ext: str, actions: Sequence[str] = ACTIONS
+    document: PolicyDocument,
+    policy: CompiledPolicy,
+    ext: str,
+    actions: Sequence[str] = ACTIONS,
+    *,
+    now: datetime | None = None,
+    supervision: Supervision | None = None,
 ) -> dict[str, object]:
     """One extension's row (what it may do to each other) and column (what each may do to it)."""
     _check_actions(actions)
-    extensions = extensions_of(document)
+    extensions = extensions_of(document, supervision, now)
     others = [other for other in extensions if other != ext]
     # Others of one signature are interchangeable with ``ext`` held still (swapping two of
     # them moves neither ``ext`` nor anything said of it): one decision per class and side.
-    classes = Classes.build(signature(document, others))
+    classes = Classes.build(signature(document, others, supervision))
     kinds = [classes.of[other] for other in others]
     representatives = [members[0] for members in classes.members]
     legend = Legend()
     to: dict[str, list[int]] = {}
     by: dict[str, list[int]] = {}
+
+    def code(action: str, row: str, column: str) -> int:
+        cell = decide_cell(policy, action, row, column, now=now, supervision=supervision)
+        return legend.code(cell)
+
     for action in actions:
-        to[action] = [legend.code(decide_cell(policy, action, ext, r)) for r in representatives]
-        by[action] = [legend.code(decide_cell(policy, action, r, ext)) for r in representatives]
+        to[action] = [code(action, ext, r) for r in representatives]
+        by[action] = [code(action, r, ext) for r in representatives]
     width = _width(len(legend.cells))
 
     def spread(codes: list[int]) -> str:
@@ -274,7 +393,7 @@ def extension_view(
         "known": ext in extensions,
         "others": others,
         "actions": list(actions),
-        "legend": legend.to_json(),
+        "legend": legend.to_json(grant_ends(supervision)),
         "width": width,
         "alphabet": ALPHABET,
         "row": {a: spread(codes) for a, codes in to.items()},
@@ -286,20 +405,33 @@ _GROUP_FORMS: Final = {GROUP_PICKUP: "pickup", "eavesdrop": "eavesdrop", "whispe
 """Actions whose directed answer, for one row extension, is its group form's target list:
 policy.md rules 5 and 7 define those targets as the very reach rules 4 (share groups, without
 ``pickup_all``) and 6 consult. Directed pickup (``pickup_all`` reaches beyond the share groups)
-and replace (no group form) are asked pair by pair."""
+and replace (no group form) are asked pair by pair. With supervision the group forms stay that
+reach (``policy/supervision.py``): the document's plus the active grants', minus the protected
+extensions (under ``allow_all``: ``*`` minus ``excluded``)."""
 
 
-def _row_rule(policy: CompiledPolicy, action: str, ext: str) -> Callable[[str], bool]:
+def _row_rule(
+    policy: CompiledPolicy,
+    action: str,
+    ext: str,
+    now: datetime | None,
+    supervision: Supervision | None,
+) -> Callable[[str], bool]:
     """Whether ``decide()`` lets ``ext`` do ``action`` to a target (never ``ext`` itself)."""
     form = _GROUP_FORMS.get(action)
     if form is None:
-        return lambda target: decide(policy, action, ext, target).allowed
-    decision = decide(policy, form, ext, None)
-    targets = decision.targets
+        return lambda target: (
+            decide(policy, action, ext, target, now=now, supervision=supervision).allowed
+        )
+    decision = decide(policy, form, ext, None, now=now, supervision=supervision)
     if not decision.allowed:
         return lambda _target: False
-    if ALL_TARGETS in targets:
-        return lambda _target: True
+    if ALL_TARGETS in decision.targets:
+        if not decision.excluded:
+            return lambda _target: True
+        excluded = frozenset(decision.excluded)
+        return lambda target: target not in excluded
+    targets = decision.targets
     size = len(targets)
 
     def among(target: str) -> bool:  # the group forms' targets are sorted (policy.md)
@@ -318,7 +450,9 @@ class _GroupedClasses:
     members: list[list[str]]
 
     @classmethod
-    def build(cls, document: PolicyDocument) -> _GroupedClasses:
+    def build(
+        cls, document: PolicyDocument, marks: Mapping[str, Mark] | None = None
+    ) -> _GroupedClasses:
         groups_of: dict[str, list[int]] = {}
         for i, members in enumerate(document.groups.values()):
             for ext in dict.fromkeys(members):
@@ -328,12 +462,18 @@ class _GroupedClasses:
                 else:
                     found.append(i)
         extra = document.model_extra or {}
+        marks = marks or {}
         index: dict[Hashable, int] = {}
         out = cls([], [], [])
         # The same places as ``signature`` (group indices stand for the names).
         for ext, found in groups_of.items():
             where = tuple(found)
-            key = (where, extra.get(EAVESDROP_PREFIX + ext), extra.get(WHISPER_PREFIX + ext))
+            key = (
+                where,
+                extra.get(EAVESDROP_PREFIX + ext),
+                extra.get(WHISPER_PREFIX + ext),
+                marks.get(ext),
+            )
             c = index.get(key)
             if c is None:
                 index[key] = len(out.sizes)
@@ -353,6 +493,8 @@ def group_summary(
     actions: Sequence[str] = ACTIONS,
     *,
     max_class_pairs: int = 4_000_000,
+    now: datetime | None = None,
+    supervision: Supervision | None = None,
 ) -> dict[str, object]:
     """For each ordered pair of groups (A, B): how many of the pairs (a in A, b in B, a != b)
     each action allows. ``pairs[i][j]`` and ``allowed[action][i][j]`` are those counts.
@@ -366,7 +508,7 @@ def group_summary(
     _check_actions(actions)
     names = list(document.groups)
     count = len(names)
-    classes = _GroupedClasses.build(document)
+    classes = _GroupedClasses.build(document, supervision_marks(supervision))
     where, sizes, members = classes.where, classes.sizes, classes.members
     kinds = len(sizes)
     if kinds**2 > max_class_pairs:
@@ -385,7 +527,7 @@ def group_summary(
     for action in actions:
         totals = [[0] * count for _ in names]
         for a in range(kinds):
-            rule = _row_rule(policy, action, members[a][0])
+            rule = _row_rule(policy, action, members[a][0], now, supervision)
             # For a member x of class a: how many of each group's members x may do it to.
             reached = [0] * count
             for b in range(kinds):
@@ -427,9 +569,16 @@ class Change:
             "action": self.action,
             "ext": self.ext,
             "target": self.target,
-            "before": {"allowed": self.before[0], "reason": self.before[1]},
-            "after": {"allowed": self.after[0], "reason": self.after[1]},
+            "before": _side_json(self.before),
+            "after": _side_json(self.after),
         }
+
+
+def _side_json(cell: Cell) -> dict[str, object]:
+    side: dict[str, object] = {"allowed": cell[0], "reason": cell[1]}
+    if cell[3]:
+        side["grant_ids"] = list(cell[3])
+    return side
 
 
 @dataclass(frozen=True, slots=True)
@@ -459,21 +608,31 @@ def impact(
     *,
     limit: int = 500,
     max_class_pairs: int = 4_000_000,
+    now: datetime | None = None,
+    old_supervision: Supervision | None = None,
+    new_supervision: Supervision | None = None,
 ) -> Impact:
     """Every (ext, target, action) whose allow/deny differs between ``old`` and ``new``.
+
+    Both sides are judged at the same ``now``, each with its own supervision (the client's
+    settings and grants compiled against that side's document), so a flip is the document's
+    doing, never the clock's.
 
     Classes are taken over both documents at once (an extension's places in each), so one
     representative pair stands for its members under either policy.
     """
     _check_actions(actions)
-    extensions = sorted(set(extensions_of(old_document)) | set(extensions_of(new_document)))
-    before_sig = signature(old_document, extensions)
-    after_sig = signature(new_document, extensions)
+    extensions = sorted(
+        set(extensions_of(old_document, old_supervision, now))
+        | set(extensions_of(new_document, new_supervision, now))
+    )
+    before_sig = signature(old_document, extensions, old_supervision)
+    after_sig = signature(new_document, extensions, new_supervision)
     classes = Classes.build({e: (before_sig[e], after_sig[e]) for e in extensions})
     if len(classes.members) ** 2 > max_class_pairs:
         raise SummaryTooLargeError(len(classes.members))
-    before = ClassCells(old, classes)
-    after = ClassCells(new, classes)
+    before = ClassCells(old, classes, now, old_supervision)
+    after = ClassCells(new, classes, now, new_supervision)
     allowed = dict.fromkeys(actions, 0)
     denied = dict.fromkeys(actions, 0)
     changes: list[Change] = []
@@ -485,10 +644,10 @@ def impact(
                 pairs = sizes[a] * sizes[b] - (sizes[a] if a == b else 0)
                 if not pairs:
                     continue
-                was, now = before.cell(action, a, b), after.cell(action, a, b)
-                if was[0] == now[0]:
+                was, will = before.cell(action, a, b), after.cell(action, a, b)
+                if was[0] == will[0]:
                     continue
-                (allowed if now[0] else denied)[action] += pairs
+                (allowed if will[0] else denied)[action] += pairs
                 for ext in row:
                     if len(changes) >= limit:
                         truncated = True
@@ -499,5 +658,5 @@ def impact(
                         if len(changes) >= limit:
                             truncated = True
                             break
-                        changes.append(Change(action, ext, target, was, now))
+                        changes.append(Change(action, ext, target, was, will))
     return Impact(allowed, denied, tuple(changes), truncated)

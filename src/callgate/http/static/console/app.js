@@ -24,7 +24,11 @@ const REASONS = {
   phone_replace_group: "they share a phone replace group",
   replace_not_permitted: "no phone replace group in common",
   invalid_request: "not a valid request",
+  protected: "the target is a protected extension: nobody may listen or whisper to it, not with allow_all, not with a grant",
+  temporary_grant: "only a temporary grant allows it: it ends at the grant's until",
 };
+// Reasons a cell is marked by, beyond allowed/denied: the rules beside the document.
+const MARKS = { protected: "protected", temporary_grant: "grant" };
 const VIEWS = ["picture", "editor", "history", "live", "audit"];
 const $ = (selector, root = document) => root.querySelector(selector);
 
@@ -81,9 +85,53 @@ function when(iso) {
 
 // ---------------------------------------------------------------- cells of the picture
 
+function grantText(entry) {
+  if (!entry.grant_ids || !entry.grant_ids.length) return "";
+  return `grant ${entry.grant_ids.join(", ")}${entry.until ? ` until ${when(entry.until)}` : ""}`;
+}
+
 function describe(entry) {
   const group = entry.group ? `, group ${entry.group}` : "";
-  return `${entry.allowed ? "allowed" : "denied"}: ${entry.reason}${group}`;
+  const grant = grantText(entry);
+  return `${entry.allowed ? "allowed" : "denied"}: ${entry.reason}${group}${grant ? `, ${grant}` : ""}`;
+}
+
+// The class a cell gets for the rules beside the document ("" for none).
+function markOf(entry) {
+  return MARKS[entry.reason] || "";
+}
+
+// ---------------------------------------------------------------- protection and grants
+
+const GRANT_ACTIONS = { eavesdrop: "Listen", whisper: "Whisper (and listen)", pickup: "Directed pickup" };
+
+function renderSupervision(shown) {
+  const box = el("section", { id: "supervision", class: "card", "aria-labelledby": "supervision-title" },
+    el("h3", { id: "supervision-title", text: "Beside the policy: protected extensions and grants" }));
+  const protectedList = shown.protected_extensions;
+  box.append(el("p", { id: "protected" }, el("strong", { text: "Protected (nobody listens or whispers to them): " }),
+    protectedList.length
+      ? protectedList.flatMap((ext, k) => [k ? ", " : "", el("span", { class: "swatch protected", "data-ext": ext, text: ext })])
+      : el("span", { class: "empty", text: "none" })));
+  if (!shown.grants.length) {
+    box.append(el("p", { id: "no-grants", class: "empty", text: "No grant is active or to come." }));
+  } else {
+    box.append(el("table", { class: "plain", id: "grants-table" },
+      el("caption", { text: "Grants active or to come: each right ends at its until" }),
+      el("thead", {}, el("tr", {}, ["Extension", "Right", "Reach", "From", "Until", "Note", "By", "State", "Id"]
+        .map((h) => el("th", { scope: "col", text: h })))),
+      el("tbody", {}, shown.grants.map((g) => el("tr", { "data-grant-id": g.id, "data-state": g.state, class: g.state === "active" ? "grant" : "" },
+        el("th", { scope: "row", text: g.ext }), el("td", { text: GRANT_ACTIONS[g.action] || g.action }),
+        el("td", { text: [...g.groups.map((n) => `group ${n}`), ...g.extensions].join(", ") }),
+        el("td", { text: when(g.from) }), el("td", { class: "until", text: when(g.until) }),
+        el("td", { text: g.note }), el("td", { text: g.created_by }),
+        el("td", { text: g.state === "active" ? "active" : "to come" }), el("td", {}, el("code", { text: g.id })))))));
+  }
+  if (shown.valid_until) {
+    box.append(el("p", { class: "hint", id: "valid-until",
+      text: `This picture changes at ${when(shown.valid_until)}, when a grant starts or ends; it is drawn again then.` }));
+  }
+  return box;
 }
 
 // ---------------------------------------------------------------- the shell
@@ -205,13 +253,16 @@ async function renderPicture(holder, client, signal) {
     el("li", {}, el("span", { class: "swatch yes", text: "✓" }), " allowed"),
     el("li", {}, el("span", { class: "swatch no", text: "·" }), " denied"),
     el("li", {}, el("span", { class: "swatch self", text: "—" }), " itself"),
+    el("li", { "data-mark": "grant" }, el("span", { class: "swatch yes grant", text: "✓" }), " allowed by a temporary grant only (temporary_grant)"),
+    el("li", { "data-mark": "protected" }, el("span", { class: "swatch no protected", text: "⊘" }), " protected target (protected)"),
     el("li", { class: "hint", text: "All actions: letters name the allowed ones — " +
       Object.values(ACTIONS).map((a) => `${a.short} ${a.label}`).join(", ") }));
   const area = el("div", { id: "matrix-area", class: "scroll" });
   const explain = el("aside", { id: "explain", class: "card", "aria-live": "polite" },
     el("p", { class: "hint", text: "Select a cell (click, or arrow keys then Enter) to see why." }));
   const extra = el("div", { id: "picture-extra" });
-  holder.append(controls, legend, el("div", { class: "split" }, area, explain), extra);
+  const beside = el("div", { id: "beside" });
+  holder.append(controls, legend, el("div", { class: "split" }, area, explain), beside, extra);
 
   let matrix = null;
   try {
@@ -220,18 +271,35 @@ async function renderPicture(holder, client, signal) {
     if (!(error instanceof ApiError) || error.code !== "matrix_too_large") throw error;
     area.append(el("p", { class: "notice", id: "too-large", text: error.message }));
   }
+  const showBeside = (shown) => {
+    beside.textContent = "";
+    beside.append(renderSupervision(shown));
+    redrawAt(shown.valid_until, signal);
+  };
   const draw = () => {
     if (matrix) drawMatrix(area, matrix, filter.value, explain);
   };
   filter.addEventListener("change", draw);
   draw();
-  if (!matrix) await showSummary(extra, client, signal);
+  if (matrix) showBeside(matrix.supervision);
+  else showBeside((await showSummary(extra, client, signal)).supervision);
   $("#summary-btn", holder).addEventListener("click", () => showSummary(extra, client, signal));
   $("#ext-form", holder).addEventListener("submit", (event) => {
     event.preventDefault();
     const ext = $("#ext-search", holder).value.trim();
     if (ext) showExtension(extra, client, ext, signal).catch((e) => say(explainError(e), "error"));
   });
+}
+
+// A picture with grants holds until the next instant one starts or ends: draw it again then.
+function redrawAt(iso, signal) {
+  if (!iso) return;
+  const delay = new Date(iso).getTime() - Date.now() + 250;
+  if (!(delay > 0) || delay > 2 ** 31 - 1) return;
+  const timer = setTimeout(() => {
+    if (!signal.aborted && current.view === "picture") render();
+  }, delay);
+  signal.addEventListener("abort", () => clearTimeout(timer), { once: true });
 }
 
 // A digit's value, by character code: decoding a cell is then a few array reads.
@@ -406,6 +474,7 @@ function drawMatrix(area, matrix, action, explain) {
   const actions = all ? matrix.actions : [action];
   const shorts = actions.map((a) => ACTIONS[a].short);
   const allowedCode = legend.map((entry) => entry.allowed);
+  const markCode = legend.map(markOf);
   const codeAt = decoder(matrix);
   const names = extensions.map(escapeHtml);
   const allowedOf = (i, j) => actions.filter((a) => allowedCode[codeAt(cells[a][i], j)]);
@@ -424,21 +493,30 @@ function drawMatrix(area, matrix, action, explain) {
       if (i === j) return `class="self" ${where}>—`;
       let allowed = "";
       let text = "";
+      let marks = "";
       for (let k = 0; k < actions.length; k++) {
-        if (allowedCode[codeAt(cells[actions[k]][i], j)]) {
+        const code = codeAt(cells[actions[k]][i], j);
+        const mark = markCode[code];
+        if (mark && !marks.includes(mark)) marks += marks ? " " + mark : mark;
+        if (allowedCode[code]) {
           allowed += allowed ? " " + actions[k] : actions[k];
           text += shorts[k];
         }
       }
-      return `class="${allowed ? "yes" : "no"}" ${where} data-allowed="${allowed}">${all ? text || "·" : allowed ? "✓" : "·"}`;
+      const shown = all ? text || (marks.includes("protected") ? "⊘" : "·") : allowed ? "✓" : marks ? "⊘" : "·";
+      return `class="${allowed ? "yes" : "no"}${marks ? " " + marks : ""}" ${where} data-allowed="${allowed}"` +
+        ` data-marks="${marks}">${shown}`;
     },
     label: (i, j) => {
       const [row, col] = [extensions[i], extensions[j]];
       if (i === j) return `${row} itself`;
       const allowed = allowedOf(i, j);
+      const marked = actions.map((a) => legend[codeAt(cells[a][i], j)]).filter(markOf)
+        .map((entry) => entry.reason === "protected" ? "protected target" : "by a temporary grant");
+      const note = marked.length ? ` (${[...new Set(marked)].join(", ")})` : "";
       return all
-        ? `${row} to ${col}: ${allowed.map((a) => ACTIONS[a].label).join(", ") || "nothing allowed"}`
-        : `${row} ${ACTIONS[action].label} ${col}: ${allowed.length ? "allowed" : "denied"}`;
+        ? `${row} to ${col}: ${allowed.map((a) => ACTIONS[a].label).join(", ") || "nothing allowed"}${note}`
+        : `${row} ${ACTIONS[action].label} ${col}: ${allowed.length ? "allowed" : "denied"}${note}`;
     },
     onCell: (td, i, j) => {
       explain.textContent = "";
@@ -446,11 +524,15 @@ function drawMatrix(area, matrix, action, explain) {
       const list = el("dl", { id: "explanation" });
       for (const a of matrix.actions) {
         const entry = legend[codeAt(cells[a][i], j)];
+        const mark = markOf(entry);
+        const grant = grantText(entry);
         list.append(el("dt", { text: ACTIONS[a].label }),
-          el("dd", { "data-action": a, "data-allowed": String(entry.allowed), class: entry.allowed ? "yes" : "no" },
+          el("dd", { "data-action": a, "data-allowed": String(entry.allowed), "data-reason": entry.reason,
+            class: (entry.allowed ? "yes" : "no") + (mark ? " " + mark : "") },
             el("strong", { text: entry.allowed ? "allowed" : "denied" }), " ",
             el("code", { text: entry.reason }),
             entry.group ? ` · granted by group ${entry.group}` : "",
+            grant ? ` · ${grant}` : "",
             el("span", { class: "hint", text: ` — ${REASONS[entry.reason] || ""}` })));
       }
       explain.append(list);
@@ -497,6 +579,7 @@ async function showSummary(extra, client, signal) {
   extra.append(el("h3", { text: "Group summary" }),
     el("div", { class: "controls" }, el("label", { for: "summary-action", text: "Action" }), select), table, note);
   draw();
+  return data;
 }
 
 async function showExtension(extra, client, ext, signal) {
@@ -524,12 +607,16 @@ async function showExtension(extra, client, ext, signal) {
       cellEm: 8, // a header too long for it is cut, and whole in its title
       cell: (i, j) => {
         const entry = entryOf(i, j);
-        return `class="${entry.allowed ? "yes" : "no"}" data-action="${data.actions[j]}" data-other="${others[i]}"` +
-          ` data-allowed="${entry.allowed}" title="${escapeHtml(describe(entry))}">${entry.allowed ? "✓" : "·"}`;
+        const mark = markOf(entry);
+        return `class="${entry.allowed ? "yes" : "no"}${mark ? " " + mark : ""}" data-action="${data.actions[j]}"` +
+          ` data-other="${others[i]}" data-allowed="${entry.allowed}" data-reason="${escapeHtml(entry.reason)}"` +
+          ` title="${escapeHtml(describe(entry))}">${entry.allowed ? "✓" : mark ? "⊘" : "·"}`;
       },
       label: (i, j) => `${labels[j]}, ${data.others[i]}: ${describe(entryOf(i, j))}`,
       onCell: (td, i, j) => {
-        note.textContent = `${labels[j]}, ${data.others[i]}: ${describe(entryOf(i, j))}`;
+        const entry = entryOf(i, j);
+        note.textContent = `${labels[j]}, ${data.others[i]}: ${describe(entry)}` +
+          (REASONS[entry.reason] ? ` — ${REASONS[entry.reason]}` : "");
       },
     });
   };
@@ -680,8 +767,16 @@ function impactSentence(impact) {
     ` ${impact.sessions_ended.length} live session(s) and ${impact.replacements_ended.length} replacement(s) would end.`;
 }
 
+function sideText(side) {
+  return side.reason + (side.grant_ids && side.grant_ids.length ? ` (grant ${side.grant_ids.join(", ")})` : "");
+}
+
 function renderImpact(impact) {
   const box = el("div", { id: "impact" }, el("p", { id: "impact-summary", text: impactSentence(impact) }));
+  if (impact.supervision_version) {
+    box.append(el("p", { class: "hint", id: "impact-beside",
+      text: "Judged now with the client's protected extensions and grants (a grant's groups as the new document has them)." }));
+  }
   const counts = el("table", { class: "plain" }, el("thead", {}, el("tr", {},
     el("th", { scope: "col", text: "Action" }), el("th", { scope: "col", text: "become allowed" }),
     el("th", { scope: "col", text: "become denied" }))),
@@ -692,12 +787,13 @@ function renderImpact(impact) {
     box.append(el("ul", { id: "impact-changes", class: "changes" }, impact.changes.map((c) =>
       el("li", { class: c.after.allowed ? "yes" : "no", "data-action": c.action, "data-ext": c.ext, "data-target": c.target },
         `${c.ext} → ${c.target}: ${ACTIONS[c.action].label} becomes ${c.after.allowed ? "allowed" : "denied"} `,
-        el("code", { text: `${c.before.reason} → ${c.after.reason}` })))));
+        el("code", { text: `${sideText(c.before)} → ${sideText(c.after)}` })))));
     if (impact.truncated) box.append(el("p", { class: "hint", text: "Only the first changes are listed; the counts are complete." }));
   }
   if (impact.sessions_ended.length) {
     box.append(el("h4", { text: "Live sessions this ends" }), el("ul", { id: "impact-sessions" }, impact.sessions_ended.map((s) =>
-      el("li", { text: `${s.listener} ${s.action === "whisper" ? "whispering to" : "listening to"} ${s.target} (${s.reason})` }))));
+      el("li", { "data-reason": s.reason, text: `${s.listener} ${s.action === "whisper" ? "whispering to" : "listening to"} ${s.target}` +
+        ` (${s.reason}${REASONS[s.reason] ? `: ${REASONS[s.reason]}` : ""})${s.ending ? " — already ending" : ""}` }))));
   }
   if (impact.replacements_ended.length) {
     box.append(el("h4", { text: "Replacements this ends" }), el("ul", { id: "impact-replacements" }, impact.replacements_ended.map((r) =>
