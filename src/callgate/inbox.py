@@ -19,6 +19,19 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 
+async def settle(tasks: set[asyncio.Task[None]]) -> None:
+    """Return once every task in ``tasks`` is done, those added meanwhile included, for a set
+    whose tasks remove themselves when done (``add_done_callback(tasks.discard)``).
+
+    The finished ones are taken out here, not left to their callbacks: from Python 3.12,
+    ``gather`` of tasks already done is done at once, and awaiting it does not yield to the loop,
+    so a ``while tasks: await gather(*tasks)`` would spin forever before those callbacks run."""
+    while tasks:
+        batch = tuple(tasks)
+        await asyncio.gather(*batch, return_exceptions=True)
+        tasks.difference_update(batch)
+
+
 class KeyedInbox(Generic[T]):
     def __init__(
         self,

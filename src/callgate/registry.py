@@ -34,7 +34,7 @@ from datetime import datetime
 from typing import Final
 
 from callgate.domain import GrantRecord, StoredJson, StoreError
-from callgate.inbox import FanOut
+from callgate.inbox import FanOut, settle
 from callgate.policy import (
     CompiledPolicy,
     PolicyDocument,
@@ -312,8 +312,7 @@ class PolicyRegistry:
 
     async def idle(self) -> None:
         """Return once every listener has been told of every change installed so far."""
-        while self._settling:
-            await asyncio.gather(*self._settling, return_exceptions=True)
+        await settle(self._settling)
         await self._listeners.idle()
 
     async def close(self) -> None:

@@ -39,6 +39,7 @@ from typing import Protocol
 from callgate.agi.record import AgiRequest, DecisionRecorder
 from callgate.audit import AuditEvent
 from callgate.domain import AstDbKey, Attempt, Replacement, StoreError
+from callgate.inbox import settle
 from callgate.logs import printable
 from callgate.pbx import DEFAULT_PBX, PbxName
 from callgate.policy import Action, Decision, Reason, decide, is_valid_extension
@@ -370,8 +371,7 @@ class ReplaceService:
 
     async def idle(self) -> None:
         """Wait for the AstDB updates running in the background (shutdown, tests)."""
-        while self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        await settle(self._background)
 
     async def _clear_live(self, ended: Replacement) -> None:
         """Delete ``ended``'s AstDB keys over its PBX's Manager, else keep them pending there.
