@@ -1,4 +1,5 @@
-"""Helpers every test folder shares: a free loopback port, and waiting for a condition.
+"""Helpers every test folder shares: a free loopback port, waiting for a condition, and a plain
+connection to a SQLite file.
 
 Importable from any test as ``from support import free_port, wait_until`` (pytest's
 ``pythonpath`` holds ``tests/``). The benches in ``bench/`` keep their own copies: they run
@@ -8,9 +9,12 @@ without the test suite installed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import socket
-from collections.abc import Callable
+import sqlite3
+from collections.abc import Callable, Iterator
+from pathlib import Path
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -46,3 +50,17 @@ async def wait_until(
             if result:
                 return
             await asyncio.sleep(interval)
+
+
+@contextlib.contextmanager
+def sqlite_file(path: str | Path) -> Iterator[sqlite3.Connection]:
+    """A plain ``sqlite3`` connection to ``path``, committed and closed when the block ends.
+
+    ``with sqlite3.connect(path) as conn`` only commits: the connection stays open until the
+    garbage collector finds it (from Python 3.13 a ``ResourceWarning``, an error here)."""
+    conn = sqlite3.connect(path)
+    try:
+        with conn:
+            yield conn
+    finally:
+        conn.close()

@@ -14,7 +14,6 @@ import asyncio
 import os
 import random
 import signal
-import sqlite3
 import sys
 import time
 from dataclasses import dataclass, field
@@ -25,7 +24,7 @@ import aiohttp
 import pytest
 
 from callgate.config import Settings
-from support import free_port
+from support import free_port, sqlite_file
 
 ITERATIONS = 100
 CLIENTS = ("alpha", "bravo", "charlie")
@@ -218,7 +217,7 @@ async def test_acknowledged_writes_survive_sigkill(tmp_path: Path) -> None:
         proc.kill()
         await proc.wait()
     elapsed = time.monotonic() - started
-    with sqlite3.connect(tmp_path / "callgate.sqlite3") as db:
+    with sqlite_file(tmp_path / "callgate.sqlite3") as db:
         assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
     db.close()
     server_log = (tmp_path / "serve.log").read_text()
@@ -249,7 +248,7 @@ async def test_sigterm_exits_0_and_closes_the_store_cleanly(tmp_path: Path) -> N
     # a clean close checkpoints the write-ahead log into the database file
     wal = tmp_path / "callgate.sqlite3-wal"
     assert not wal.exists() or wal.stat().st_size == 0
-    with sqlite3.connect(tmp_path / "callgate.sqlite3") as db:
+    with sqlite_file(tmp_path / "callgate.sqlite3") as db:
         rows = db.execute("SELECT client_id, version FROM policy_versions").fetchall()
     db.close()
     assert rows == [("alpha", 1)]

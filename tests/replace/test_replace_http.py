@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sqlite3
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +17,7 @@ from callgate.replace.service import ReplaceService
 from callgate.store import Store, open_store
 from callgate.store.replace import Replacement
 from reference_policy import REFERENCE_DOCUMENT
+from support import sqlite_file
 from wiring import app_services
 
 from .conftest import (
@@ -85,7 +85,7 @@ async def test_put_pin_stores_a_hash_only(http: Http, tmp_path: Path) -> None:
     encoded = await http.store.replace.pin_hash(CLIENT, "101")
     assert encoded is not None
     assert encoded.startswith("scrypt$")
-    with sqlite3.connect(tmp_path / "callgate.sqlite3") as conn:
+    with sqlite_file(tmp_path / "callgate.sqlite3") as conn:
         dump = "\n".join(conn.iterdump())
     assert "0042" not in dump.replace(encoded, "")
     # replacing the PIN works the same way

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ from callgate.registry import PolicyRegistry
 from callgate.store import open_store
 from fake_asterisk import FakeChannel, call, request_environment
 from reference_policy import REFERENCE_DOCUMENT
+from support import sqlite_file
 from wiring import app_services
 
 from .conftest import CLIENT, FakeAstDb, FakeAudit, agi_server, make_service
@@ -92,5 +92,5 @@ async def test_the_pin_appears_nowhere(tmp_path: Path, caplog: pytest.LogCapture
         assert not [b for b in bodies if secret in b], "a PIN reached an HTTP response"
         assert not [c for c in commands if secret.encode() in c], "a PIN in an AGI command"
         assert not [e for e in audit.events if secret in repr(e)], "a PIN in the audit"
-    with sqlite3.connect(db_file) as conn:
+    with sqlite_file(db_file) as conn:
         assert PIN not in "\n".join(conn.iterdump())

@@ -4,7 +4,6 @@ the policy changing while the caller types, and concurrent guesses."""
 from __future__ import annotations
 
 import asyncio
-import sqlite3
 from pathlib import Path
 
 from callgate.registry import PolicyRegistry
@@ -12,6 +11,7 @@ from callgate.replace.service import AstDbError, PinChallenge, ReplaceRequest, R
 from callgate.store.db import Database
 from callgate.store.replace import ReplaceRepository
 from reference_policy import REFERENCE_DOCUMENT
+from support import sqlite_file
 
 from .conftest import CLIENT, Clock, FakeAstDb, FakeAudit, make_service
 from .conftest import client_policy as make_policy
@@ -68,7 +68,7 @@ async def test_a_damaged_pin_hash_fails_closed(
 ) -> None:
     service = make_service(repo, registry_with(REFERENCE_DOCUMENT), FakeAudit(), clock=clock)
     await service.set_pin(CLIENT, "101", PIN)
-    with sqlite3.connect(db_path) as conn:
+    with sqlite_file(db_path) as conn:
         conn.execute("UPDATE replace_pins SET pin_hash = 'scrypt$99$1$1$AAAA$AAAA'")
     begun = await challenge(await service.begin_replace(request()))
     outcome = await service.finish_replace(request(), begun, PIN, FakeAstDb())

@@ -3,7 +3,6 @@ rule of ``replace.lockout``), replacements, restart."""
 
 from __future__ import annotations
 
-import sqlite3
 from datetime import timedelta
 from pathlib import Path
 
@@ -11,6 +10,7 @@ from callgate.http.replace_routes import replacement_json
 from callgate.replace.lockout import LockoutRules, LockState, current_lock, reserve_guess
 from callgate.store.db import Database
 from callgate.store.replace import Attempt, Replacement, ReplaceRepository
+from support import sqlite_file
 
 from .conftest import CLIENT, Clock
 
@@ -62,7 +62,7 @@ async def test_old_attempts_are_pruned(
         await reserve_guess(repo, RULES, CLIENT, "101", "100", clock())
     clock.advance((RULES.horizon + timedelta(seconds=1)).total_seconds())
     await reserve_guess(repo, RULES, CLIENT, "102", "100", clock())
-    with sqlite3.connect(db_path) as conn:
+    with sqlite_file(db_path) as conn:
         assert conn.execute("SELECT count(*) FROM replace_failures").fetchone() == (1,)
 
 

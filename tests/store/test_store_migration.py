@@ -5,7 +5,6 @@ row intact; a store of a newer version is refused, untouched."""
 from __future__ import annotations
 
 import shutil
-import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from callgate.domain import DEFAULT_PBX, PendingDeletion, Replacement, StoreError
 from callgate.store import open_store
 from callgate.store.schema import LATEST
+from support import sqlite_file
 
 FIXTURE = Path(__file__).parent / "fixtures" / "v0_store.sqlite3"
 T0 = datetime(2026, 11, 26, 12, 0, tzinfo=UTC)
@@ -33,7 +33,7 @@ Rows = dict[str, list[tuple[object, ...]]]
 
 def rows(path: Path, columns_of: dict[str, list[str]] | None = None) -> Rows:
     """Every row of every released table, with the released columns only (in their order)."""
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         found: Rows = {}
         for table in RELEASED_TABLES:
             columns = (columns_of or {}).get(table) or [
@@ -45,7 +45,7 @@ def rows(path: Path, columns_of: dict[str, list[str]] | None = None) -> Rows:
 
 
 def columns(path: Path) -> dict[str, list[str]]:
-    with sqlite3.connect(path) as conn:
+    with sqlite_file(path) as conn:
         return {
             table: [row[1] for row in conn.execute(f"PRAGMA table_info({table})")]
             for table in RELEASED_TABLES
@@ -97,7 +97,7 @@ async def test_a_released_store_is_migrated_with_every_row_intact(released: Path
         await store.close()
 
     assert rows(released, released_columns) == before
-    with sqlite3.connect(released) as conn:
+    with sqlite_file(released) as conn:
         assert conn.execute("PRAGMA user_version").fetchone() == (LATEST,)
 
 
@@ -123,7 +123,7 @@ async def test_opening_a_migrated_store_again_changes_nothing(released: Path) ->
 
 
 async def test_a_store_of_a_newer_schema_version_is_refused_untouched(released: Path) -> None:
-    with sqlite3.connect(released) as conn:
+    with sqlite_file(released) as conn:
         conn.execute(f"PRAGMA user_version = {LATEST + 1}")
     before = contents(released)
     with pytest.raises(StoreError, match=rf"schema version {LATEST + 1}, newer than .* {LATEST}"):
@@ -139,7 +139,7 @@ async def test_a_new_store_has_the_latest_schema_and_the_migrated_one_the_same(
     await (await open_store(str(released))).close()
 
     def schema(path: Path) -> dict[str, list[tuple[object, ...]]]:
-        with sqlite3.connect(path) as conn:
+        with sqlite_file(path) as conn:
             assert conn.execute("PRAGMA user_version").fetchone() == (LATEST,)
             tables = [
                 r[0]
