@@ -86,8 +86,17 @@ class Live:
     service: LiveEnforcement
     wall: WallClock = field(default_factory=WallClock)
 
-    def allow(self, action: str, ext: str, target: str, uniqueid: str, channel: str) -> None:
-        """What the FastAGI handler does after an allowed eavesdrop/whisper decision."""
+    def allow(
+        self,
+        action: str,
+        ext: str,
+        target: str,
+        uniqueid: str,
+        channel: str,
+        grant_id: str | None = None,
+    ) -> None:
+        """What the FastAGI handler does after an allowed eavesdrop/whisper decision (by the
+        grant ``grant_id``, when given)."""
         current = self.registry.get(CLIENT)
         self.service.grants.note_allowed(
             CLIENT,
@@ -97,16 +106,24 @@ class Live:
             uniqueid,
             channel,
             current.version,
-            "eavesdrop_group",
+            "temporary_grant" if grant_id else "eavesdrop_group",
             pbx=DEFAULT_PBX,
+            grant_id=grant_id,
         )
 
     async def spy(
-        self, action: str, ext: str, target: str, n: int, *, announce: bool = True
+        self,
+        action: str,
+        ext: str,
+        target: str,
+        n: int,
+        *,
+        announce: bool = True,
+        grant_id: str | None = None,
     ) -> tuple[str, str]:
         """An allowed session: FastAGI allow, then ChanSpy on the AGI channel. (channel, uid)"""
         channel, uniqueid = f"PJSIP/acme_{ext}-{n:08x}", f"1795723209.{n}"
-        self.allow(action, ext, target, uniqueid, channel)
+        self.allow(action, ext, target, uniqueid, channel, grant_id)
         await self.fake.start_spy(
             channel,
             uniqueid,

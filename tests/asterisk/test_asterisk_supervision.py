@@ -165,6 +165,7 @@ async def test_a_listen_allowed_by_a_grant_ends_at_its_until(ami: Ami, api: Api)
         end_reason="revoked",
         revoked_reason="eavesdrop_not_permitted",
         revoked_cause="grant_expired",
+        revoked_grant_id=grant["id"],
     )
     await refused(ami, "eavesdrop_not_permitted")
 
@@ -187,5 +188,7 @@ async def test_a_grant_ended_early_by_delete_ends_its_listen(ami: Ami, api: Api)
         grant_id=grant["id"],
         end_reason="revoked",
         revoked_reason="eavesdrop_not_permitted",
+        revoked_cause="grant_ended",
+        revoked_grant_id=grant["id"],
     )
     await refused(ami, "eavesdrop_not_permitted")

@@ -4,30 +4,35 @@ A second store on the same SQLite file plays another instance: it commits a poli
 the notification reaches this instance's feed as a PostgreSQL ``LISTEN`` would deliver it. No
 HTTP write happens here, yet the registry takes the new version (re-read from this instance's
 store), the listen it no longer allows is hung up on the fake Manager, and the replacement it no
-longer allows is ended.
+longer allows is ended. A grant ended early on the other instance ends the listen it allowed here,
+audited with the same cause the other instance would give it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from callgate.agi.record import AgiRequest, DecisionRecorder
 from callgate.ami.client import ManagerConfig, ManagerState
 from callgate.ami.service import LiveEnforcement
-from callgate.audit import AuditEvent
-from callgate.domain import PolicyChange, Replacement
+from callgate.audit import AuditEvent, EndReason
+from callgate.domain import ChangeKind, PolicyChange, Replacement
+from callgate.logs import DecisionLog
 from callgate.metrics import Metrics
 from callgate.pbx import DEFAULT_PBX
-from callgate.policy import Action, parse_document
+from callgate.policy import Action, Reason, decide, parse_document
+from callgate.policy.grants import parse_grant_request
 from callgate.registry import ClientPolicy, PolicyRegistry
 from callgate.replace.manager_astdb import manager_astdb
 from callgate.replace.service import ReplaceService
-from callgate.services import PolicyFollower
+from callgate.services import PolicyFollower, SupervisionService
 from callgate.store import Store, open_store
 from fake_ami import FakeAmi
 from support import wait_until
@@ -172,3 +177,86 @@ async def test_a_stalled_subscriber_delays_no_other_and_misses_no_change(
     await here.changes.idle()
     # the stalled one missed nothing: 2 and 3 waited in its own queue while it was busy with 1
     assert slow == [1, 2, 3]
+
+
+async def test_a_grant_ended_on_another_instance_ends_its_listen_here_as_grant_ended(
+    stores: tuple[Store, Store], fake: FakeAmi
+) -> None:
+    """The other instance adds a grant and ends it early (``SupervisionService``, as its
+    ``DELETE`` does); only the feed's versions reach this instance, which decided the listen
+    (``DecisionRecorder``, as FastAGI records it) and hangs it up: ``revoked_cause``
+    ``grant_ended``, read from the stored record, with the grant's id."""
+    here, there = stores
+    await here.policies.save(CLIENT, parse_document(REFERENCE), "admin")
+    registry = PolicyRegistry()
+    follower = PolicyFollower(here.policies, registry, here.supervision)
+    await follower.load_all()
+    here.changes.subscribe(follower.on_change)
+    audit, metrics = RecordingAudit(), Metrics()
+    live = LiveEnforcement([fast_config(fake.port)], registry.get, audit, metrics, stop_grace=0.3)
+    registry.subscribe(live.on_policy_change)
+    recorder = DecisionRecorder(
+        audit, metrics, DecisionLog(logging.getLogger(__name__)), grants=live.grants
+    )
+    other = PolicyRegistry()  # the other instance's, following its own feed
+    other_follower = PolicyFollower(there.policies, other, there.supervision)
+    await other_follower.load_all()
+    there.changes.subscribe(other_follower.on_change)
+    grants_there = SupervisionService(there.supervision, other)
+    live.start()
+    try:
+        await wait_until(lambda: live.status() is ManagerState.CONNECTED)
+        await wait_until(lambda: bool(fake.received("CoreShowChannels")))
+        now = datetime.now(UTC)
+        added = await grants_there.add_grant(
+            CLIENT,
+            parse_grant_request(
+                {
+                    "ext": "100",
+                    "action": "eavesdrop",
+                    "extensions": ["102"],  # the document does not let 100 hear 102
+                    "from": (now - timedelta(minutes=1)).isoformat(),
+                    "until": (now + timedelta(hours=1)).isoformat(),
+                    "note": "coaching",
+                }
+            ),
+            "supervisor",
+        )
+        here.changes.publish(PolicyChange(CLIENT, 1, ChangeKind.SUPERVISION))
+        await registry.applied_supervision(CLIENT, 1)
+        policy = registry.get(CLIENT)
+        decision = decide(
+            policy.compiled,
+            Action.EAVESDROP,
+            "100",
+            "102",
+            now=datetime.now(UTC),
+            supervision=policy.supervision,
+        )
+        assert (decision.reason, decision.grant_id) == (Reason.TEMPORARY_GRANT, added.id)
+        spier, uniqueid = "PJSIP/acme_100-00000001", "1795723209.1"
+        request = AgiRequest(Action.EAVESDROP, CLIENT, "100", "102", uniqueid, spier)
+        recorder.record(request, decision, policy.version)
+        await fake.start_spy(spier, uniqueid, "PJSIP/acme_102-00000002", "1795723206.1")
+        await wait_until(lambda: len(live.links[DEFAULT_PBX].tracker) == 1)
+
+        ended = await grants_there.end_grant(CLIENT, added.id, "compliance")
+        assert ended.ended_by == "compliance"
+        here.changes.publish(PolicyChange(CLIENT, 2, ChangeKind.SUPERVISION))  # as LISTEN does
+
+        await fake.wait_for(lambda a: a.name == "Hangup")
+        assert [a.get("Channel") for a in fake.received("Hangup")] == [spier]
+        await wait_until(lambda: any(e.ended is not None for e in audit.events))
+        (end,) = [e for e in audit.events if e.ended is not None]
+        extra = dict(end.extra)
+        assert end.end_reason is EndReason.REVOKED
+        assert (extra["revoked_cause"], extra["revoked_grant_id"], extra["grant_id"]) == (
+            "grant_ended",
+            added.id,
+            added.id,
+        )
+    finally:
+        await live.stop()
+        recorder.log.flush()
+        await registry.close()
+        await other.close()

@@ -96,6 +96,7 @@ class GrantSink(Protocol):
         reason: str = "",
         *,
         pbx: PbxName,
+        grant_id: str | None = None,
     ) -> None: ...
 
 
@@ -191,6 +192,7 @@ class DecisionRecorder:
                 version,
                 decision.reason.value,
                 pbx=request.pbx,
+                grant_id=decision.grant_id,  # which grant's end would end the session
             )
         if attributed:  # an audit log is per client: there is none for a malformed id
             self._audit.record(

@@ -19,8 +19,21 @@ also change with the time alone: whenever a client's live session was decided un
 supervision, a timer wakes at ``Supervision.next_change_after(now)`` (the next ``from`` or
 ``until`` of any of its grants) and re-decides that client's sessions, so a session allowed only
 by a grant that ends is hung up right at its ``until`` (the Manager's round trip is the only
-delay); its end is audited ``revoked`` with ``revoked_cause`` ``grant_expired``. The timer is
-set again after each wake-up while sessions remain, and dropped when none does.
+delay). The timer is set again after each wake-up while sessions remain, and dropped when none
+does.
+
+Why a grant-allowed session ended. Each session knows the grant that allowed it at its last
+decision (``SpySession.allowed_by``: the FastAGI decision's ``grant_id``, then each re-decision's;
+a session allowed by two grants is held by the one that lasts longest, the one ``decide`` names).
+When a re-decision denies it and that grant is no longer in force, the end is audited ``revoked``
+with ``revoked_cause`` ``grant_expired`` (its ``until`` passed) or ``grant_ended`` (ended early:
+its stored record has ``ended_at``), and ``revoked_grant_id``. The cause is read from the grant
+records of the policy in force (``ClientPolicy.grants``, the stored supervision record that every
+instance re-reads from the store), not from which change woke the enforcer: another instance
+applying the same change comes to the same cause, and so does an end that only happens later (a
+Hangup retried after the Manager reconnected, a session adopted by the instance taking over).
+A session denied while its grant is still in force (a document change moved the target out of the
+grant's group, protection added) has no cause: ``revoked_by_version`` names that change.
 """
 
 from __future__ import annotations
@@ -38,12 +51,15 @@ from callgate.ami.tracker import Revocation, SessionTracker, SpySession
 from callgate.audit import EndReason
 from callgate.metrics import Metrics
 from callgate.policy import decide
+from callgate.policy.types import Decision
 from callgate.registry import ClientPolicy
 
 log = logging.getLogger(__name__)
 
 GRANT_EXPIRED: Final = "grant_expired"
 """``revoked_cause`` of a session ended because the time ended the grant that allowed it."""
+GRANT_ENDED: Final = "grant_ended"
+"""``revoked_cause`` of a session ended because the grant that allowed it was ended early."""
 _TIMER_SLACK: Final = 0.001
 """Seconds past a grant's instant the timer wakes, so the wall clock has certainly passed it
 (a timer woken early decides the same as before and is set again, for the same instant)."""
@@ -93,7 +109,8 @@ class Enforcer:
         cause: str | None = None,
     ) -> int:
         """Hang up every session of ``sessions`` that ``policy`` (default: the current) denies
-        now; ``cause``: why they are decided again, when the time did it (for the audit)."""
+        now; ``cause``: why they are decided again, when the time did it (for the audit of a
+        session whose allowing grant is not known)."""
         started = self._clock()
         now = self._now()
         ended = 0
@@ -112,9 +129,13 @@ class Enforcer:
                 supervision=current.supervision,
             )
             if not decision.allowed:
-                revocation = Revocation(current.version, str(decision.reason), cause)
-                ended += self._revoke(session, revocation, started)
-            elif current.supervision is not None:
+                ended += self._revoke(
+                    session, _revocation(session, current, decision, now, cause), started
+                )
+                continue
+            if decision.grant_id != session.allowed_by:
+                self._tracker.note_allowed_by(session.ref, decision.grant_id)
+            if current.supervision is not None:
                 timed[current.client_id] = current
         for client_id, current in timed.items():
             self._wake_at_next_change(client_id, current, now)
@@ -167,7 +188,7 @@ class Enforcer:
         self._metrics.revocations.labels(grant.client_id, grant.action).inc()
         self._tracker.mark_revoking(session.ref, revocation)
         log.info(
-            "policy v%s of client %s withdraws %s %s -> %s (%s%s): hanging up %s",
+            "policy v%s of client %s withdraws %s %s -> %s (%s%s%s): hanging up %s",
             revocation.policy_version,
             grant.client_id,
             grant.action,
@@ -175,6 +196,7 @@ class Enforcer:
             grant.target,
             revocation.reason,
             f", {revocation.cause}" if revocation.cause else "",
+            f" {revocation.grant_id}" if revocation.grant_id else "",
             channel,
         )
         task = asyncio.create_task(self._confirm(session, future))
@@ -229,3 +251,26 @@ class Enforcer:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+
+
+def _revocation(
+    session: SpySession,
+    policy: ClientPolicy,
+    decision: Decision,
+    now: datetime,
+    cause: str | None,
+) -> Revocation:
+    """What withdrew ``session``'s right, as ``decision`` (by ``policy`` at ``now``) denies it:
+    the end of the grant that allowed it, when that grant is no longer in force (see the module
+    doc); else ``cause``, the time's, only for a session whose grant is not known."""
+    grant_id = session.allowed_by
+    record = None
+    if grant_id is not None:
+        record = next((r for r in policy.grants if r.id == grant_id), None)
+    if record is not None:
+        if record.ended_at is not None and record.ended_at < record.grant.until:
+            return Revocation(policy.version, str(decision.reason), GRANT_ENDED, grant_id)
+        if record.grant.until <= now:
+            return Revocation(policy.version, str(decision.reason), GRANT_EXPIRED, grant_id)
+        return Revocation(policy.version, str(decision.reason))
+    return Revocation(policy.version, str(decision.reason), cause)

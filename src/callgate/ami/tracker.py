@@ -13,7 +13,10 @@ The picture is built from three sources:
   while the connection was down) are adopted.
 
 Why a session ended: ``revoked`` when callgate hung it up, ``call_ended`` when the spied-on channel
-hung up first, else ``listener_hangup``. Each start and end is recorded in the audit log and in
+hung up first, else ``listener_hangup``. A session allowed by a grant (reason ``temporary_grant``)
+knows which one (``SpySession.allowed_by``, from the decision and from every re-decision since):
+its start and end are audited with that ``grant_id``, and a revocation because that grant ended
+names it (``revoked_grant_id``). Each start and end is recorded in the audit log and in
 the ``spy_sessions`` gauge. ChanSpy runs that callgate did not allow (an operator's own dialplan)
 are not tracked.
 
@@ -61,6 +64,9 @@ class SpyGrant:
     reason: Reason
     noted_at: float
     """``time.monotonic()`` when noted."""
+    grant_id: str | None = None
+    """The grant that allowed it (reason ``temporary_grant``; ``Decision.grant_id``): None when
+    the document did, and for a grant read back from a channel (the answer carries no grant id)."""
 
     @property
     def uniqueid(self) -> str:
@@ -75,11 +81,20 @@ class Revocation:
     reason: str
     """The new decision's reason (``eavesdrop_not_permitted``, ``protected``, ...)."""
     cause: str | None = None
-    """Set when the time, not a change, withdrew it: ``grant_expired``."""
+    """Set when the grant that allowed the session ended: ``grant_expired`` (its ``until``
+    passed) or ``grant_ended`` (ended early, ``DELETE``); None when a change of the document or
+    the settings withdrew the right."""
+    grant_id: str | None = None
+    """With ``cause``: that grant's id."""
 
     def audit_extra(self) -> tuple[tuple[str, str], ...]:
-        extra = (("revoked_by_version", str(self.policy_version)), ("revoked_reason", self.reason))
-        return (*extra, ("revoked_cause", self.cause)) if self.cause else extra
+        extra: tuple[tuple[str, str], ...] = (
+            ("revoked_by_version", str(self.policy_version)),
+            ("revoked_reason", self.reason),
+        )
+        if self.cause:
+            extra = (*extra, ("revoked_cause", self.cause))
+        return (*extra, ("revoked_grant_id", self.grant_id)) if self.grant_id else extra
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +111,9 @@ class SpySession:
     """Set once a Hangup of the spier was sent because a policy change withdrew the right."""
     ended_by: str | None = None
     """Set once a Hangup of the spier was sent because this operator asked for it."""
+    allowed_by: str | None = None
+    """The grant that allows the session as of its last decision (the allowing one, then each
+    re-decision: another grant may take over from one that ends); None while the document does."""
 
     @property
     def ref(self) -> ChannelRef:
@@ -127,12 +145,13 @@ class SpyGrants:
     calls::
 
         grants.note_allowed(client_id, action, ext, target, agi_uniqueid, agi_channel,
-                            policy_version, reason, pbx=pbx)
+                            policy_version, reason, pbx=pbx, grant_id=decision.grant_id)
 
     ``pbx`` is the PBX the FastAGI session came from (``DEFAULT_PBX`` today): the grant is
     matched with a ChanSpyStart on that PBX's Manager only. ``action`` is ``Action.EAVESDROP`` or
     ``Action.WHISPER``; ``ext`` the acting extension (``agi_arg_2``), ``target`` the target
-    extension (``agi_arg_3``), ``reason`` the decision's reason.
+    extension (``agi_arg_3``), ``reason`` the decision's reason, ``grant_id`` the grant that
+    allowed it (reason ``temporary_grant``).
     It never blocks, never does I/O and never raises for ordinary input (other actions and
     group forms are ignored), so it is safe on the FastAGI hot path. Without ``--ami`` the
     daemon still hands one in; grants then simply expire.
@@ -155,6 +174,7 @@ class SpyGrants:
         reason: str = "",
         *,
         pbx: PbxName,
+        grant_id: str | None = None,
     ) -> None:
         if action not in SPY_ACTIONS or not target or not uniqueid:
             return
@@ -166,7 +186,16 @@ class SpyGrants:
             why = Reason.WHISPER_GROUP if action == Action.WHISPER else Reason.EAVESDROP_GROUP
         spyer = ChannelRef(pbx, uniqueid)
         grant = SpyGrant(
-            client_id, Action(action), ext, target, spyer, channel, policy_version, why, now
+            client_id,
+            Action(action),
+            ext,
+            target,
+            spyer,
+            channel,
+            policy_version,
+            why,
+            now,
+            grant_id or None,
         )
         self._grants.pop(spyer, None)
         self._grants[spyer] = grant
@@ -316,6 +345,12 @@ class SessionTracker:
         if session is not None:
             self._replace(dataclasses.replace(session, revocation=revocation))
 
+    def note_allowed_by(self, spyer: ChannelRef, grant_id: str | None) -> None:
+        """A re-decision still allows the session, by grant ``grant_id`` (None: the document)."""
+        session = self._sessions.get(spyer)
+        if session is not None and session.allowed_by != grant_id:
+            self._replace(dataclasses.replace(session, allowed_by=grant_id))
+
     def mark_operator_end(self, spyer: ChannelRef, by: str | None) -> None:
         """The spier is being hung up because operator ``by`` asked (``None``: that failed)."""
         session = self._sessions.get(spyer)
@@ -428,7 +463,13 @@ class SessionTracker:
         started: datetime,
     ) -> SpySession:
         session = SpySession(
-            grant, channel, spyee_channel, spyee, started, started_at=self._clock()
+            grant,
+            channel,
+            spyee_channel,
+            spyee,
+            started,
+            started_at=self._clock(),
+            allowed_by=grant.grant_id,
         )
         self._replace(session)
         self._by_client.setdefault(grant.client_id, set()).add(grant.spyer)
@@ -463,6 +504,8 @@ class SessionTracker:
         extra: tuple[tuple[str, str], ...] = (),
     ) -> AuditEvent:
         grant = session.grant
+        if grant.grant_id is not None:  # as on the decision's row, for a row of its own
+            extra = (("grant_id", grant.grant_id), *extra)
         return AuditEvent(
             time=ended or started or self._now(),
             client_id=grant.client_id,

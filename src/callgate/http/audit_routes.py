@@ -7,7 +7,9 @@ target), ``action``, and ``limit`` (1 to 10000, default 1000). A bad one is a 40
 
 Listen and whisper sessions carry ``started``, ``ended`` and ``end_reason`` (``listener_hangup``,
 ``call_ended``, ``revoked``) on the row of the decision that allowed them; a revoked one also says
-which policy version withdrew it (``revoked_by_version``) and why (``revoked_reason``).
+which policy version withdrew it (``revoked_by_version``) and why (``revoked_reason``), and, when
+the grant that allowed it ended, how (``revoked_cause``: ``grant_expired``, ``grant_ended``) and
+which grant (``revoked_grant_id``).
 """
 
 from __future__ import annotations
@@ -111,6 +113,22 @@ _EVENT: JsonObject = {
         },
         "revoked_by_version": {"type": "string", "description": "the version that withdrew it"},
         "revoked_reason": {"type": "string", "description": "the new decision's reason"},
+        "revoked_cause": {
+            "type": "string",
+            "enum": ["grant_expired", "grant_ended"],
+            "description": "set when the grant that allowed the session ended: its `until`"
+            " passed (`grant_expired`) or it was ended early (`grant_ended`, `DELETE`); absent"
+            " when a change of the document or the settings withdrew the right",
+        },
+        "revoked_grant_id": {
+            "type": "string",
+            "description": "with `revoked_cause`: the grant that ended",
+        },
+        "grant_id": {
+            "type": "string",
+            "description": "the grants the decision names (`&`-joined): for a listen or"
+            " whisper allowed `temporary_grant`, the one grant that allowed it",
+        },
     },
     "additionalProperties": {"type": "string"},
 }
