@@ -658,7 +658,7 @@ def group_summary(
     One answer of ``decide()`` per ordered pair of classes (per action) stands for all the pairs
     of their members; the counts are then summed class by class into the groups they are in.
     The classes are decided without grants; each grant holder's row is then corrected where its
-    grants reach (``_held_rows``).
+    grants reach (``_held_targets``, ``_held_rows``).
 
     Raises ``SummaryTooLargeError`` when the document's classes would need more than
     ``max_class_pairs`` ``decide()`` calls per action.
@@ -670,7 +670,8 @@ def group_summary(
     classes = _GroupedClasses.build(document, supervision_marks(base))
     where, sizes, members = classes.where, classes.sizes, classes.members
     held = {holder: reach for holder, reach in _held(supervision).items() if holder in classes.of}
-    of_holders = {classes.of[holder] for holder in held}
+    rows = _held_targets(names, classes, held)
+    of_holders = {a for _, a, _ in rows}
     kinds = len(sizes)
     if kinds**2 > max_class_pairs:
         raise SummaryTooLargeError(kinds)
@@ -713,17 +714,48 @@ def group_summary(
                 row, weight = totals[i], sizes[a]
                 totals[i] = [total + weight * n for total, n in zip(row, reached, strict=True)]
         if action in _GRANTED_ACTIONS and held:
-            _held_rows(policy, action, names, classes, held, kept, totals, now, supervision)
+            _held_rows(policy, action, where, rows, kept, totals, now, supervision)
         allowed[action] = totals
     return {"groups": names, "actions": list(actions), "pairs": pairs, "allowed": allowed}
+
+
+HeldRow = tuple[str, int, list[tuple[str, int, int]]]
+"""(a holder, its class, the targets its grants reach: (an extension to decide, its class, how
+many of that class it stands for))"""
+
+
+def _held_targets(
+    names: Sequence[str], classes: _GroupedClasses, held: Mapping[str, _Held]
+) -> list[HeldRow]:
+    """Where each holder's grants reach, in the summary's classes: once per class of the groups
+    they name (for its members no grant lists: alike to the holder) and once per extension they
+    list (the holder itself left out: not a pair of the summary)."""
+    where, sizes, members, of = classes.where, classes.sizes, classes.members, classes.of
+    in_group: dict[str, list[int]] = {}
+    for c, groups in enumerate(where):
+        for i in groups:
+            in_group.setdefault(names[i], []).append(c)
+    out: list[HeldRow] = []
+    for holder, reach in held.items():
+        alone = reach.extensions | {holder}
+        taken = Counter(of[ext] for ext in alone if ext in of)
+        targets = [
+            (next(ext for ext in members[c] if ext not in alone), c, sizes[c] - taken[c])
+            for c in sorted({c for name in reach.groups for c in in_group.get(name, ())})
+            if sizes[c] > taken[c]
+        ]
+        targets.extend(
+            (ext, of[ext], 1) for ext in sorted(reach.extensions) if ext in of and ext != holder
+        )
+        out.append((holder, of[holder], targets))
+    return out
 
 
 def _held_rows(
     policy: CompiledPolicy,
     action: str,
-    names: Sequence[str],
-    classes: _GroupedClasses,
-    held: Mapping[str, _Held],
+    where: Sequence[tuple[int, ...]],
+    rows: Iterable[HeldRow],
     kept: Mapping[int, list[bool]],
     totals: list[list[int]],
     now: datetime | None,
@@ -733,36 +765,19 @@ def _held_rows(
 
     ``kept[a][b]``: what ``decide()`` answers, without grants, a member of class ``a`` doing
     ``action`` to any other of class ``b`` -- the holder's count already summed. Where its
-    grants reach, the holder is decided with them, and the difference is added: once per class
-    of the groups they name (for its members no grant lists, alike to the holder) and once per
-    extension they list.
+    grants reach (``_held_targets``) the holder is decided with them, and the difference added.
+    A grant only ever allows (``decide()`` looks at grants where the rules deny, after the
+    protection): where the class is already allowed there is nothing to decide again.
     """
-    where, sizes, members, of = classes.where, classes.sizes, classes.members, classes.of
-    in_group: dict[str, list[int]] = {}
-    for c, groups in enumerate(where):
-        for i in groups:
-            in_group.setdefault(names[i], []).append(c)
-    for holder, reach in held.items():
-        a = of[holder]
-        alone = reach.extensions | {holder}
-        taken = Counter(of[ext] for ext in alone if ext in of)
-        # (an extension decided, its class, how many of that class it stands for)
-        targets = [
-            (next(ext for ext in members[c] if ext not in alone), c, sizes[c] - taken[c])
-            for c in sorted({c for name in reach.groups for c in in_group.get(name, ())})
-            if sizes[c] > taken[c]
-        ]
-        targets.extend((ext, of[ext], 1) for ext in reach.extensions if ext in of)
+    for holder, a, targets in rows:
         hits = kept[a]
         reached: dict[int, int] = {}
         for target, c, n in targets:
-            if target == holder:
-                continue  # not a pair of the summary
-            d = decide(policy, action, holder, target, now=now, supervision=supervision)
-            change = int(d.allowed) - int(hits[c])
-            if change:
+            if hits[c]:
+                continue
+            if decide(policy, action, holder, target, now=now, supervision=supervision).allowed:
                 for j in where[c]:
-                    reached[j] = reached.get(j, 0) + change * n
+                    reached[j] = reached.get(j, 0) + n
         for i in where[a]:
             row = totals[i]
             for j, n in reached.items():
