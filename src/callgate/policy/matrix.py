@@ -120,14 +120,22 @@ def supervision_marks(supervision: Supervision | None) -> dict[str, Mark]:
         held.setdefault(holder, set()).add(grant.id)
         for ext in grant.extensions:
             listed.setdefault(ext, set()).add(grant.id)
-    named = supervision.protected | held.keys() | listed.keys()
+    return _marked(supervision.protected, held, listed)
+
+
+def _marked(
+    protected: frozenset[str],
+    first: Mapping[str, Iterable[str]],
+    second: Mapping[str, Iterable[str]],
+) -> dict[str, Mark]:
+    """Each extension protected or named by either table: (protected, its ids in each, sorted)."""
     return {
         ext: (
-            ext in supervision.protected,
-            tuple(sorted(held.get(ext, ()))),
-            tuple(sorted(listed.get(ext, ()))),
+            ext in protected,
+            tuple(sorted(first.get(ext, ()))),
+            tuple(sorted(second.get(ext, ()))),
         )
-        for ext in named
+        for ext in protected | first.keys() | second.keys()
     }
 
 
@@ -178,7 +186,7 @@ def _held(supervision: Supervision | None) -> dict[str, _Held]:
     }
 
 
-def _view_marks(supervision: Supervision | None, ext: str) -> dict[str, Hashable]:
+def _view_marks(supervision: Supervision | None, ext: str) -> dict[str, Mark]:
     """What the supervision says of each other extension that bears on ``ext``'s row and column:
     protected; the grants of ``ext`` that list it (those reaching its groups reach its whole
     class); its own grants that reach ``ext`` (any other it holds never changes a cell of the
@@ -193,15 +201,7 @@ def _view_marks(supervision: Supervision | None, ext: str) -> dict[str, Hashable
                 listing.setdefault(other, []).append(grant.id)
         elif grant.covers(ext):
             reaching.setdefault(holder, []).append(grant.id)
-    named = supervision.protected | listing.keys() | reaching.keys()
-    return {
-        other: (
-            other in supervision.protected,
-            tuple(sorted(listing.get(other, ()))),
-            tuple(sorted(reaching.get(other, ()))),
-        )
-        for other in named
-    }
+    return _marked(supervision.protected, listing, reaching)
 
 
 def signature(
