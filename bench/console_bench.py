@@ -11,6 +11,12 @@
   being made (the pictures are made on a worker thread; a FastAGI answer waits at most that);
 - write -> summary: a policy write (a new version of the largest document) answered, then the
   time until its summary is answered (cold: made for the new version);
+- with grants: the matrix, the summary and an extension view again with 0, 100 and 1,000
+  active grants in each client (each held by another extension, reaching one group; one in two
+  of the 200-extension client's also lists an extension; 5 extensions protected), cold (made
+  for a new supervision version: the protected list switched between two of the same size
+  before each round) and warm, after the pages below (drawn without grants); ``--grants-only``
+  measures only these;
 - first paint: headless Chromium (the system's, /usr/bin/chromium) from navigation to the view
   shown (the matrix, or the summary table, visible) and to usable (a click on a cell answered:
   the matrix's explanation, the summary's note), signed in through sessionStorage.
@@ -30,6 +36,7 @@ import socket
 import statistics
 import tempfile
 import time
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -154,6 +161,81 @@ async def first_paint(
     return shown, usable
 
 
+GRANT_COUNTS = (0, 100, 1000)
+PICTURES = {
+    "two-hundred": ("matrix", "matrix/extension/2000"),
+    "largest": ("matrix/summary", "matrix/extension/1000"),
+}
+"""Per client, the routes measured with grants (the extension: a holder in both clients)."""
+
+
+def members_of(document: dict[str, Any]) -> tuple[list[str], list[str]]:
+    groups: dict[str, list[str]] = document["groups"]
+    return list(groups), [ext for members in groups.values() for ext in members]
+
+
+async def add_grants(
+    http: aiohttp.ClientSession, client: str, document: dict[str, Any], have: int, want: int
+) -> None:
+    """Grants ``have`` to ``want`` of ``client`` (through the API), active for two hours."""
+    names, exts = members_of(document)
+    now = datetime.now(UTC)
+    for n in range(have, want):
+        body: dict[str, Any] = {
+            "ext": exts[n * 7 % len(exts)],
+            "action": ("eavesdrop", "whisper", "pickup")[n % 3],
+            "groups": [names[n % len(names)]],
+            "from": (now - timedelta(minutes=1)).isoformat(),
+            "until": (now + timedelta(hours=2)).isoformat(),
+            "note": "console bench",
+        }
+        if client == "two-hundred" and n % 2:
+            listed = exts[(n * 13 + 1) % len(exts)]
+            if listed != body["ext"]:
+                body["extensions"] = [listed]
+        async with http.post(f"/client/{client}/grants", json=body, headers=AUTH) as r:
+            assert r.status == 201, await r.text()
+
+
+async def protect(
+    http: aiohttp.ClientSession, client: str, document: dict[str, Any], turn: int
+) -> None:
+    """A new supervision version (so every picture is cold), 5 extensions protected."""
+    _, exts = members_of(document)
+    protected = exts[5:10] if turn % 2 else exts[10:15]
+    async with http.put(
+        f"/client/{client}/call_control_settings",
+        json={"protected_extensions": protected},
+        headers=AUTH,
+    ) as r:
+        assert r.status == 200, await r.text()
+
+
+async def with_grants(http: aiohttp.ClientSession, documents: dict[str, Any], runs: int) -> None:
+    """The picture routes cold and warm at each of ``GRANT_COUNTS``."""
+    have = 0
+    rounds = max(3, runs // 3)
+    for count in GRANT_COUNTS:
+        for client, document in documents.items():
+            await add_grants(http, client, document, have, count)
+        have = count
+        for client, document in documents.items():
+            for route in PICTURES[client]:
+                cold, warm = [], []
+                for turn in range(rounds):
+                    await protect(http, client, document, turn)
+                    path = f"/client/{client}/call_control_group/{route}"
+                    times, size = await timed(http, path, 3)
+                    cold.append(times[0])
+                    warm.extend(times[1:])
+                print(
+                    f"{count:>5} grants  {client:<12} {route:<24}"
+                    f" cold median {statistics.median(cold):6.1f} ms"
+                    f" (best {min(cold):6.1f}, worst {max(cold):6.1f})"
+                    f"  warm median {statistics.median(warm):5.1f} ms  {size / 1024:.0f} KiB"
+                )
+
+
 def route_line(name: str, times: list[float], extra: str) -> str:
     """The first request computes the picture (cold); later ones of the same version are cached."""
     return (
@@ -169,27 +251,43 @@ def line(name: str, times: list[float], extra: str = "") -> str:
     )
 
 
-async def main(runs: int) -> None:
+async def first_paints(base: str, runs: int) -> None:
+    rounds = max(3, runs // 3)
+    shown, usable = await first_paint(base, "two-hundred", "#matrix", "#explanation", rounds)
+    print(line("matrix view shown", shown))
+    print(line("matrix view usable (a cell's click answered)", usable))
+    shown, usable = await first_paint(
+        base, "largest", "#summary", "#summary-cell:not(:empty)", rounds
+    )
+    print(line("summary view shown (large client)", shown))
+    print(line("summary view usable (a cell's click answered)", usable))
+
+
+async def main(runs: int, grants_only: bool) -> None:
     with tempfile.TemporaryDirectory() as data:
         settings = Settings(
             agi=f"127.0.0.1:{free_port()}",
             http=f"127.0.0.1:{free_port()}",
             data_dir=Path(data),
             admin_token=SecretStr(TOKEN),
+            grants_max_per_client=max(GRANT_COUNTS),
+            policy_write_rate=10_000.0,  # the grants' POSTs: a bench, not a flood
+            policy_write_burst=10_000,
         )
         services = await start(settings)
         host, port = settings.http_address
         base = f"http://{host}:{port}"
         try:
             async with aiohttp.ClientSession(base) as http:
-                for client, document in (
-                    ("two-hundred", two_hundred()),
-                    ("largest", largest_document()),
-                ):
+                documents = {"two-hundred": two_hundred(), "largest": largest_document()}
+                for client, document in documents.items():
                     async with http.put(
                         f"/client/{client}/call_control_group/", json=document, headers=AUTH
                     ) as r:
                         assert r.status == 200, await r.text()
+                if grants_only:
+                    await with_grants(http, documents, runs)
+                    return
                 matrix, size = await timed(
                     http, "/client/two-hundred/call_control_group/matrix", runs
                 )
@@ -215,18 +313,11 @@ async def main(runs: int) -> None:
                 print(line("loop lag while a summary is made", lags))
             if CHROMIUM is None:
                 print("first paint: skipped (no chromium)")
-                return
-            rounds = max(3, runs // 3)
-            shown, usable = await first_paint(
-                base, "two-hundred", "#matrix", "#explanation", rounds
-            )
-            print(line("matrix view shown", shown))
-            print(line("matrix view usable (a cell's click answered)", usable))
-            shown, usable = await first_paint(
-                base, "largest", "#summary", "#summary-cell:not(:empty)", rounds
-            )
-            print(line("summary view shown (large client)", shown))
-            print(line("summary view usable (a cell's click answered)", usable))
+            else:
+                await first_paints(base, runs)
+            # Last: the grants stay in both clients (the pages above are drawn without any).
+            async with aiohttp.ClientSession(base) as http:
+                await with_grants(http, documents, runs)
         finally:
             await services.stop()
 
@@ -234,4 +325,6 @@ async def main(runs: int) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
-    asyncio.run(main(parser.parse_args().runs))
+    parser.add_argument("--grants-only", action="store_true", help="only the grants' figures")
+    arguments = parser.parse_args()
+    asyncio.run(main(arguments.runs, arguments.grants_only))

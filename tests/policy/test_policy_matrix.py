@@ -253,3 +253,101 @@ def check_impact(
     assert sum(found.became_allowed.values()) == sum(1 for e in expected if e[3])
     assert sum(found.became_denied.values()) == sum(1 for e in expected if not e[3])
     assert not found.truncated
+
+
+MANY_EXTS = [str(300 + n) for n in range(16)]
+MANY_GROUPS = ["p", "q", "r", "s"]
+
+
+@st.composite
+def crowded(draw: st.DrawFn) -> tuple[dict[str, Any], list[str], list[Grant]]:
+    """Most extensions hold grants, and several holders share a class of the document with
+    extensions that hold none: each holder's row is the class's, decided again at its grants'
+    reach (groups, listed extensions, both; for any action; active, over or to come)."""
+    groups = {
+        name: draw(st.lists(st.sampled_from(MANY_EXTS), min_size=2, max_size=8, unique=True))
+        for name in MANY_GROUPS
+    }
+    raw: dict[str, Any] = {
+        "allow_all": False,
+        "pickup_all": draw(st.booleans()),
+        "groups": groups,
+        "pickup_share_groups": draw(st.lists(st.sampled_from(MANY_GROUPS), max_size=2)),
+        "phone_replace_groups": draw(st.lists(st.sampled_from(MANY_GROUPS), max_size=2)),
+    }
+    raw["pickup_share_groups"] = list(dict.fromkeys(raw["pickup_share_groups"]))
+    raw["phone_replace_groups"] = list(dict.fromkeys(raw["phone_replace_groups"]))
+    for ext in draw(st.lists(st.sampled_from(MANY_EXTS), max_size=4, unique=True)):
+        raw["eavesdrop_" + ext] = [draw(st.sampled_from(MANY_GROUPS))]
+    protected = draw(st.lists(st.sampled_from([*MANY_EXTS, "399"]), max_size=4, unique=True))
+    everyone = [*MANY_EXTS, "399"]  # "399": in no group
+    grants = []
+    for n in range(draw(st.integers(8, 24))):
+        ext = draw(st.sampled_from(everyone))
+        others = [e for e in everyone if e != ext]
+        reach_groups = draw(st.lists(st.sampled_from([*MANY_GROUPS, "gone"]), max_size=2))
+        extensions = draw(st.lists(st.sampled_from(others), max_size=3, unique=True))
+        start = NOW + HOUR * draw(st.sampled_from([-2, -1, -1, 1]))
+        body = {
+            "id": f"g{n:02}",
+            "ext": ext,
+            "action": draw(st.sampled_from(["eavesdrop", "whisper", "pickup"])),
+            "groups": list(dict.fromkeys(reach_groups)),
+            "extensions": extensions or ([] if reach_groups else [others[n % len(others)]]),
+            "from": start,
+            "until": start + HOUR * draw(st.sampled_from([1, 3])),
+            "note": "test",
+            "created_by": "tests",
+        }
+        grants.append(Grant.model_validate(body))
+    return raw, protected, grants
+
+
+@settings(max_examples=40, deadline=None)
+@given(crowded())
+def test_many_holders_among_alike_extensions_cell_by_cell(
+    case: tuple[dict[str, Any], list[str], list[Grant]],
+) -> None:
+    raw, protected, grants = case
+    check_matrix(raw, protected, grants)
+
+
+def test_a_thousand_holders_each_reaching_a_group() -> None:
+    """The console's large case, smaller: 10 groups of 20 alike extensions, 1,000 grants held by
+    200 extensions (every one), each reaching one group, or one extension, or both; a few
+    protected: the summary's counts, the matrix and the extension views cell by cell."""
+    groups = {f"t{g}": [str(2000 + g * 20 + n) for n in range(20)] for g in range(10)}
+    names = list(groups)
+    raw: dict[str, Any] = {
+        "pickup_all": False,
+        "groups": groups,
+        "pickup_share_groups": names[:3],
+        "phone_replace_groups": names[3:5],
+    }
+    for g, name in enumerate(names):
+        for ext in groups[name][::4]:
+            raw["eavesdrop_" + ext] = [name]
+            raw["whisper_" + ext] = [names[(g + 1) % 10]]
+    exts = [ext for members in groups.values() for ext in members]
+    grants = []
+    for n in range(1000):
+        ext = exts[n % 200]
+        target = exts[(n * 7 + 3) % 200]
+        reach: dict[str, Any] = {"groups": [names[(n * 3) % 10]]}
+        if n % 3 == 1:
+            reach = {"extensions": [target] if target != ext else [exts[(n + 1) % 200]]}
+        elif n % 3 == 2:
+            reach["extensions"] = [target] if target != ext else []
+        start = NOW - HOUR if n % 5 else NOW + HOUR
+        body = {
+            "id": f"g{n:04}",
+            "ext": ext,
+            "action": ("eavesdrop", "whisper", "pickup")[n % 3],
+            **reach,
+            "from": start,
+            "until": start + HOUR * (1 + n % 4),
+            "note": "test",
+            "created_by": "tests",
+        }
+        grants.append(Grant.model_validate(body))
+    check_matrix(raw, exts[5:200:40], grants)

@@ -6,9 +6,19 @@ them leaves the document unchanged, so ``decide()`` answers the same for either.
 therefore put in *classes* by the places the document names them (``signature``), ``decide()`` is
 asked once per ordered pair of class representatives, and the answers are spread over the
 members. A class is never too coarse: a signature is every place the document names an
-extension (the groups it is in, its ``eavesdrop_``/``whisper_`` keys), and every place the
-client's supervision names it (protected; the grants it holds; the grants whose ``extensions``
-list it); it may be finer than needed, which only costs time.
+extension (the groups it is in, its ``eavesdrop_``/``whisper_`` keys) and whether it is
+protected; it may be finer than needed, which only costs time.
+
+Grants are not in the signature: with 1,000 grants held by as many extensions each holder would
+be a class of its own, and the classes' pairs grow with the square of their number. A grant
+changes only its holder's row, and there only the cells of the targets its reach names
+(``decide()`` looks at a holder's grants only for a target one of them covers), and only for
+the actions grants answer (``_GRANTED_ACTIONS``). So the classes are decided with the protection
+alone (``_protection_only``: every other extension's cells are those), and each holder's row is
+then decided again, with the grants, at its grants' reach only: once per class of the groups they
+name (their members are alike to it, the extensions its grants list aside) and once per
+extension they list. The extension view, where one extension is held still, keeps grants in its
+classes, but only those that bear on that extension (``_view_marks``).
 
 Beside the document (``policy/supervision.py``): every function takes ``supervision`` and ``now``
 as ``decide()`` does, and decides each cell with them. The picture then holds for the time
@@ -19,7 +29,8 @@ document never names still has its row and column. A cell allowed by a grant car
 and the legend its ``until``.
 
 The group summary of the largest document (100 groups of 200, every extension with grants) is
-100 classes: it is computed from class to class, never pair by pair or group by group.
+100 classes: it is computed from class to class, never pair by pair or group by group; a grant
+holder's row then costs a few decisions per action, whatever the number of holders.
 
 Pure: no I/O, and nothing from callgate outside ``callgate.policy``.
 """
@@ -27,6 +38,7 @@ Pure: no I/O, and nothing from callgate outside ``callgate.policy``.
 from __future__ import annotations
 
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Hashable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -108,20 +120,88 @@ def supervision_marks(supervision: Supervision | None) -> dict[str, Mark]:
         held.setdefault(holder, set()).add(grant.id)
         for ext in grant.extensions:
             listed.setdefault(ext, set()).add(grant.id)
-    named = supervision.protected | held.keys() | listed.keys()
+    return _marked(supervision.protected, held, listed)
+
+
+def _marked(
+    protected: frozenset[str],
+    first: Mapping[str, Iterable[str]],
+    second: Mapping[str, Iterable[str]],
+) -> dict[str, Mark]:
+    """Each extension protected or named by either table: (protected, its ids in each, sorted)."""
     return {
         ext: (
-            ext in supervision.protected,
-            tuple(sorted(held.get(ext, ()))),
-            tuple(sorted(listed.get(ext, ()))),
+            ext in protected,
+            tuple(sorted(first.get(ext, ()))),
+            tuple(sorted(second.get(ext, ()))),
         )
-        for ext in named
+        for ext in protected | first.keys() | second.keys()
     }
 
 
-Signature = tuple[tuple[str, ...], object, object, Mark]
+Signature = tuple[tuple[str, ...], object, object, Hashable]
 """(the groups an extension is in, in document order; its eavesdrop grant; its whisper grant;
 what the supervision says of it)"""
+
+
+_GRANTED_ACTIONS: Final = frozenset({"pickup", "eavesdrop", "whisper"})
+"""The picture's actions a grant can change a cell of (``policy/supervision.py``): directed
+pickup, listen and whisper. Group pickup's reach is the document's (a pickup grant is a
+directed-pickup right) and replace never looks at grants."""
+
+
+def _protection_only(supervision: Supervision | None) -> Supervision | None:
+    """The supervision without its grants: what ``decide()`` answers every extension that holds
+    none, and a holder for every target none of its grants reaches."""
+    if supervision is None or not supervision.protected:
+        return None
+    return Supervision(
+        protected=supervision.protected,
+        protected_sorted=supervision.protected_sorted,
+        grants={},
+        group_members={},
+        changes=(),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class _Held:
+    """What the grants an extension holds reach (all of them: any action, active or not)."""
+
+    groups: frozenset[str]
+    extensions: frozenset[str]
+
+
+def _held(supervision: Supervision | None) -> dict[str, _Held]:
+    if supervision is None:
+        return {}
+    groups: dict[str, set[str]] = {}
+    listed: dict[str, set[str]] = {}
+    for holder, grant in _grants_of(supervision):
+        groups.setdefault(holder, set()).update(grant.groups)
+        listed.setdefault(holder, set()).update(grant.extensions)
+    return {
+        holder: _Held(frozenset(found), frozenset(listed[holder]))
+        for holder, found in groups.items()
+    }
+
+
+def _view_marks(supervision: Supervision | None, ext: str) -> dict[str, Mark]:
+    """What the supervision says of each other extension that bears on ``ext``'s row and column:
+    protected; the grants of ``ext`` that list it (those reaching its groups reach its whole
+    class); its own grants that reach ``ext`` (any other it holds never changes a cell of the
+    view: ``decide()`` looks at a holder's grants only for a target they cover)."""
+    if supervision is None:
+        return {}
+    listing: dict[str, list[str]] = {}
+    reaching: dict[str, list[str]] = {}
+    for holder, grant in _grants_of(supervision):
+        if holder == ext:
+            for other in grant.extensions:
+                listing.setdefault(other, []).append(grant.id)
+        elif grant.covers(ext):
+            reaching.setdefault(holder, []).append(grant.id)
+    return _marked(supervision.protected, listing, reaching)
 
 
 def signature(
@@ -136,7 +216,12 @@ def signature(
     protected set and every grant of the supervision too (a grant's groups are the document's;
     its holder and its ``extensions`` are in the mark, by grant id).
     """
-    marks = supervision_marks(supervision)
+    return _signature(document, extensions, supervision_marks(supervision))
+
+
+def _signature(
+    document: PolicyDocument, extensions: Iterable[str], marks: Mapping[str, Hashable]
+) -> dict[str, Signature]:
     wanted = set(extensions)
     groups_of: dict[str, list[str]] = {ext: [] for ext in wanted}
     for name, members in document.groups.items():
@@ -314,8 +399,9 @@ def permission_matrix(
     """
     _check_actions(actions)
     extensions = extensions_of(document, supervision, now)
-    classes = Classes.build(signature(document, extensions, supervision))
-    cells = ClassCells(policy, classes, now, supervision)
+    signatures = signature(document, extensions, _protection_only(supervision))
+    classes = Classes.build(signatures)
+    cells = ClassCells(policy, classes, now, _protection_only(supervision))
     legend = Legend()
     column_classes = [classes.of[ext] for ext in extensions]
     distinct = sorted(set(column_classes))
@@ -328,11 +414,15 @@ def permission_matrix(
             row[-1] = legend.code(cells.self_cell(action, a))
             per_row[a] = row
         codes[action] = per_row
+    patches = _holder_patches(
+        policy, extensions, signatures, classes, actions, legend, now, supervision
+    )
     width = _width(len(legend.cells))
     out: dict[str, list[str]] = {}
     for action in actions:
         rows = []
         templates: dict[int, list[str]] = {}
+        patched = patches.get(action, {})
         for i, ext in enumerate(extensions):
             a = classes.of[ext]
             template = templates.get(a)
@@ -340,6 +430,10 @@ def permission_matrix(
                 row = codes[action][a]
                 template = templates[a] = [_digits(row[b], width) for b in column_classes]
             line = template.copy()
+            for columns, code in patched.get(i, ()):
+                digits = _digits(code, width)
+                for j in columns:
+                    line[j] = digits
             line[i] = _digits(codes[action][a][-1], width)
             rows.append("".join(line))
         out[action] = rows
@@ -351,6 +445,65 @@ def permission_matrix(
         "alphabet": ALPHABET,
         "cells": out,
     }
+
+
+Patch = tuple[list[int], int]
+"""(the columns of a holder's row, the legend code they all have)"""
+
+
+def _holder_patches(
+    policy: CompiledPolicy,
+    extensions: Sequence[str],
+    signatures: Mapping[str, Signature],
+    classes: Classes,
+    actions: Sequence[str],
+    legend: Legend,
+    now: datetime | None,
+    supervision: Supervision | None,
+) -> dict[str, dict[int, list[Patch]]]:
+    """action -> the row of each grant holder -> its cells that its grants may change, decided
+    with them (the class cells stand for the rest of the row: decided without grants).
+
+    Within a class of a group the holder's grants name, the members none of them lists are
+    alike to the holder (the same groups, protected or not, covered by the same grants): one
+    decision stands for them; each extension listed is decided on its own.
+    """
+    held = _held(supervision)
+    if not held:
+        return {}
+    position = {ext: i for i, ext in enumerate(extensions)}
+    in_group: dict[str, list[int]] = {}
+    for c, members in enumerate(classes.members):
+        for name in signatures[members[0]][0]:
+            in_group.setdefault(name, []).append(c)
+    granted = [action for action in actions if action in _GRANTED_ACTIONS]
+    out: dict[str, dict[int, list[Patch]]] = {action: {} for action in granted}
+    for holder, reach in held.items():
+        row = position.get(holder)
+        if row is None:
+            continue  # its grants are over: not in the picture, and they allow nothing
+        alone = reach.extensions | {holder}
+        targets: list[tuple[str, list[int]]] = []
+        for c in sorted({c for name in reach.groups for c in in_group.get(name, ())}):
+            alike = [ext for ext in classes.members[c] if ext not in alone]
+            if alike:
+                targets.append((alike[0], [position[ext] for ext in alike]))
+        targets.extend(
+            (ext, [position[ext]]) for ext in sorted(reach.extensions) if ext in position
+        )
+        for action in granted:
+            out[action][row] = [
+                (
+                    columns,
+                    legend.code(
+                        decide_cell(
+                            policy, action, holder, target, now=now, supervision=supervision
+                        )
+                    ),
+                )
+                for target, columns in targets
+            ]
+    return out
 
 
 def extension_view(
@@ -367,8 +520,9 @@ def extension_view(
     extensions = extensions_of(document, supervision, now)
     others = [other for other in extensions if other != ext]
     # Others of one signature are interchangeable with ``ext`` held still (swapping two of
-    # them moves neither ``ext`` nor anything said of it): one decision per class and side.
-    classes = Classes.build(signature(document, others, supervision))
+    # them moves neither ``ext`` nor anything said of it that bears on its row or column): one
+    # decision per class and side.
+    classes = Classes.build(_signature(document, others, _view_marks(supervision, ext)))
     kinds = [classes.of[other] for other in others]
     representatives = [members[0] for members in classes.members]
     legend = Legend()
@@ -443,11 +597,13 @@ def _row_rule(
 
 @dataclass(slots=True)
 class _GroupedClasses:
-    """The classes of the extensions in groups: per class, its groups, size, two members."""
+    """The classes of the extensions in groups: per class, its groups, size, members; ``of``:
+    each extension's class."""
 
     where: list[tuple[int, ...]]
     sizes: list[int]
     members: list[list[str]]
+    of: dict[str, int]
 
     @classmethod
     def build(
@@ -464,7 +620,7 @@ class _GroupedClasses:
         extra = document.model_extra or {}
         marks = marks or {}
         index: dict[Hashable, int] = {}
-        out = cls([], [], [])
+        out = cls([], [], [], {})
         # The same places as ``signature`` (group indices stand for the names).
         for ext, found in groups_of.items():
             where = tuple(found)
@@ -476,14 +632,14 @@ class _GroupedClasses:
             )
             c = index.get(key)
             if c is None:
-                index[key] = len(out.sizes)
+                out.of[ext] = index[key] = len(out.sizes)
                 out.where.append(where)
                 out.sizes.append(1)
                 out.members.append([ext])
             else:
+                out.of[ext] = c
                 out.sizes[c] += 1
-                if len(out.members[c]) < 2:
-                    out.members[c].append(ext)
+                out.members[c].append(ext)
         return out
 
 
@@ -501,6 +657,8 @@ def group_summary(
 
     One answer of ``decide()`` per ordered pair of classes (per action) stands for all the pairs
     of their members; the counts are then summed class by class into the groups they are in.
+    The classes are decided without grants; each grant holder's row is then corrected where its
+    grants reach (``_held_targets``, ``_held_rows``).
 
     Raises ``SummaryTooLargeError`` when the document's classes would need more than
     ``max_class_pairs`` ``decide()`` calls per action.
@@ -508,8 +666,12 @@ def group_summary(
     _check_actions(actions)
     names = list(document.groups)
     count = len(names)
-    classes = _GroupedClasses.build(document, supervision_marks(supervision))
+    base = _protection_only(supervision)
+    classes = _GroupedClasses.build(document, supervision_marks(base))
     where, sizes, members = classes.where, classes.sizes, classes.members
+    held = {holder: reach for holder, reach in _held(supervision).items() if holder in classes.of}
+    rows = _held_targets(names, classes, held)
+    of_holders = {a for _, a, _ in rows}
     kinds = len(sizes)
     if kinds**2 > max_class_pairs:
         raise SummaryTooLargeError(kinds)
@@ -526,10 +688,12 @@ def group_summary(
     allowed: dict[str, list[list[int]]] = {}
     for action in actions:
         totals = [[0] * count for _ in names]
+        kept: dict[int, list[bool]] = {}
         for a in range(kinds):
-            rule = _row_rule(policy, action, members[a][0], now, supervision)
+            rule = _row_rule(policy, action, members[a][0], now, base)
             # For a member x of class a: how many of each group's members x may do it to.
             reached = [0] * count
+            hits = [False] * kinds
             for b in range(kinds):
                 if b != a:
                     target = members[b][0]
@@ -538,16 +702,86 @@ def group_summary(
                 else:
                     continue  # one member: its only pair is itself
                 if rule(target):
+                    hits[b] = True
                     n = sizes[b] - (1 if b == a else 0)
                     for j in where[b]:
                         reached[j] += n
+            if a in of_holders:
+                kept[a] = hits
             if not any(reached):
                 continue
             for i in where[a]:
                 row, weight = totals[i], sizes[a]
                 totals[i] = [total + weight * n for total, n in zip(row, reached, strict=True)]
+        if action in _GRANTED_ACTIONS and held:
+            _held_rows(policy, action, where, rows, kept, totals, now, supervision)
         allowed[action] = totals
     return {"groups": names, "actions": list(actions), "pairs": pairs, "allowed": allowed}
+
+
+HeldRow = tuple[str, int, list[tuple[str, int, int]]]
+"""(a holder, its class, the targets its grants reach: (an extension to decide, its class, how
+many of that class it stands for))"""
+
+
+def _held_targets(
+    names: Sequence[str], classes: _GroupedClasses, held: Mapping[str, _Held]
+) -> list[HeldRow]:
+    """Where each holder's grants reach, in the summary's classes: once per class of the groups
+    they name (for its members no grant lists: alike to the holder) and once per extension they
+    list (the holder itself left out: not a pair of the summary)."""
+    where, sizes, members, of = classes.where, classes.sizes, classes.members, classes.of
+    in_group: dict[str, list[int]] = {}
+    for c, groups in enumerate(where):
+        for i in groups:
+            in_group.setdefault(names[i], []).append(c)
+    out: list[HeldRow] = []
+    for holder, reach in held.items():
+        alone = reach.extensions | {holder}
+        taken = Counter(of[ext] for ext in alone if ext in of)
+        targets = [
+            (next(ext for ext in members[c] if ext not in alone), c, sizes[c] - taken[c])
+            for c in sorted({c for name in reach.groups for c in in_group.get(name, ())})
+            if sizes[c] > taken[c]
+        ]
+        targets.extend(
+            (ext, of[ext], 1) for ext in sorted(reach.extensions) if ext in of and ext != holder
+        )
+        out.append((holder, of[holder], targets))
+    return out
+
+
+def _held_rows(
+    policy: CompiledPolicy,
+    action: str,
+    where: Sequence[tuple[int, ...]],
+    rows: Iterable[HeldRow],
+    kept: Mapping[int, list[bool]],
+    totals: list[list[int]],
+    now: datetime | None,
+    supervision: Supervision | None,
+) -> None:
+    """Add to ``totals`` what each holder's grants change in its row.
+
+    ``kept[a][b]``: what ``decide()`` answers, without grants, a member of class ``a`` doing
+    ``action`` to any other of class ``b`` -- the holder's count already summed. Where its
+    grants reach (``_held_targets``) the holder is decided with them, and the difference added.
+    A grant only ever allows (``decide()`` looks at grants where the rules deny, after the
+    protection): where the class is already allowed there is nothing to decide again.
+    """
+    for holder, a, targets in rows:
+        hits = kept[a]
+        reached: dict[int, int] = {}
+        for target, c, n in targets:
+            if hits[c]:
+                continue
+            if decide(policy, action, holder, target, now=now, supervision=supervision).allowed:
+                for j in where[c]:
+                    reached[j] = reached.get(j, 0) + n
+        for i in where[a]:
+            row = totals[i]
+            for j, n in reached.items():
+                row[j] += n
 
 
 class SummaryTooLargeError(ValueError):
