@@ -17,6 +17,11 @@
   for a new supervision version: the protected list switched between two of the same size
   before each round) and warm, after the pages below (drawn without grants); ``--grants-only``
   measures only these;
+- preview, with grants: ``POST .../preview`` of the largest client at each of those counts, cold
+  (never cached: each request compares the two policies again), a candidate that swaps 10
+  extensions between two groups grants name, keeps listen to each extension's own group
+  for one group's members and shares pickup in half the groups (``candidate``);
+  ``--preview-only`` measures only these;
 - first paint: headless Chromium (the system's, /usr/bin/chromium) from navigation to the view
   shown (the matrix, or the summary table, visible) and to usable (a click on a cell answered:
   the matrix's explanation, the summary's note), signed in through sessionStorage.
@@ -211,14 +216,52 @@ async def protect(
         assert r.status == 200, await r.text()
 
 
-async def with_grants(http: aiohttp.ClientSession, documents: dict[str, Any], runs: int) -> None:
-    """The picture routes cold and warm at each of ``GRANT_COUNTS``."""
+def candidate(document: dict[str, Any]) -> dict[str, Any]:
+    """The preview's candidate: the groups grants name change (10 members swap), and so do the
+    listen and pickup rules of many extensions."""
+    changed = json.loads(json.dumps(document))
+    groups: dict[str, list[str]] = changed["groups"]
+    names = list(groups)
+    first, second = groups[names[1]], groups[names[2]]
+    groups[names[1]], groups[names[2]] = [*second[:10], *first[10:]], [*first[:10], *second[10:]]
+    for ext in groups[names[0]]:
+        changed[f"eavesdrop_{ext}"] = [names[0]]
+    changed["pickup_share_groups"] = names[: len(names) // 2]
+    return changed
+
+
+async def timed_preview(http: aiohttp.ClientSession, client: str, body: dict[str, Any]) -> float:
+    started = time.perf_counter()
+    async with http.post(
+        f"/client/{client}/call_control_group/preview", json=body, headers=AUTH
+    ) as response:
+        answer = await response.read()
+        assert response.status == 200, answer[:300]
+    return (time.perf_counter() - started) * 1000
+
+
+async def with_grants(
+    http: aiohttp.ClientSession, documents: dict[str, Any], runs: int, preview_only: bool = False
+) -> None:
+    """The picture routes cold and warm at each of ``GRANT_COUNTS``, and the preview."""
     have = 0
     rounds = max(3, runs // 3)
     for count in GRANT_COUNTS:
         for client, document in documents.items():
             await add_grants(http, client, document, have, count)
         have = count
+        body = candidate(documents["largest"])
+        times = []
+        for turn in range(rounds):
+            await protect(http, "largest", documents["largest"], turn)
+            times.append(await timed_preview(http, "largest", body))
+        print(
+            f"{count:>5} grants  {'largest':<12} {'preview':<24}"
+            f" cold median {statistics.median(times):6.1f} ms"
+            f" (best {min(times):6.1f}, worst {max(times):6.1f})"
+        )
+        if preview_only:
+            continue
         for client, document in documents.items():
             for route in PICTURES[client]:
                 cold, warm = [], []
@@ -263,7 +306,7 @@ async def first_paints(base: str, runs: int) -> None:
     print(line("summary view usable (a cell's click answered)", usable))
 
 
-async def main(runs: int, grants_only: bool) -> None:
+async def main(runs: int, grants_only: bool, preview_only: bool) -> None:
     with tempfile.TemporaryDirectory() as data:
         settings = Settings(
             agi=f"127.0.0.1:{free_port()}",
@@ -285,8 +328,8 @@ async def main(runs: int, grants_only: bool) -> None:
                         f"/client/{client}/call_control_group/", json=document, headers=AUTH
                     ) as r:
                         assert r.status == 200, await r.text()
-                if grants_only:
-                    await with_grants(http, documents, runs)
+                if grants_only or preview_only:
+                    await with_grants(http, documents, runs, preview_only)
                     return
                 matrix, size = await timed(
                     http, "/client/two-hundred/call_control_group/matrix", runs
@@ -326,5 +369,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--grants-only", action="store_true", help="only the grants' figures")
+    parser.add_argument("--preview-only", action="store_true", help="only the preview's figures")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.runs, arguments.grants_only))
+    asyncio.run(main(arguments.runs, arguments.grants_only, arguments.preview_only))

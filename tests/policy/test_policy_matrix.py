@@ -4,6 +4,7 @@ pair of interchangeable extensions) must give every cell, count and change that 
 
 from __future__ import annotations
 
+import copy
 from datetime import UTC, datetime, timedelta
 from itertools import product
 from typing import Any
@@ -253,6 +254,21 @@ def check_impact(
     assert sum(found.became_allowed.values()) == sum(1 for e in expected if e[3])
     assert sum(found.became_denied.values()) == sum(1 for e in expected if not e[3])
     assert not found.truncated
+    # A limit keeps the first changes of that same list, and every count.
+    limit = len(expected) // 2
+    cut = impact(
+        old_doc,
+        old,
+        new_doc,
+        new,
+        limit=limit,
+        now=NOW,
+        old_supervision=old_sup,
+        new_supervision=new_sup,
+    )
+    assert cut.changes == found.changes[:limit]
+    assert cut.truncated == (len(expected) > limit)
+    assert (cut.became_allowed, cut.became_denied) == (found.became_allowed, found.became_denied)
 
 
 MANY_EXTS = [str(300 + n) for n in range(16)]
@@ -312,10 +328,49 @@ def test_many_holders_among_alike_extensions_cell_by_cell(
     check_matrix(raw, protected, grants)
 
 
-def test_a_thousand_holders_each_reaching_a_group() -> None:
-    """The console's large case, smaller: 10 groups of 20 alike extensions, 1,000 grants held by
-    200 extensions (every one), each reaching one group, or one extension, or both; a few
-    protected: the summary's counts, the matrix and the extension views cell by cell."""
+@st.composite
+def crowded_changes(
+    draw: st.DrawFn,
+) -> tuple[dict[str, Any], dict[str, Any], list[str], list[Grant]]:
+    """``crowded()`` and a candidate of it: some groups redrawn (so the members a grant's group
+    reaches differ between the sides), one perhaps removed (its grants then reach nobody on the
+    new side), the pickup and listen rules partly redrawn."""
+    old, protected, grants = draw(crowded())
+    new = copy.deepcopy(old)
+    for name in MANY_GROUPS:
+        if draw(st.booleans()):
+            new["groups"][name] = draw(
+                st.lists(st.sampled_from(MANY_EXTS), min_size=2, max_size=8, unique=True)
+            )
+    if draw(st.booleans()):
+        gone = draw(st.sampled_from(MANY_GROUPS))
+        del new["groups"][gone]
+        for key in ("pickup_share_groups", "phone_replace_groups"):
+            new[key] = [name for name in new[key] if name != gone]
+        for key in [k for k in new if k.startswith("eavesdrop_")]:
+            new[key] = [name for name in new[key] if name != gone]
+            if not new[key]:
+                del new[key]
+    kept = list(new["groups"])
+    new["pickup_all"] = draw(st.booleans())
+    new["pickup_share_groups"] = draw(st.lists(st.sampled_from(kept), max_size=2, unique=True))
+    for ext in draw(st.lists(st.sampled_from(MANY_EXTS), max_size=3, unique=True)):
+        new["whisper_" + ext] = [draw(st.sampled_from(kept))]
+    return old, new, protected, grants
+
+
+@settings(max_examples=60, deadline=None)
+@given(crowded_changes())
+def test_the_impact_with_many_holders_among_alike_extensions_is_every_flip(
+    case: tuple[dict[str, Any], dict[str, Any], list[str], list[Grant]],
+) -> None:
+    old, new, protected, grants = case
+    check_impact(old, new, protected, grants)
+
+
+def thousand_holders() -> tuple[dict[str, Any], list[str], list[Grant]]:
+    """10 groups of 20 alike extensions, 1,000 grants held by 200 extensions (every one), each
+    reaching one group, or one extension, or both."""
     groups = {f"t{g}": [str(2000 + g * 20 + n) for n in range(20)] for g in range(10)}
     names = list(groups)
     raw: dict[str, Any] = {
@@ -350,4 +405,35 @@ def test_a_thousand_holders_each_reaching_a_group() -> None:
             "created_by": "tests",
         }
         grants.append(Grant.model_validate(body))
+    return raw, exts, grants
+
+
+def test_a_thousand_holders_each_reaching_a_group() -> None:
+    """The console's large case, smaller, a few extensions protected: the summary's counts, the
+    matrix and the extension views cell by cell."""
+    raw, exts, grants = thousand_holders()
     check_matrix(raw, exts[5:200:40], grants)
+
+
+def test_the_impact_with_a_thousand_holders_is_every_flip() -> None:
+    """The large case's preview: a candidate that swaps members between two groups the grants
+    name and drops another (its grants reach nobody there), shares pickup in other groups and
+    takes one listen away; each side with its own protection too."""
+    old, exts, grants = thousand_holders()
+    new = copy.deepcopy(old)
+    groups = new["groups"]
+    groups["t1"], groups["t2"] = (
+        [*groups["t2"][:5], *groups["t1"][5:]],
+        [
+            *groups["t1"][:5],
+            *groups["t2"][5:],
+        ],
+    )
+    del groups["t9"]
+    for key in [k for k in new if k.startswith(("eavesdrop_", "whisper_"))]:
+        new[key] = [name for name in new[key] if name != "t9"]
+        if not new[key]:
+            del new[key]
+    new["pickup_share_groups"] = ["t2", "t3", "t4"]
+    del new["eavesdrop_" + exts[0]]
+    check_impact(old, new, exts[5:200:40], grants)

@@ -17,7 +17,10 @@ the actions grants answer (``_GRANTED_ACTIONS``). So the classes are decided wit
 alone (``_protection_only``: every other extension's cells are those), and each holder's row is
 then decided again, with the grants, at its grants' reach only: once per class of the groups they
 name (their members are alike to it, the extensions its grants list aside) and once per
-extension they list. The extension view, where one extension is held still, keeps grants in its
+extension they list. The impact of a change does the same on both sides at once: its classes are
+by both documents and both protections, and a holder's row is decided again, before and after,
+wherever its active grants reach on either side (the candidate may change the groups a grant
+names). The extension view, where one extension is held still, keeps grants in its
 classes, but only those that bear on that extension (``_view_marks``).
 
 Beside the document (``policy/supervision.py``): every function takes ``supervision`` and ``now``
@@ -852,45 +855,177 @@ def impact(
     settings and grants compiled against that side's document), so a flip is the document's
     doing, never the clock's.
 
-    Classes are taken over both documents at once (an extension's places in each), so one
-    representative pair stands for its members under either policy.
+    Classes are taken over both documents at once (an extension's places in each, and whether
+    each side protects it), so one representative pair stands for its members under either
+    policy. As in the picture, grants are not in the classes: the class pairs are decided with
+    the protection alone, and each grant holder's row is decided again, on both sides, at the
+    targets its active grants reach on either side (``_impact_patches``); the changes are listed
+    in the same order either way (per action, class pair, row, column).
     """
     _check_actions(actions)
     extensions = sorted(
         set(extensions_of(old_document, old_supervision, now))
         | set(extensions_of(new_document, new_supervision, now))
     )
-    before_sig = signature(old_document, extensions, old_supervision)
-    after_sig = signature(new_document, extensions, new_supervision)
+    old_base, new_base = _protection_only(old_supervision), _protection_only(new_supervision)
+    before_sig = signature(old_document, extensions, old_base)
+    after_sig = signature(new_document, extensions, new_base)
     classes = Classes.build({e: (before_sig[e], after_sig[e]) for e in extensions})
     if len(classes.members) ** 2 > max_class_pairs:
         raise SummaryTooLargeError(len(classes.members))
-    before = ClassCells(old, classes, now, old_supervision)
-    after = ClassCells(new, classes, now, new_supervision)
+    before = ClassCells(old, classes, now, old_base)
+    after = ClassCells(new, classes, now, new_base)
+    sides = (
+        _Side(old, old_document, before_sig, old_supervision, before),
+        _Side(new, new_document, after_sig, new_supervision, after),
+    )
     allowed = dict.fromkeys(actions, 0)
     denied = dict.fromkeys(actions, 0)
     changes: list[Change] = []
     truncated = False
     sizes = [len(m) for m in classes.members]
     for action in actions:
+        patches = _impact_patches(action, classes, sides, now)
         for a, row in enumerate(classes.members):
             for b, col in enumerate(classes.members):
                 pairs = sizes[a] * sizes[b] - (sizes[a] if a == b else 0)
                 if not pairs:
                     continue
                 was, will = before.cell(action, a, b), after.cell(action, a, b)
-                if was[0] == will[0]:
+                flips = was[0] != will[0]
+                patched = patches.get((a, b))
+                if patched is None:
+                    if not flips:
+                        continue
+                    patched = {}
+                elif flips:
+                    # The patched cells are counted on their own below, not as the class's.
+                    pairs -= sum(len(alike) for runs in patched.values() for alike, _, _ in runs)
+                if flips:
+                    (allowed if will[0] else denied)[action] += pairs
+                for runs in patched.values():
+                    for alike, cell_was, cell_will in runs:
+                        if cell_was[0] != cell_will[0]:
+                            (allowed if cell_will[0] else denied)[action] += len(alike)
+                if truncated:
                     continue
-                (allowed if will[0] else denied)[action] += pairs
                 for ext in row:
-                    if len(changes) >= limit:
-                        truncated = True
-                        break
-                    for target in col:
+                    held = patched.get(ext)
+                    if held is None and not flips:
+                        continue
+                    own = {t: (w, v) for alike, w, v in held or () for t in alike}
+                    for target in col if flips else sorted(own):
                         if target == ext:
+                            continue
+                        first, second = own.get(target, (was, will))
+                        if first[0] == second[0]:
                             continue
                         if len(changes) >= limit:
                             truncated = True
                             break
-                        changes.append(Change(action, ext, target, was, will))
+                        changes.append(Change(action, ext, target, first, second))
+                    if truncated:
+                        break
     return Impact(allowed, denied, tuple(changes), truncated)
+
+
+@dataclass(frozen=True, slots=True)
+class _Side:
+    """One side of ``impact``: its policy, document, signatures, supervision (with the grants)
+    and the class cells (decided with its protection alone)."""
+
+    policy: CompiledPolicy
+    document: PolicyDocument
+    signatures: Mapping[str, Signature]
+    supervision: Supervision | None
+    cells: ClassCells
+
+
+def _active_reach(
+    supervision: Supervision | None, action: str, now: datetime | None
+) -> dict[str, _Held]:
+    """holder -> what its grants that answer ``action`` reach (only those active at ``now``:
+    ``decide()`` looks at no other; all of them when ``now`` is not given, so that ``decide()``
+    still says it needs one)."""
+    if supervision is None:
+        return {}
+    out: dict[str, _Held] = {}
+    for holder, index in supervision.grants.get(action, {}).items():
+        grants = [g for g in index.grants if now is None or g.active(now)]
+        if grants:
+            out[holder] = _Held(
+                frozenset(name for g in grants for name in g.groups),
+                frozenset(ext for g in grants for ext in g.extensions),
+            )
+    return out
+
+
+ImpactPatches = dict[tuple[int, int], dict[str, list[tuple[list[str], Cell, Cell]]]]
+"""(the row's class, the column's class) -> holder -> (targets, their cell before, after)"""
+
+
+def _impact_patches(
+    action: str, classes: Classes, sides: tuple[_Side, _Side], now: datetime | None
+) -> ImpactPatches:
+    """The cells of each holder's row that its grants may change on either side, decided with
+    the grants on both sides (the class cells stand for the rest of its row).
+
+    A holder's targets are the members of the classes in the groups its active grants name on
+    either side (each side's groups, as that side's grants were resolved against its document),
+    and the extensions they list. Within one class the members no grant of the holder lists (on
+    either side) are alike to it on both sides: one decision per side stands for them. A grant
+    only ever allows: where a side's class cell is already allowed, it is that side's cell. A
+    cell is kept only where it changes a count or a listed change: where it flips, or where the
+    class's flips (most of a holder's reach is allowed on both sides by its grants: left out).
+    """
+    out: ImpactPatches = {}
+    if action not in _GRANTED_ACTIONS:
+        return out
+    reaches = [_active_reach(side.supervision, action, now) for side in sides]
+    holders = sorted((reaches[0].keys() | reaches[1].keys()) & classes.of.keys())
+    if not holders:
+        return out
+    in_group: list[dict[str, list[int]]] = []
+    for side in sides:
+        table: dict[str, list[int]] = {}
+        for c, members in enumerate(classes.members):
+            for name in side.signatures[members[0]][0]:
+                table.setdefault(name, []).append(c)
+        in_group.append(table)
+    empty = _Held(frozenset(), frozenset())
+    for holder in holders:
+        a = classes.of[holder]
+        held = [reach.get(holder, empty) for reach in reaches]
+        listed = held[0].extensions | held[1].extensions
+        alone = listed | {holder}
+        reached: set[int] = set()
+        for table, reach in zip(in_group, held, strict=True):
+            for name in reach.groups:
+                reached.update(table.get(name, ()))
+        targets: list[tuple[str, int, list[str]]] = []
+        for c in sorted(reached):
+            alike = [ext for ext in classes.members[c] if ext not in alone]
+            if alike:
+                targets.append((alike[0], c, alike))
+        targets.extend((ext, classes.of[ext], [ext]) for ext in sorted(listed & classes.of.keys()))
+        for target, c, stand_for in targets:
+            if target == holder:
+                continue
+            was, will = (_holder_cell(side, action, a, c, holder, target, now) for side in sides)
+            if was[0] == will[0] and not _class_flips(sides, action, a, c):
+                continue
+            out.setdefault((a, c), {}).setdefault(holder, []).append((stand_for, was, will))
+    return out
+
+
+def _class_flips(sides: tuple[_Side, _Side], action: str, a: int, b: int) -> bool:
+    return sides[0].cells.cell(action, a, b)[0] != sides[1].cells.cell(action, a, b)[0]
+
+
+def _holder_cell(
+    side: _Side, action: str, a: int, b: int, holder: str, target: str, now: datetime | None
+) -> Cell:
+    found = side.cells.cell(action, a, b)
+    if found[0]:
+        return found
+    return decide_cell(side.policy, action, holder, target, now=now, supervision=side.supervision)
