@@ -9,7 +9,6 @@ from callgate.registry import PolicyRegistry
 from callgate.replace.service import ReplaceService
 from callgate.services import (
     AppServices,
-    AuditQueries,
     PolicyFollower,
     PolicyService,
     SupervisionService,
@@ -30,6 +29,6 @@ def app_services(
         tokens=TokenService(store.tokens),
         replace=replace
         or ReplaceService(store.replace, registry, DecisionRecorder(store.audit, Metrics())),
-        audit=AuditQueries(store.audit),
+        audit=store.audit,
         supervision=SupervisionService(store.supervision, registry),
     )

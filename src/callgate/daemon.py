@@ -64,7 +64,6 @@ from callgate.replace.pins import PinHasher
 from callgate.replace.service import ReplaceService
 from callgate.services import (
     AppServices,
-    AuditQueries,
     GrantLimits,
     PolicyFollower,
     PolicyService,
@@ -347,7 +346,7 @@ def build(settings: Settings, store: Store) -> Services:
         policies=PolicyService(store.policies, registry, follower),
         tokens=TokenService(store.tokens),
         replace=replace,
-        audit=AuditQueries(store.audit),
+        audit=store.audit,
         supervision=SupervisionService(
             store.supervision, registry, limits=GrantLimits.from_settings(settings)
         ),

@@ -14,7 +14,7 @@ from callgate.audit import AuditEvent
 from callgate.domain import TokenExistsError, VersionConflictError
 from callgate.policy import parse_document
 from callgate.registry import ClientPolicy, PolicyRegistry
-from callgate.services import AuditQueries, PolicyFollower, PolicyService, TokenService
+from callgate.services import PolicyFollower, PolicyService, TokenService
 from callgate.store import Store, open_store
 
 CLIENT = "acme"
@@ -106,5 +106,5 @@ async def test_audit_query(store: Store) -> None:
             AuditEvent(now, CLIENT, action, "100", "101", "allow", "pickup_all", 1, f"u{n}")
         )
     await store.audit.flush()
-    events = await AuditQueries(store.audit).events(CLIENT, action="eavesdrop")
+    events = await store.audit.list(CLIENT, action="eavesdrop")
     assert [e.uniqueid for e in events] == ["u1"]

@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from aiohttp import web
 
+from callgate.audit import AuditLog
 from callgate.http.auth import Access, Authenticator, Principal, forbidden
 from callgate.http.errors import ApiError
 from callgate.http.openapi import OpenApi
@@ -17,7 +18,7 @@ from callgate.pbx import ManagerState, PbxName
 from callgate.policy import is_valid_client_id
 from callgate.policy.syntax import CLIENT_ID_RULE
 from callgate.replace.service import ReplaceService
-from callgate.services import AuditQueries, PolicyService, SupervisionService, TokenService
+from callgate.services import PolicyService, SupervisionService, TokenService
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -41,7 +42,7 @@ def always() -> bool:
 POLICIES = web.AppKey("policies", PolicyService)
 TOKENS = web.AppKey("tokens", TokenService)
 REPLACE = web.AppKey("replace", ReplaceService)
-AUDIT = web.AppKey("audit", AuditQueries)
+AUDIT = web.AppKey("audit", AuditLog)
 SUPERVISION = web.AppKey("supervision", SupervisionService)
 METRICS = web.AppKey("metrics", Metrics)
 AUTHENTICATOR = web.AppKey("authenticator", Authenticator)

@@ -71,7 +71,7 @@ async def list_audit(request: web.Request) -> web.Response:
     if action is not None and action not in set(Action):
         query.add_error("action", f"{action[:40]!r} is not an action.")
     query.raise_if_invalid("The audit filters are not valid.")
-    events = await request.app[AUDIT].events(
+    events = await request.app[AUDIT].list(
         request.match_info["client_id"],
         since=since,
         until=until,

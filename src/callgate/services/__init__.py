@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from callgate.audit import AuditLog
 from callgate.replace.service import ReplaceService
-from callgate.services.audit import AuditQueries
 from callgate.services.follower import PolicyFollower
 from callgate.services.policies import PolicyService
 from callgate.services.supervision import GrantLimits, SupervisionService
@@ -17,7 +17,6 @@ from callgate.services.tokens import TokenService
 
 __all__ = [
     "AppServices",
-    "AuditQueries",
     "GrantLimits",
     "PolicyFollower",
     "PolicyService",
@@ -35,6 +34,7 @@ class AppServices:
     tokens: TokenService
     replace: ReplaceService
     """Replace PINs and replacements (``callgate.replace.service``)."""
-    audit: AuditQueries
+    audit: AuditLog
+    """The audit log: written by the sessions, read by the audit route (``AuditLog.list``)."""
     supervision: SupervisionService
     """The settings and grants beside each policy (``callgate.services.supervision``)."""
