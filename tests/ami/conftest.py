@@ -144,14 +144,6 @@ class Live:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
 def wall() -> WallClock:
     return WallClock()
 

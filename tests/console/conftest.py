@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import shutil
 
-from .daemon_support import CLIENT, daemon, fake
+from .daemon_support import CLIENT, daemon
 
-__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "CLIENT", "daemon", "fake"]
+__all__ = ["CHROMIUM", "CHROMIUM_ARGS", "CLIENT", "daemon"]
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 CHROMIUM_ARGS = [

@@ -99,14 +99,6 @@ async def start_listen(
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
 async def daemon(tmp_path: Path, fake: FakeAmi) -> AsyncIterator[Services]:
     """The whole daemon, its Manager the fake, client ``acme`` on the reference policy."""
     async with running_daemon(tmp_path, fake) as services:

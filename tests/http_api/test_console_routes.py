@@ -15,12 +15,11 @@ import aiohttp
 from callgate.daemon import Services
 from callgate.policy import compile_policy, parse_document
 from callgate.policy.matrix import ACTIONS, decide_cell
-from console.daemon_support import (  # daemon, fake: fixtures
+from console.daemon_support import (  # daemon: a fixture (fake: tests/conftest.py)
     ADMIN,
     base_url,
     client_token,
     daemon,
-    fake,
     start_listen,
 )
 from fake_ami import FakeAmi
@@ -30,7 +29,7 @@ from support import wait_until
 from .http_support import ADMIN as HARNESS_ADMIN
 from .http_support import CLIENT, POLICY_URL, Harness
 
-__all__ = ["daemon", "fake"]  # fixtures, imported
+__all__ = ["daemon"]  # a fixture, imported
 
 JSON = {"Content-Type": "application/json"}
 

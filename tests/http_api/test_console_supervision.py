@@ -26,11 +26,10 @@ from callgate.policy.matrix import ACTIONS, decide_cell
 from callgate.registry import PolicyRegistry
 from callgate.services import SupervisionService
 from callgate.store import Store
-from console.daemon_support import (  # daemon, fake: fixtures
+from console.daemon_support import (  # daemon: a fixture (fake: tests/conftest.py)
     ADMIN,
     base_url,
     daemon,
-    fake,
     start_listen,
 )
 from fake_ami import FakeAmi
@@ -41,7 +40,7 @@ from wiring import app_services
 from .http_support import ADMIN as HARNESS_ADMIN
 from .http_support import ADMIN_TOKEN, CLIENT, POLICY_URL
 
-__all__ = ["daemon", "fake"]  # fixtures, imported
+__all__ = ["daemon"]  # a fixture, imported
 
 SETTINGS_URL = f"/client/{CLIENT}/call_control_settings"
 GRANTS_URL = f"/client/{CLIENT}/grants"

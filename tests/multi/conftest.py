@@ -95,15 +95,6 @@ async def put(http: aiohttp.ClientSession, url: str, document: object) -> None:
 
 
 @pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    """One Asterisk's fake Manager."""
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
-@pytest.fixture
 async def fakes() -> AsyncIterator[dict[str, FakeAmi]]:
     made = {"east": FakeAmi(), "west": FakeAmi()}
     for fake in made.values():

@@ -70,14 +70,6 @@ async def stores(tmp_path: Path) -> AsyncIterator[tuple[Store, Store]]:
     await here.close()
 
 
-@pytest.fixture
-async def fake() -> AsyncIterator[FakeAmi]:
-    fake = FakeAmi()
-    await fake.start()
-    yield fake
-    await fake.close()
-
-
 async def test_another_instances_change_updates_the_registry_and_ends_a_listen_and_a_replacement(
     stores: tuple[Store, Store], fake: FakeAmi
 ) -> None:
