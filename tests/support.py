@@ -1,5 +1,5 @@
-"""Helpers every test folder shares: a free loopback port, waiting for a condition, and a plain
-connection to a SQLite file.
+"""Helpers every test folder shares: a free loopback port, waiting for a condition, a plain
+connection to a SQLite file, and the system's headless Chromium.
 
 Importable from any test as ``from support import free_port, wait_until`` (pytest's
 ``pythonpath`` holds ``tests/``). The benches in ``bench/`` keep their own copies: they run
@@ -11,10 +11,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import inspect
+import shutil
 import socket
 import sqlite3
 from collections.abc import Callable, Iterator
 from pathlib import Path
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+"""The system's Chromium (Debian's ``chromium``), never a downloaded one; ``None``: not there."""
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+    "--disable-dev-shm-usage",
+]
+"""Flags for a headless run as root in a container, with nothing reaching out."""
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:

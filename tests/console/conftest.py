@@ -3,19 +3,8 @@
 
 from __future__ import annotations
 
-import shutil
+from support import CHROMIUM, CHROMIUM_ARGS
 
 from .daemon_support import CLIENT, daemon
 
 __all__ = ["CHROMIUM", "CHROMIUM_ARGS", "CLIENT", "daemon"]
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--disable-dev-shm-usage",
-]

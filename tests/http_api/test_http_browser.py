@@ -13,15 +13,15 @@ import asyncio
 import html
 import json
 import re
-import shutil
 from pathlib import Path
 
 import pytest
 
+from support import CHROMIUM, CHROMIUM_ARGS
+
 from .http_support import ADMIN, ADMIN_TOKEN, POLICY_URL, Harness
 
 ARTIFACTS = Path(__file__).resolve().parent.parent / "artifacts"
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="headless Chromium is not installed (apt-get install chromium)"
@@ -33,13 +33,7 @@ async def run_chromium(profile: Path, *args: str) -> str:
     proc = await asyncio.create_subprocess_exec(
         CHROMIUM,
         "--headless",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--no-first-run",
-        "--disable-dev-shm-usage",
+        *CHROMIUM_ARGS,
         f"--user-data-dir={profile}",
         "--virtual-time-budget=10000",
         *args,
